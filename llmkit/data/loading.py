@@ -1,0 +1,167 @@
+"""Read records from local files (jsonl/json/csv/parquet) or the hub, keeping where each row came from.
+
+Every record is a dict plus a `_source` entry such as ``data.jsonl:17`` so that a bad row can be reported
+by file and line. Malformed rows are collected in a `BadRows` tally rather than dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from llmkit.errors import DataError
+
+LOCAL_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SOURCE_KEY = "_source"
+
+
+def data_dir() -> Path | None:
+    """Where relative data paths resolve: `$LLMKIT_DATA_DIR`, else `../shared/data` when it exists."""
+    env = os.environ.get("LLMKIT_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    repo_root = Path(__file__).resolve().parents[2]
+    for candidate in (Path.cwd() / ".." / "shared" / "data", repo_root / ".." / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def resolve_data_path(path: str) -> Path | str:
+    """Return a local file Path, or the string unchanged when it names a hub dataset."""
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    searched = [str(candidate)]
+    base = data_dir()
+    if base is not None and not candidate.is_absolute():
+        in_data_dir = base / path
+        if in_data_dir.is_file():
+            return in_data_dir
+        searched.append(str(in_data_dir))
+    looks_local = candidate.suffix in LOCAL_SUFFIXES or path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local:
+        raise DataError(f"data file not found: {path} (looked in: {', '.join(searched)})")
+    return path
+
+
+@dataclass
+class BadRows:
+    """A tally of skipped rows: how many, why, and the first few locations."""
+
+    count: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, where: str, reason: str) -> None:
+        """Record one bad row at `where` (file:line) for `reason`."""
+        self.count += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {reason}")
+
+    def summary(self) -> str:
+        """One line: count, reasons and first locations."""
+        reasons = ", ".join(f"{n}× {r}" for r, n in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
+        return f"skipped {self.count} bad row(s) ({reasons}); first: {'; '.join(self.examples)}"
+
+
+class BadRowPolicy:
+    """Apply `on_bad_row`: 'error' raises at the first bad row, 'skip' counts it in `tally`."""
+
+    def __init__(self, on_bad_row: str, tally: BadRows):
+        self.on_bad_row = on_bad_row
+        self.tally = tally
+
+    def __call__(self, where: str, reason: str) -> None:
+        if self.on_bad_row == "error":
+            raise DataError(f"{where}: {reason} (set data.on_bad_row: skip to skip such rows)")
+        self.tally.add(where, reason)
+
+
+def _iter_jsonl(path: Path, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad(where, f"malformed JSON ({exc.msg})")
+                continue
+            if not isinstance(row, dict):
+                bad(where, "row is not a JSON object")
+                continue
+            row[SOURCE_KEY] = where
+            yield row
+
+
+def _iter_json(path: Path, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
+    for i, row in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(row, dict):
+            bad(where, "row is not a JSON object")
+            continue
+        row[SOURCE_KEY] = where
+        yield row
+
+
+def _iter_table(path: Path, kind: str) -> Iterator[dict[str, Any]]:
+    import pandas as pd
+
+    frame = pd.read_csv(path, keep_default_na=False) if kind == "csv" else pd.read_parquet(path)
+    offset = 2 if kind == "csv" else 0  # csv: header is line 1
+    for i, row in enumerate(frame.to_dict(orient="records")):
+        row[SOURCE_KEY] = f"{path}:{i + offset}" if kind == "csv" else f"{path}[{i}]"
+        yield row
+
+
+def _iter_hub(name: str, split: str) -> Iterator[dict[str, Any]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear line
+        raise DataError(f"cannot load dataset '{name}' (split '{split}') from the hub: {str(exc).splitlines()[0]}")
+    for i, row in enumerate(ds):
+        row = dict(row)
+        row[SOURCE_KEY] = f"{name}[{split}][{i}]"
+        yield row
+
+
+def read_records(
+    path: str, split: str = "train", fmt: str = "auto", bad: BadRowPolicy | None = None, max_rows: int | None = None
+) -> list[dict[str, Any]]:
+    """Read up to `max_rows` records from a local file or hub dataset; malformed rows go to `bad`."""
+    bad = bad or BadRowPolicy("error", BadRows())
+    resolved = resolve_data_path(path)
+    if isinstance(resolved, Path):
+        kind = fmt if fmt != "auto" else LOCAL_SUFFIXES.get(resolved.suffix)
+        if kind is None:
+            raise DataError(f"{resolved}: unknown file type; set data.format to one of {sorted(LOCAL_SUFFIXES.values())}")
+        rows = {
+            "jsonl": lambda: _iter_jsonl(resolved, bad),
+            "json": lambda: _iter_json(resolved, bad),
+            "csv": lambda: _iter_table(resolved, "csv"),
+            "parquet": lambda: _iter_table(resolved, "parquet"),
+        }[kind]()
+    else:
+        rows = _iter_hub(resolved, split)
+    out = []
+    for row in rows:
+        out.append(row)
+        if max_rows is not None and len(out) >= max_rows:
+            break
+    return out

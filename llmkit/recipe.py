@@ -1,0 +1,57 @@
+"""What every recipe entry script shares: the config sections, logging set-up, and the entry wrapper."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from llmkit.config import load_config, split_config_arg
+from llmkit.data.sft import DataConfig
+from llmkit.models import ModelConfig
+from llmkit.train.trainer import TrainerConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECIPES_DIR = REPO_ROOT / "recipes"
+ACCELERATE_CONFIGS_DIR = REPO_ROOT / "accelerate_configs"
+
+C = TypeVar("C")
+
+
+@dataclass
+class RecipeConfig:
+    """model + data + trainer sections; a recipe subclasses this and adds its `method` section."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def setup_logging() -> None:
+    """INFO logs on the main process, warnings elsewhere; quiet the noisiest libraries."""
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "DeepSpeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def parse_recipe_args(cls: type[C], argv: list[str] | None = None) -> C:
+    """`--config PATH` plus `--section.key value` overrides → a typed recipe config."""
+    path, overrides = split_config_arg(sys.argv[1:] if argv is None else argv)
+    return load_config(cls, path, overrides)
+
+
+def list_recipes() -> dict[str, list[str]]:
+    """Recipe name → its config files (relative to the repo root)."""
+    out = {}
+    if RECIPES_DIR.is_dir():
+        for recipe in sorted(p for p in RECIPES_DIR.iterdir() if (p / "train.py").is_file()):
+            out[recipe.name] = sorted(str(c.relative_to(REPO_ROOT)) for c in (recipe / "configs").glob("*.yaml"))
+    return out

@@ -1,0 +1,490 @@
+"""The shared trainer: one readable loop on `accelerate.Accelerator`, with hooks that methods override.
+
+Loop (see `Trainer.train`)::
+
+    for step in steps:
+        micro_batches = this process's share of the step's global batch
+        n = target tokens in the whole step, summed over every process
+        training_step(micro_batches, n)          # hook: forward + backward on each micro-batch
+        clip, optimizer.step, scheduler.step, zero_grad
+        log / evaluate / checkpoint
+
+Hooks: `compute_loss` (summed loss of one micro-batch), `training_step` (forward/backward over the
+step's micro-batches), `method_state_dict` / `load_method_state_dict` (per-method state saved in
+checkpoints). The loss is normalised by the target tokens of the whole optimizer step, so it does not
+depend on the micro-batch split or the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from llmkit.data.sft import TokenizedExample, collate
+from llmkit.errors import ConfigError
+from llmkit.train import checkpoint as ckpt
+from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
+from llmkit.train.losses import count_target_tokens, step_normalised_loss, token_cross_entropy_sum
+
+logger = logging.getLogger(__name__)
+
+# Fault injection for the resume tests: kill this process (SIGKILL) after optimizer step k, or in the
+# middle of writing checkpoint k (files written, not yet published).
+FAULT_KILL_AFTER_STEP = "LLMKIT_FAULT_KILL_AFTER_STEP"
+FAULT_KILL_IN_SAVE = "LLMKIT_FAULT_KILL_IN_SAVE"
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation, logging and checkpointing settings of the shared trainer."""
+
+    output_dir: str = "outputs/run"
+    seed: int = 42
+    num_epochs: int = 1
+    max_steps: int = -1
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    shuffle: bool = True
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_epsilon: float = 1e-8
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    logging_steps: int = 1
+    eval_steps: int = 0
+    save_steps: int = 0
+    save_total_limit: int = 2
+    resume: bool = False
+    overwrite_output_dir: bool = False
+    report_to: list[str] = field(default_factory=list)
+    save_final_model: bool = True
+
+    def __post_init__(self):
+        for name in ("per_device_batch_size", "gradient_accumulation_steps", "num_epochs", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if len(self.adam_betas) != 2:
+            raise ValueError("adam_betas must have two values")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """'auto' → bf16 on a GPU that supports it, else 'no' (fp32; bf16 is emulated on this CPU)."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def build_accelerator(cfg: TrainerConfig):
+    """An Accelerator for `cfg`; on CPU the process group is gloo (DeepSpeed on CPU needs it too)."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+
+    handlers = []
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=cfg.report_to or None,
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=cfg.output_dir),
+        kwargs_handlers=handlers,
+    )
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        # We feed batches ourselves (no prepared dataloader), so fill DeepSpeed's "auto" fields here.
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
+        ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+        ds["train_batch_size"] = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+        ds["gradient_clipping"] = cfg.max_grad_norm if cfg.max_grad_norm > 0 else 0.0
+    return accelerator
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+class Trainer:
+    """Train `model` on tokenised examples with accelerate; subclass and override the hooks for a method."""
+
+    method_name = "sft"
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        model,
+        tokenizer,
+        train_data: list[TokenizedExample],
+        eval_data: list[TokenizedExample] | None = None,
+        run_config: dict[str, Any] | None = None,
+        accelerator=None,
+    ):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.train_data = train_data
+        self.eval_data = eval_data or []
+        self.run_config = run_config or {}
+        self.accelerator = accelerator or build_accelerator(cfg)
+        self.output_dir = Path(cfg.output_dir)
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+
+        acc = self.accelerator
+        self.world_size = acc.num_processes
+        self.global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * self.world_size
+        self.steps_per_epoch = steps_per_epoch(len(train_data), self.global_batch)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"the global batch ({self.global_batch} = {cfg.per_device_batch_size} per device × "
+                f"{cfg.gradient_accumulation_steps} accumulation × {self.world_size} processes) is larger than "
+                f"the training set ({len(train_data)} examples)"
+            )
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_epochs * self.steps_per_epoch
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.learning_rate,
+            betas=tuple(cfg.adam_betas),
+            eps=cfg.adam_epsilon,
+        )
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.scheduler = self._build_scheduler(self.optimizer)
+        # Stepped by us once per optimizer step (accelerate's wrapper would step it once per process).
+        acc.register_for_checkpointing(self.scheduler)
+        self._register_adapter_only_checkpoints()
+
+    # ----- hooks -------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed next-token loss of one micro-batch (hook). Returns (loss_sum, extra metrics)."""
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss_sum, _ = token_cross_entropy_sum(outputs.logits, batch["labels"])
+        return loss_sum, {}
+
+    def training_step(self, model, micro_batches: list[dict[str, torch.Tensor]], num_step_tokens: int) -> dict[str, float]:
+        """Forward and backward over this process's micro-batches of one optimizer step (hook).
+
+        Returns this process's metric sums; `loss_sum` is summed over processes and divided by the
+        step's target tokens for logging.
+        """
+        loss_total = 0.0
+        for i, batch in enumerate(micro_batches):
+            with self.micro_step(is_last=i == len(micro_batches) - 1):
+                loss_sum, _ = self.compute_loss(model, batch)
+                scaled = step_normalised_loss(
+                    loss_sum, num_step_tokens, self.world_size, self.cfg.gradient_accumulation_steps
+                )
+                self.accelerator.backward(scaled)
+            loss_total += float(loss_sum.detach())
+        return {"loss_sum": loss_total}
+
+    def method_state_dict(self) -> dict[str, Any]:
+        """Per-method state to store in checkpoints (hook; e.g. per-prompt accuracy history)."""
+        return {}
+
+    def load_method_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `method_state_dict` returned (hook)."""
+
+    # ----- the loop ----------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        """Run the optimisation loop from step 0 or from the latest checkpoint; return final metrics."""
+        from tqdm.auto import tqdm
+
+        acc = self.accelerator
+        self._prepare_output_dir()
+        if self.cfg.report_to:
+            acc.init_trackers(self.output_dir.name, config=self.run_config)
+        dropped = len(self.train_data) - self.steps_per_epoch * self.global_batch
+        if dropped and acc.is_main_process:
+            logger.warning("each epoch drops its last %d example(s) (incomplete global batch of %d)", dropped, self.global_batch)
+
+        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not acc.is_main_process)
+        window_start, window_tokens = time.time(), 0
+        while self.global_step < self.total_steps:
+            micro_batches = self._micro_batches(self.global_step)
+            local_tokens = sum(count_target_tokens(b["labels"]) for b in micro_batches)
+            num_step_tokens = int(self._sum_over_processes(float(local_tokens)))
+
+            self.model.train()
+            stats = self.training_step(self.model, micro_batches, num_step_tokens)
+            grad_norm = self._clip_gradients()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.global_step += 1
+
+            window_tokens += num_step_tokens
+            record = {
+                "step": self.global_step,
+                "epoch": round(self.global_step / self.steps_per_epoch, 4),
+                "loss": self._sum_over_processes(stats.pop("loss_sum")) / num_step_tokens,
+                "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "num_tokens": num_step_tokens,
+            }
+            for key, value in stats.items():
+                record[key] = self._sum_over_processes(value) / num_step_tokens
+            if self.global_step % self.cfg.logging_steps == 0 or self.global_step == self.total_steps:
+                elapsed = max(time.time() - window_start, 1e-9)
+                record["target_tokens_per_s"] = window_tokens / elapsed
+                window_start, window_tokens = time.time(), 0
+                self._log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            else:
+                self._log(record, console=False)
+            bar.update(1)
+
+            if self.eval_data and self.cfg.eval_steps > 0 and self.global_step % self.cfg.eval_steps == 0:
+                self._log({"step": self.global_step, "eval_loss": self.evaluate()})
+            if self.cfg.save_steps > 0 and self.global_step % self.cfg.save_steps == 0:
+                self.save_checkpoint()
+            if os.environ.get(FAULT_KILL_AFTER_STEP) == str(self.global_step):
+                os.kill(os.getpid(), signal.SIGKILL)
+        bar.close()
+
+        final: dict[str, Any] = {"step": self.global_step}
+        if self.eval_data:
+            final["eval_loss"] = self.evaluate()
+            self._log({"step": self.global_step, "eval_loss": final["eval_loss"]})
+        if self.cfg.save_final_model:
+            self.save_final_model()
+        if self.cfg.report_to:
+            acc.end_training()
+        return final
+
+    # ----- pieces of the loop ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def micro_step(self, is_last: bool):
+        """Context for one micro-batch: gradients are synchronised across processes only on the last."""
+        acc = self.accelerator
+        acc.gradient_state._set_sync_gradients(is_last)
+        with contextlib.nullcontext() if is_last else acc.no_sync(self.model):
+            yield
+
+    def _micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        acc = self.accelerator
+        indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, step, self.cfg.shuffle)
+        shards = process_micro_batches(
+            indices, self.world_size, acc.process_index, self.cfg.per_device_batch_size, self.cfg.gradient_accumulation_steps
+        )
+        pad = self.tokenizer.pad_token_id
+        return [
+            {k: v.to(acc.device) for k, v in collate([self.train_data[i] for i in shard], pad).items()}
+            for shard in shards
+        ]
+
+    def _sum_over_processes(self, value: float) -> float:
+        if self.world_size == 1:
+            return float(value)
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.reduce(tensor, reduction="sum").item())
+
+    def _clip_gradients(self) -> float | None:
+        acc = self.accelerator
+        if acc.distributed_type.value == "DEEPSPEED":
+            # DeepSpeed clips inside its step (gradient_clipping in its config); read the norm back.
+            norm = getattr(acc.deepspeed_engine_wrapped, "get_global_grad_norm", lambda: None)()
+            return None if norm is None else float(norm)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.cfg.max_grad_norm > 0:
+            return float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        return float(torch.stack(norms).norm()) if norms else 0.0
+
+    def _build_scheduler(self, optimizer):
+        from transformers import get_scheduler
+
+        warmup = self.cfg.warmup_steps or int(math.ceil(self.cfg.warmup_ratio * self.total_steps))
+        return get_scheduler(
+            self.cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted mean loss over the eval set (sharded across processes)."""
+        self.model.eval()
+        acc = self.accelerator
+        mine = self.eval_data[acc.process_index :: self.world_size]
+        loss_sum, count = 0.0, 0
+        pad = self.tokenizer.pad_token_id
+        bs = self.cfg.per_device_batch_size
+        for start in range(0, len(mine), bs):
+            batch = {k: v.to(acc.device) for k, v in collate(mine[start : start + bs], pad).items()}
+            s, n = token_cross_entropy_sum(
+                self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+            )
+            loss_sum += float(s)
+            count += int(n)
+        total = self._sum_over_processes(count)
+        return self._sum_over_processes(loss_sum) / max(total, 1.0)
+
+    # ----- logging -----------------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any], console: bool = True) -> None:
+        acc = self.accelerator
+        self.history.append(record)
+        if not acc.is_main_process:
+            return
+        with (self.output_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.cfg.report_to:
+            acc.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
+
+    # ----- checkpoints -------------------------------------------------------------------------------
+
+    def _prepare_output_dir(self) -> None:
+        acc = self.accelerator
+        existing = ckpt.complete_checkpoints(self.output_dir)
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            removed = ckpt.remove_incomplete(self.output_dir)
+            for path in removed:
+                logger.warning("removed incomplete checkpoint %s (its write was interrupted)", path)
+            if existing and not self.cfg.resume:
+                if not self.cfg.overwrite_output_dir:
+                    raise ConfigError(
+                        f"{self.output_dir} already has checkpoints; pass --resume to continue "
+                        "or --overwrite_output_dir to start again"
+                    )
+                for _, path in existing:
+                    shutil.rmtree(path)
+            if not self.cfg.resume:
+                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        acc.wait_for_everyone()
+        if self.cfg.resume:
+            latest = ckpt.latest_checkpoint(self.output_dir)
+            if latest is None:
+                if acc.is_main_process:
+                    logger.warning("--resume: no complete checkpoint in %s, starting from step 0", self.output_dir)
+                    (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            else:
+                self.load_checkpoint(latest)
+        acc.wait_for_everyone()
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoint-<step> atomically (all processes take part) and rotate old ones."""
+        acc = self.accelerator
+        final = self.output_dir / f"checkpoint-{self.global_step}"
+        tmp = self.output_dir / f"{ckpt.TMP_PREFIX}{self.global_step}"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            torch.save(self.method_state_dict(), tmp / "method_state.pt")
+            ckpt.write_json_atomic(
+                tmp / "trainer_state.json",
+                {
+                    "global_step": self.global_step,
+                    "epoch": self.global_step / self.steps_per_epoch,
+                    "global_batch": self.global_batch,
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "total_steps": self.total_steps,
+                    "seed": self.cfg.seed,
+                    "world_size": self.world_size,
+                },
+            )
+        acc.wait_for_everyone()
+        if os.environ.get(FAULT_KILL_IN_SAVE) == str(self.global_step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if acc.is_main_process:
+            ckpt.publish(tmp, final)
+            for path in ckpt.rotate(self.output_dir, self.cfg.save_total_limit):
+                logger.info("rotated out %s", path)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore model, optimizer, scheduler, RNG and method state, and the step, from `path`."""
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state["global_batch"] != self.global_batch or state["steps_per_epoch"] != self.steps_per_epoch:
+            raise ConfigError(
+                f"cannot resume from {path}: it used a global batch of {state['global_batch']} "
+                f"({state['steps_per_epoch']} steps/epoch), this run uses {self.global_batch} ({self.steps_per_epoch})"
+            )
+        self.accelerator.load_state(str(path), strict=not _is_peft(self.accelerator.unwrap_model(self.model)))
+        self.global_step = int(state["global_step"])
+        method_state = path / "method_state.pt"
+        if method_state.is_file():
+            self.load_method_state_dict(torch.load(method_state, weights_only=False))
+        if self.accelerator.is_main_process:
+            self._truncate_metrics(self.global_step)
+            logger.info("resumed from %s at step %d", path, self.global_step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop logged rows after `step` (written by the run that crashed) so the log has no duplicates."""
+        path = self.output_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+        self.history = [json.loads(line) for line in keep]
+
+    def _register_adapter_only_checkpoints(self) -> None:
+        """For LoRA models, checkpoints hold only trainable weights, not a copy of the frozen base."""
+        acc = self.accelerator
+        if acc.distributed_type.value == "DEEPSPEED" or not _is_peft(acc.unwrap_model(self.model)):
+            return
+
+        def keep_trainable(models, weights, output_dir):
+            for model, state in zip(models, weights):
+                unwrapped = acc.unwrap_model(model)
+                trainable = {name for name, p in unwrapped.named_parameters() if p.requires_grad}
+                for key in list(state):
+                    if key not in trainable:
+                        del state[key]
+
+        acc.register_save_state_pre_hook(keep_trainable)
+
+    # ----- final save --------------------------------------------------------------------------------
+
+    def save_final_model(self) -> Path:
+        """Save the final model (or LoRA adapter) with tokenizer, config, model card and loss plot."""
+        from llmkit.train.card import write_model_card, write_loss_plot
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(self.model)
+            base_name = self.run_config.get("model", {}).get("name")
+            if _is_peft(unwrapped) and base_name:
+                unwrapped.peft_config["default"].base_model_name_or_path = base_name
+            unwrapped.save_pretrained(self.output_dir, state_dict=state_dict, safe_serialization=True)
+            self.tokenizer.save_pretrained(self.output_dir)
+            import yaml
+
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
+            write_model_card(self.output_dir, self.run_config, self.method_name, self.history, is_adapter=_is_peft(unwrapped))
+            write_loss_plot(self.output_dir, self.history)
+            ckpt.write_json_atomic(
+                self.output_dir / "trainer_state.json", {"global_step": self.global_step, "world_size": self.world_size}
+            )
+        acc.wait_for_everyone()
+        return self.output_dir
