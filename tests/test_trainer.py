@@ -1,0 +1,88 @@
+"""The shared trainer in one process: accumulation equivalence, token normalisation, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmkit.models import ModelConfig, load_model
+from llmkit.train import Trainer, TrainerConfig
+
+
+def train_tiny(tmp_path, name, examples, tokenizer, **overrides):
+    settings = dict(max_steps=3, learning_rate=1e-2, lr_scheduler="constant", shuffle=True, seed=3, save_final_model=False)
+    settings.update(overrides)
+    cfg = TrainerConfig(output_dir=str(tmp_path / name), **settings)
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    trainer = Trainer(cfg, model, tokenizer, examples)
+    trainer.train()
+    losses = [r["loss"] for r in trainer.history if "loss" in r]
+    weights = {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+    return losses, weights
+
+
+def test_accumulation_4x2_equals_1x8_on_unequal_lengths(tmp_path, code_examples, tokenizer, fresh_accelerate_state):
+    lengths = {len(e.input_ids) for e in code_examples[:24]}
+    assert len(lengths) > 5  # the data really has unequal lengths
+    losses_a, weights_a = train_tiny(tmp_path, "ga", code_examples[:24], tokenizer,
+                                     per_device_batch_size=2, gradient_accumulation_steps=4)
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    losses_b, weights_b = train_tiny(tmp_path, "big", code_examples[:24], tokenizer,
+                                     per_device_batch_size=8, gradient_accumulation_steps=1)
+    assert losses_a == pytest.approx(losses_b, rel=1e-5)
+    assert losses_a[0] != losses_a[-1]  # it trained
+    for key in weights_a:
+        torch.testing.assert_close(weights_a[key], weights_b[key], atol=1e-5, rtol=0)
+
+
+def test_logged_loss_is_the_token_weighted_mean(tmp_path, code_examples, tokenizer, fresh_accelerate_state):
+    from llmkit.data import collate
+    from llmkit.train.losses import token_cross_entropy_sum
+
+    examples = code_examples[:8]
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    batch = collate(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        s, n = token_cross_entropy_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    expected_first = (s / n).item()
+    losses, _ = train_tiny(tmp_path, "mean", examples, tokenizer, per_device_batch_size=2, gradient_accumulation_steps=4, shuffle=False)
+    assert losses[0] == pytest.approx(expected_first, rel=1e-5)
+
+
+def test_final_outputs_and_model_card(tmp_path, code_examples, tokenizer, fresh_accelerate_state):
+    cfg = TrainerConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_batch_size=4, lr_scheduler="constant")
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    run_config = {"model": {"name": "tiny-random-llama"}, "data": {"path": "codealpaca/x.json"}}
+    trainer = Trainer(cfg, model, tokenizer, code_examples[:8], eval_data=code_examples[8:12], run_config=run_config)
+    result = trainer.train()
+    out = tmp_path / "out"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "training_loss.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "base_model: tiny-random-llama" in card and "codealpaca/x.json" in card and "transformers:" in card
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert rows[-1]["eval_loss"] == pytest.approx(result["eval_loss"])
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    ids = torch.tensor([code_examples[0].input_ids])
+    torch.testing.assert_close(reloaded(ids).logits, trained(ids).logits)
+
+
+def test_existing_checkpoints_need_resume_or_overwrite(tmp_path, code_examples, tokenizer, fresh_accelerate_state):
+    from llmkit.errors import ConfigError
+
+    out = tmp_path / "o"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "COMPLETE").write_text("ok")
+    cfg = TrainerConfig(output_dir=str(out), max_steps=1, per_device_batch_size=4, save_final_model=False)
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    with pytest.raises(ConfigError, match="already has checkpoints; pass --resume"):
+        Trainer(cfg, model, tokenizer, code_examples[:8]).train()
