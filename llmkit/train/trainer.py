@@ -102,6 +102,8 @@ def build_accelerator(cfg: TrainerConfig):
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     accelerator = Accelerator(
+        # Without CUDA, run on CPU even when launched with a multi-GPU/DeepSpeed config (gloo processes).
+        cpu=not torch.cuda.is_available(),
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=cfg.report_to or None,
