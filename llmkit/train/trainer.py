@@ -101,9 +101,11 @@ def build_accelerator(cfg: TrainerConfig):
     handlers = []
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(
-        # Without CUDA, run on CPU even when launched with a multi-GPU/DeepSpeed config (gloo processes).
-        cpu=not torch.cuda.is_available(),
+        # Without CUDA, run on CPU even when launched with a multi-GPU config (gloo processes). Not under
+        # DeepSpeed: cpu=True would silently drop it; DeepSpeed finds the CPU through DS_ACCELERATOR=cpu.
+        cpu=not torch.cuda.is_available() and not use_deepspeed,
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=cfg.report_to or None,
@@ -428,7 +430,10 @@ class Trainer:
                 f"cannot resume from {path}: it used a global batch of {state['global_batch']} "
                 f"({state['steps_per_epoch']} steps/epoch), this run uses {self.global_batch} ({self.steps_per_epoch})"
             )
-        self.accelerator.load_state(str(path), strict=not _is_peft(self.accelerator.unwrap_model(self.model)))
+        kwargs = {}
+        if self.accelerator.distributed_type.value != "DEEPSPEED" and _is_peft(self.accelerator.unwrap_model(self.model)):
+            kwargs["strict"] = False  # LoRA checkpoints hold only the trainable weights
+        self.accelerator.load_state(str(path), **kwargs)
         self.global_step = int(state["global_step"])
         method_state = path / "method_state.pt"
         if method_state.is_file():
