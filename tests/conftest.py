@@ -57,6 +57,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONPATH": str(REPO_ROOT),
             "DS_ACCELERATOR": "cpu",
+            # DeepSpeed compiles a small C++ op on start; a stable private folder builds it only once.
+            "TORCH_EXTENSIONS_DIR": str(Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit")) / "torch_extensions"),
         }
     )
     env.update(extra)

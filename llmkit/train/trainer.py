@@ -67,6 +67,7 @@ class TrainerConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     logging_steps: int = 1
     eval_steps: int = 0
+    eval_on_start: bool = False
     save_steps: int = 0
     save_total_limit: int = 2
     resume: bool = False
@@ -221,10 +222,18 @@ class Trainer:
         self._prepare_output_dir()
         if self.cfg.report_to:
             acc.init_trackers(self.output_dir.name, config=self.run_config)
+        if acc.is_main_process:
+            logger.info(
+                "distributed: %s, %d process(es), global batch %d, %d steps (%d per epoch), mixed precision: %s",
+                acc.distributed_type.value, self.world_size, self.global_batch, self.total_steps,
+                self.steps_per_epoch, acc.mixed_precision,
+            )
         dropped = len(self.train_data) - self.steps_per_epoch * self.global_batch
         if dropped and acc.is_main_process:
             logger.warning("each epoch drops its last %d example(s) (incomplete global batch of %d)", dropped, self.global_batch)
 
+        if self.eval_data and self.cfg.eval_on_start and self.global_step == 0:
+            self._log({"step": 0, "eval_loss": self.evaluate()})
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not acc.is_main_process)
         window_start, window_tokens = time.time(), 0
         while self.global_step < self.total_steps:
@@ -271,8 +280,12 @@ class Trainer:
 
         final: dict[str, Any] = {"step": self.global_step}
         if self.eval_data:
-            final["eval_loss"] = self.evaluate()
-            self._log({"step": self.global_step, "eval_loss": final["eval_loss"]})
+            last_eval = next((r for r in reversed(self.history) if "eval_loss" in r), None)
+            if last_eval is not None and last_eval["step"] == self.global_step:
+                final["eval_loss"] = last_eval["eval_loss"]
+            else:
+                final["eval_loss"] = self.evaluate()
+                self._log({"step": self.global_step, "eval_loss": final["eval_loss"]})
         if self.cfg.save_final_model:
             self.save_final_model()
         if self.cfg.report_to:

@@ -1,0 +1,95 @@
+"""The `llmkit` command: env, train, export, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from llmkit.errors import ConfigError, exit_on_user_error
+from llmkit.recipe import ACCELERATE_CONFIGS_DIR, RECIPES_DIR, list_recipes
+
+
+def _recipes_help() -> str:
+    lines = ["recipes and their configs:"]
+    for name, configs in list_recipes().items():
+        lines.append(f"  {name}")
+        lines += [f"      {c}" for c in configs]
+    accel = sorted(p.stem for p in ACCELERATE_CONFIGS_DIR.glob("*.yaml")) if ACCELERATE_CONFIGS_DIR.is_dir() else []
+    lines.append(f"accelerate configs (--accelerate_config NAME): {', '.join(accel)}")
+    lines.append("")
+    lines.append("example: llmkit train sft --config recipes/sft/configs/tiny_cpu.yaml --trainer.max_steps 5")
+    return "\n".join(lines)
+
+
+def launch_command(recipe: str, accelerate_config: str | None, num_processes: int | None, rest: list[str]) -> list[str]:
+    """The command that runs `recipe`: plain Python, or `accelerate launch` with a named config."""
+    script = RECIPES_DIR / recipe / "train.py"
+    if not script.is_file():
+        raise ConfigError(f"unknown recipe '{recipe}'; available: {', '.join(list_recipes()) or 'none'}")
+    if accelerate_config is None:
+        return [sys.executable, str(script), *rest]
+    config_path = ACCELERATE_CONFIGS_DIR / f"{accelerate_config}.yaml"
+    if not config_path.is_file():
+        config_path = ACCELERATE_CONFIGS_DIR / accelerate_config
+    if not config_path.is_file():
+        raise ConfigError(f"accelerate config not found: {accelerate_config} (looked in {ACCELERATE_CONFIGS_DIR})")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path)]
+    if num_processes is not None:
+        cmd += ["--num_processes", str(num_processes)]
+    return cmd + [str(script), *rest]
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `llmkit` command."""
+    parser = argparse.ArgumentParser(
+        prog="llmkit",
+        description="Train, tune and evaluate LLMs with recipes of published methods.",
+        epilog=_recipes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("env", help="print versions and what is usable here (GPU, vLLM, DeepSpeed, FlashAttention)")
+    train = sub.add_parser(
+        "train", help="run a recipe: llmkit train RECIPE --config FILE [--section.key value ...]",
+        epilog=_recipes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("recipe", help="recipe folder name under recipes/")
+    train.add_argument("--accelerate_config", help="name of a file in accelerate_configs/ (e.g. cpu_ddp, zero2)")
+    train.add_argument("--num_processes", type=int, help="override the accelerate config's process count")
+    export = sub.add_parser("export", help="write a plain HF folder (LoRA merged) that vllm serve loads")
+    export.add_argument("output_dir", help="a folder saved by a recipe (full model or LoRA adapter)")
+    export.add_argument("export_dir", help="where to write the merged model")
+    demo = sub.add_parser("demo", help="the end-to-end demo on embedded defaults (SmolLM2 + CodeAlpaca)")
+    demo.add_argument("--output_dir", default="outputs/demo")
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "env":
+        from llmkit.env import report
+
+        print(report())
+        return 0
+    if args.command == "train":
+        cmd = launch_command(args.recipe, args.accelerate_config, args.num_processes, rest)
+        print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+        return subprocess.call(cmd, env=dict(os.environ))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "export":
+        from llmkit.models import export_merged
+
+        path = export_merged(args.output_dir, args.export_dir)
+        print(f"exported a merged HF model to {path} (serve it with: vllm serve {path})")
+        return 0
+    if args.command == "demo":
+        from llmkit.demo import run_demo
+
+        run_demo(args.output_dir)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
