@@ -229,7 +229,7 @@ def _set_path(data: dict, path: list[str], value: Any) -> None:
         parsed = yaml.safe_load(value) if isinstance(value, str) else value
     except yaml.YAMLError:
         parsed = value
-    node[path[-1]] = value if isinstance(parsed, dict) else parsed
+    node[path[-1]] = parsed
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

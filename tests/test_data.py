@@ -86,7 +86,7 @@ def test_empty_dataset_is_an_error(tokenizer, tmp_path):
 
 
 def test_missing_file_and_data_dir_resolution(tmp_path, monkeypatch):
-    with pytest.raises(DataError, match="data file not found: nope/missing.jsonl"):
+    with pytest.raises(DataError, match="data file not found: nope/missing.jsonl \\(looked in: nope/missing.jsonl, "):
         resolve_data_path("nope/missing.jsonl")
     (tmp_path / "sub").mkdir()
     target = jsonl(tmp_path / "sub", [GOOD])

@@ -44,7 +44,8 @@ def resolve_data_path(path: str) -> Path | str:
         searched.append(str(in_data_dir))
     looks_local = candidate.suffix in LOCAL_SUFFIXES or path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local:
-        raise DataError(f"data file not found: {path} (looked in: {', '.join(searched)})")
+        where = f" (looked in: {', '.join(searched)})" if len(searched) > 1 else ""
+        raise DataError(f"data file not found: {path}{where}")
     return path
 
 

