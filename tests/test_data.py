@@ -129,3 +129,19 @@ def test_collate_pads_right_and_masks_padding(code_examples, tokenizer):
     assert batch["input_ids"].shape == (3, max(lengths))
     assert batch["attention_mask"].sum(1).tolist() == lengths
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_unreachable_hub_dataset_is_one_clear_error():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from llmkit.data import read_records\n"
+        "from llmkit.errors import DataError\n"
+        "try:\n    read_records('someorg/no-such-dataset')\n"
+        "except DataError as e:\n    print('DATAERROR', e)\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "DATAERROR cannot load dataset 'someorg/no-such-dataset' (split 'train') from the hub" in proc.stdout

@@ -58,3 +58,27 @@ def test_interrupted_checkpoint_write_is_never_loaded(uninterrupted, tmp_path):
     assert "checkpoint-2 at step 2" in resumed.stderr
     assert not torn.exists()
     assert_same_run(uninterrupted, out)
+
+
+def test_lora_resume_with_dropout_matches_uninterrupted(tmp_path):
+    """LoRA checkpoints hold only the adapter; RNG states make dropout replay exactly after resume."""
+    from safetensors.torch import load_file
+
+    lora = ["--model.lora.r", "4", "--model.lora.alpha", "8", "--model.lora.dropout", "0.1",
+            "--trainer.learning_rate", "1e-2"]
+    full, killed_dir = tmp_path / "full", tmp_path / "killed"
+    assert run_sft(ARGS + lora + ["--trainer.output_dir", str(full)]).returncode == 0
+    killed = run_sft(ARGS + lora + ["--trainer.output_dir", str(killed_dir)],
+                     env=subprocess_env(LLMKIT_FAULT_KILL_AFTER_STEP="3"))
+    assert killed.returncode == -signal.SIGKILL
+    ckpt_weights = load_file(str(killed_dir / "checkpoint-2" / "model.safetensors"))
+    assert ckpt_weights and all("lora_" in k for k in ckpt_weights)  # adapter only, no frozen base
+    resumed = run_sft(ARGS + lora + ["--trainer.output_dir", str(killed_dir), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    la, lb = read_metrics(full), read_metrics(killed_dir)
+    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=1e-6)
+    wa = load_file(str(full / "adapter_model.safetensors"))
+    wb = load_file(str(killed_dir / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys() and len(wa) > 0
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-6, rtol=0)

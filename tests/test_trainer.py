@@ -86,3 +86,20 @@ def test_existing_checkpoints_need_resume_or_overwrite(tmp_path, code_examples, 
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
     with pytest.raises(ConfigError, match="already has checkpoints; pass --resume"):
         Trainer(cfg, model, tokenizer, code_examples[:8]).train()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(code_examples, tokenizer):
+    from llmkit.data import collate
+    from llmkit.train.losses import token_cross_entropy_sum
+
+    batch = collate(code_examples[:4], tokenizer.pad_token_id)
+    grads = []
+    for checkpointing in (False, True):
+        model = load_model(ModelConfig(name="tiny-random-llama", gradient_checkpointing=checkpointing), vocab_size=len(tokenizer))
+        model.train()
+        s, _ = token_cross_entropy_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        s.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert model.is_gradient_checkpointing
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)

@@ -235,11 +235,16 @@ class Trainer:
         if self.eval_data and self.cfg.eval_on_start and self.global_step == 0:
             self._log({"step": 0, "eval_loss": self.evaluate()})
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not acc.is_main_process)
-        window_start, window_tokens = time.time(), 0
+        window_start, window_tokens, window_inputs = time.time(), 0, 0
         while self.global_step < self.total_steps:
             micro_batches = self._micro_batches(self.global_step)
-            local_tokens = sum(count_target_tokens(b["labels"]) for b in micro_batches)
-            num_step_tokens = int(self._sum_over_processes(float(local_tokens)))
+            # Target tokens, real tokens and padded slots of the whole step, summed over processes (one reduce).
+            num_step_tokens, real_tokens, slots = self._sum_over_processes(
+                sum(count_target_tokens(b["labels"]) for b in micro_batches),
+                sum(int(b["attention_mask"].sum()) for b in micro_batches),
+                sum(b["attention_mask"].numel() for b in micro_batches),
+            )
+            num_step_tokens = int(num_step_tokens)
 
             self.model.train()
             stats = self.training_step(self.model, micro_batches, num_step_tokens)
@@ -250,20 +255,23 @@ class Trainer:
             self.global_step += 1
 
             window_tokens += num_step_tokens
+            window_inputs += int(real_tokens)
             record = {
                 "step": self.global_step,
                 "epoch": round(self.global_step / self.steps_per_epoch, 4),
-                "loss": self._sum_over_processes(stats.pop("loss_sum")) / num_step_tokens,
+                "loss": self._sum_over_processes(stats.pop("loss_sum"))[0] / num_step_tokens,
                 "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
                 "num_tokens": num_step_tokens,
+                "input_tokens": int(real_tokens),
+                "padding_fraction": 1.0 - real_tokens / slots,
             }
             for key, value in stats.items():
-                record[key] = self._sum_over_processes(value) / num_step_tokens
+                record[key] = self._sum_over_processes(value)[0] / num_step_tokens
             if self.global_step % self.cfg.logging_steps == 0 or self.global_step == self.total_steps:
                 elapsed = max(time.time() - window_start, 1e-9)
                 record["target_tokens_per_s"] = window_tokens / elapsed
-                window_start, window_tokens = time.time(), 0
+                record["input_tokens_per_s"] = window_inputs / elapsed
                 self._log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             else:
@@ -274,6 +282,8 @@ class Trainer:
                 self._log({"step": self.global_step, "eval_loss": self.evaluate()})
             if self.cfg.save_steps > 0 and self.global_step % self.cfg.save_steps == 0:
                 self.save_checkpoint()
+            if "target_tokens_per_s" in record:  # the next window starts after eval and checkpoint time
+                window_start, window_tokens, window_inputs = time.time(), 0, 0
             if os.environ.get(FAULT_KILL_AFTER_STEP) == str(self.global_step):
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
@@ -314,11 +324,12 @@ class Trainer:
             for shard in shards
         ]
 
-    def _sum_over_processes(self, value: float) -> float:
+    def _sum_over_processes(self, *values: float) -> list[float]:
+        """Sum each value over all processes (one all-reduce); returns a list in the same order."""
         if self.world_size == 1:
-            return float(value)
-        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.accelerator.device)
-        return float(self.accelerator.reduce(tensor, reduction="sum").item())
+            return [float(v) for v in values]
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(tensor, reduction="sum").tolist()
 
     def _clip_gradients(self) -> float | None:
         acc = self.accelerator
@@ -356,8 +367,8 @@ class Trainer:
             )
             loss_sum += float(s)
             count += int(n)
-        total = self._sum_over_processes(count)
-        return self._sum_over_processes(loss_sum) / max(total, 1.0)
+        total_loss, total_count = self._sum_over_processes(loss_sum, count)
+        return total_loss / max(total_count, 1.0)
 
     # ----- logging -----------------------------------------------------------------------------------
 
