@@ -54,13 +54,18 @@ def test_messages_schema_trains_on_every_assistant_turn(tokenizer, tmp_path):
 
 
 def test_malformed_jsonl_line_is_counted_with_file_and_line(tokenizer, tmp_path):
-    p = jsonl(tmp_path, [GOOD, "{not json", GOOD, {"prompt": "x", "response": ""}])
+    p = jsonl(tmp_path, [GOOD, "{not json", GOOD, {"prompt": "x", "response": ""}, "[1, 2]"])
     data = load_sft_data(DataConfig(path=str(p)), tokenizer)
     assert len(data.train) == 2
-    assert data.bad_rows.count == 2
-    assert data.bad_rows.reasons == {"malformed JSON (Expecting property name enclosed in double quotes)": 1, "empty response": 1}
+    assert data.bad_rows.count == 3
+    assert data.bad_rows.reasons == {
+        "malformed JSON (Expecting property name enclosed in double quotes)": 1,
+        "row is not a JSON object": 1,
+        "empty response": 1,
+    }
     assert data.bad_rows.examples[0].startswith(f"{p}:2: malformed JSON")
-    assert data.bad_rows.examples[1].startswith(f"{p}:4: empty response")
+    assert data.bad_rows.examples[1].startswith(f"{p}:5: row is not a JSON object")
+    assert data.bad_rows.examples[2].startswith(f"{p}:4: empty response")  # tokenising comes after reading
 
 
 def test_on_bad_row_error_stops_at_the_first(tokenizer, tmp_path):

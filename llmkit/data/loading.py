@@ -94,11 +94,16 @@ def _iter_jsonl(path: Path, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 bad(where, f"malformed JSON ({exc.msg})")
                 continue
-            if not isinstance(row, dict):
-                bad(where, "row is not a JSON object")
-                continue
-            row[SOURCE_KEY] = where
-            yield row
+            yield from _tagged_object(row, where, bad)
+
+
+def _tagged_object(row: Any, where: str, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
+    """Yield `row` tagged with its location if it is a JSON object; report it as bad otherwise."""
+    if not isinstance(row, dict):
+        bad(where, "row is not a JSON object")
+        return
+    row[SOURCE_KEY] = where
+    yield row
 
 
 def _iter_json(path: Path, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
@@ -111,12 +116,7 @@ def _iter_json(path: Path, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
     for i, row in enumerate(data):
-        where = f"{path}[{i}]"
-        if not isinstance(row, dict):
-            bad(where, "row is not a JSON object")
-            continue
-        row[SOURCE_KEY] = where
-        yield row
+        yield from _tagged_object(row, f"{path}[{i}]", bad)
 
 
 def _iter_table(path: Path, kind: str) -> Iterator[dict[str, Any]]:
