@@ -103,3 +103,61 @@ def test_gradient_checkpointing_gives_the_same_gradients(code_examples, tokenize
     assert model.is_gradient_checkpointing
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+
+
+class CountingTrainer(Trainer):
+    """A method with per-run state: counts the examples it has seen, like a per-prompt history would."""
+
+    method_name = "counting"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = 0
+
+    def training_step(self, model, micro_batches, num_step_tokens):
+        self.seen += sum(b["input_ids"].shape[0] for b in micro_batches)
+        return super().training_step(model, micro_batches, num_step_tokens)
+
+    def method_state_dict(self):
+        return {"seen": self.seen}
+
+    def load_method_state_dict(self, state):
+        self.seen = state["seen"]
+
+
+def test_method_state_survives_resume(tmp_path, code_examples, tokenizer, fresh_accelerate_state):
+    from accelerate.state import AcceleratorState, GradientState
+
+    def make(resume, max_steps):
+        cfg = TrainerConfig(output_dir=str(tmp_path / "m"), max_steps=max_steps, per_device_batch_size=2,
+                            save_steps=2, resume=resume, save_final_model=False, lr_scheduler="constant")
+        model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+        return CountingTrainer(cfg, model, tokenizer, code_examples[:16])
+
+    first = make(resume=False, max_steps=3)
+    first.train()
+    assert first.seen == 6 and (tmp_path / "m" / "checkpoint-2").is_dir()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    second = make(resume=True, max_steps=4)
+    second.train()
+    # resumed at step 2 with seen=4, then trained steps 3 and 4
+    assert second.seen == 8
+    assert [r["step"] for r in second.history if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_cli_launch_command_shapes():
+    import sys as _sys
+
+    from llmkit.cli import launch_command
+    from llmkit.errors import ConfigError
+
+    plain = launch_command("sft", None, None, ["--config", "x.yaml"])
+    assert plain[0] == _sys.executable and plain[1].endswith("recipes/sft/train.py") and plain[2:] == ["--config", "x.yaml"]
+    ddp = launch_command("sft", "zero2", 4, [])
+    assert ddp[1:3] == ["-m", "accelerate.commands.launch"]
+    assert ddp[4].endswith("accelerate_configs/zero2.yaml") and ddp[5:7] == ["--num_processes", "4"]
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        launch_command("nope", None, None, [])
+    with pytest.raises(ConfigError, match="accelerate config not found: zero9"):
+        launch_command("sft", "zero9", None, [])
