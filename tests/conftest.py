@@ -65,12 +65,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_sft(args: list[str], accelerate_config: str | None = None, env: dict | None = None, timeout: int = 600):
+def run_sft(args: list[str], accelerate_config: str | None = None, env: dict | None = None, timeout: int = 600,
+            launch_args: tuple[str, ...] = ()):
     """Run the SFT recipe in a subprocess (through `accelerate launch` when a config is named)."""
     if accelerate_config:
         cmd = [
             sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", str(REPO_ROOT / "accelerate_configs" / accelerate_config),
+            "--config_file", str(REPO_ROOT / "accelerate_configs" / accelerate_config), *launch_args,
             str(SFT_SCRIPT), *args,
         ]
     else:

@@ -71,3 +71,11 @@ def test_deepspeed_on_cpu_trains_saves_and_resumes(tmp_path, stage, one_process_
     weights = load_weights(out)
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert model.config.num_hidden_layers == 2
+
+
+def test_unsynchronised_multi_process_launch_is_refused(tmp_path):
+    """FSDP without CUDA: accelerate would start 2 unwrapped processes that never sync gradients."""
+    proc = run_sft(BASE + ["--trainer.output_dir", str(tmp_path / "fsdp")], accelerate_config="fsdp2.yaml",
+                   launch_args=("--num_processes", "2"))
+    assert proc.returncode != 0
+    assert "error: 2 processes were launched but accelerate set up no data parallelism (FSDP needs CUDA devices)" in proc.stderr

@@ -102,17 +102,28 @@ def build_accelerator(cfg: TrainerConfig):
     handlers = []
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    sharded = any(
+        os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true" for name in ("DEEPSPEED", "FSDP")
+    )
     accelerator = Accelerator(
         # Without CUDA, run on CPU even when launched with a multi-GPU config (gloo processes). Not under
-        # DeepSpeed: cpu=True would silently drop it; DeepSpeed finds the CPU through DS_ACCELERATOR=cpu.
-        cpu=not torch.cuda.is_available() and not use_deepspeed,
+        # DeepSpeed/FSDP: cpu=True would silently drop them; DeepSpeed finds the CPU via DS_ACCELERATOR=cpu.
+        cpu=not torch.cuda.is_available() and not sharded,
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=cfg.report_to or None,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=cfg.output_dir),
         kwargs_handlers=handlers,
     )
+    if accelerator.num_processes > 1 and accelerator.distributed_type.value == "NO":
+        # accelerate can start several processes yet wrap nothing (e.g. FSDP without CUDA): gradients
+        # would never be synchronised, so every process would train its own model. Refuse.
+        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        raise ConfigError(
+            f"{accelerator.num_processes} processes were launched but accelerate set up no data parallelism"
+            + (" (FSDP needs CUDA devices)" if fsdp else "")
+            + "; on CPU use accelerate_configs/cpu_ddp.yaml, zero2.yaml or zero3.yaml"
+        )
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         # We feed batches ourselves (no prepared dataloader), so fill DeepSpeed's "auto" fields here.
