@@ -64,3 +64,20 @@ def test_checkpoint_publication_and_rotation(tmp_path):
     assert sorted(p.name for p in ckpt.remove_incomplete(tmp_path)) == [f"{ckpt.TMP_PREFIX}8", "checkpoint-10"]
     assert [p.name for p in ckpt.rotate(tmp_path, keep=2)] == ["checkpoint-2"]
     assert [s for s, _ in ckpt.complete_checkpoints(tmp_path)] == [4, 6]
+
+
+def test_group_by_length_keeps_the_step_and_cuts_padding(code_examples, tokenizer, fresh_accelerate_state):
+    from llmkit.models import ModelConfig, load_model
+    from llmkit.train import Trainer, TrainerConfig
+
+    def step_batches(group):
+        cfg = TrainerConfig(output_dir="unused", per_device_batch_size=2, gradient_accumulation_steps=4,
+                            group_by_length=group, save_final_model=False)
+        model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+        return Trainer(cfg, model, tokenizer, code_examples[:24])._micro_batches(0)
+
+    plain, grouped = step_batches(False), step_batches(True)
+    ids = lambda batches: sorted(tuple(row[m.bool()].tolist()) for b in batches for row, m in zip(b["input_ids"], b["attention_mask"]))
+    assert ids(plain) == ids(grouped)  # the same examples
+    slots = lambda batches: sum(b["input_ids"].numel() for b in batches)
+    assert slots(grouped) < slots(plain)

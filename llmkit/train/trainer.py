@@ -56,6 +56,7 @@ class TrainerConfig:
     per_device_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     shuffle: bool = True
+    group_by_length: bool = True
     learning_rate: float = 2e-5
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -326,6 +327,10 @@ class Trainer:
     def _micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
         acc = self.accelerator
         indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, step, self.cfg.shuffle)
+        if self.cfg.group_by_length:
+            # Same examples in the step, fewer pad tokens: the step's loss does not depend on how its
+            # examples are split into micro-batches and processes, so sorting them changes no gradient.
+            indices = sorted(indices, key=lambda i: len(self.train_data[i].input_ids))
         shards = process_micro_batches(
             indices, self.world_size, acc.process_index, self.cfg.per_device_batch_size, self.cfg.gradient_accumulation_steps
         )
