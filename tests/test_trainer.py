@@ -161,3 +161,25 @@ def test_cli_launch_command_shapes():
         launch_command("nope", None, None, [])
     with pytest.raises(ConfigError, match="accelerate config not found: zero9"):
         launch_command("sft", "zero9", None, [])
+
+
+def test_tensorboard_tracker_gets_scalars(tmp_path, code_examples, tokenizer, fresh_accelerate_state):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmkit.train.trainer import flatten_for_trackers
+
+    assert flatten_for_trackers({"a": {"b": 1, "c": None, "d": [1, 2]}, "e": "x"}) == {
+        "a.b": 1, "a.c": "None", "a.d": "[1, 2]", "e": "x"
+    }
+    cfg = TrainerConfig(output_dir=str(tmp_path / "tb"), max_steps=2, per_device_batch_size=4,
+                        report_to=["tensorboard"], save_final_model=False)
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    Trainer(cfg, model, tokenizer, code_examples[:8], run_config={"model": {"lora": None}}).train()
+    events = sorted((tmp_path / "tb").rglob("events.out.tfevents*"))
+    scalars = set()
+    for path in events:
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+    assert {"loss", "lr", "grad_norm", "num_tokens"} <= scalars

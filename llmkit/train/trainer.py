@@ -136,6 +136,20 @@ def build_accelerator(cfg: TrainerConfig):
     return accelerator
 
 
+def flatten_for_trackers(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config → {"section.key": scalar}; trackers (TensorBoard hparams) accept only scalars."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_for_trackers(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
 def _is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
@@ -233,7 +247,7 @@ class Trainer:
         acc = self.accelerator
         self._prepare_output_dir()
         if self.cfg.report_to:
-            acc.init_trackers(self.output_dir.name, config=self.run_config)
+            acc.init_trackers(self.output_dir.name, config=flatten_for_trackers(self.run_config))
         if acc.is_main_process:
             logger.info(
                 "distributed: %s, %d process(es), global batch %d, %d steps (%d per epoch), mixed precision: %s",
