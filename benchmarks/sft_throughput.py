@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -89,9 +91,18 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--no_append", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--single_mode", help=argparse.SUPPRESS)  # internal: one mode, JSON to stdout
     args = parser.parse_args()
 
-    results = [run_mode(mode, args) for mode in args.modes.split(",")]
+    if args.single_mode:
+        print("RESULT " + json.dumps(run_mode(args.single_mode, args)))
+        return
+    results = []
+    for mode in args.modes.split(","):
+        # One process per mode, so peak memory is that mode's own.
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--single_mode", mode]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
     header = "| mode | precision | trainable M | s/step | input tok/s | target tok/s | padding | peak GiB | loss (last) | wall s |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in results:
@@ -102,7 +113,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_append:
-        command = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
+        command = "python " + " ".join(sys.argv)
         section = (
             f"\n## SFT throughput: {args.model}, batch {args.batch}, max_length {args.max_length}, {args.steps} steps\n\n"
             f"- date: {dt.date.today().isoformat()}\n- machine: {machine()}\n- command: `{command}`\n"
