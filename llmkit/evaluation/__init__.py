@@ -1,0 +1,1 @@
+"""The evaluation engine: sandboxed code execution, metrics, tasks and the harness."""
