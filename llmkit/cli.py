@@ -41,6 +41,23 @@ def launch_command(recipe: str, accelerate_config: str | None, num_processes: in
     return cmd + [str(script), *rest]
 
 
+def run_eval_command(argv: list[str]) -> int:
+    """`llmkit eval [--config FILE] --task T --model M ...`: generate, score, write results."""
+    from llmkit.config import load_config, split_config_arg
+    from llmkit.evaluation.harness import EvalConfig, run_eval
+    from llmkit.evaluation.tasks import get_task
+    from llmkit.generation import build_generator
+
+    path, overrides = split_config_arg(argv)
+    cfg = load_config(EvalConfig, path, overrides)
+    task = get_task(cfg.task, cfg.data_path, cfg.timeout_s)
+    generator = build_generator(cfg.backend, cfg.model, cfg.batch_size)
+    results = run_eval(task, generator, cfg)
+    print(f"{cfg.task}: {results['metrics']} ({results['num_problems']} problems, {results['wall_seconds']} s); "
+          f"results.json, samples.jsonl and report.md are in {cfg.output_dir}")
+    return 0
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `llmkit` command."""
@@ -62,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     export = sub.add_parser("export", help="write a plain HF folder (LoRA merged) that vllm serve loads")
     export.add_argument("output_dir", help="a folder saved by a recipe (full model or LoRA adapter)")
     export.add_argument("export_dir", help="where to write the merged model")
+    sub.add_parser(
+        "eval", help="evaluate a model on a task: llmkit eval --task humaneval --model M [--backend hf] [--limit N] ...",
+    )
     demo = sub.add_parser("demo", help="the end-to-end demo on embedded defaults (SmolLM2 + CodeAlpaca)")
     demo.add_argument("--output_dir", default="outputs/demo")
 
@@ -75,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = launch_command(args.recipe, args.accelerate_config, args.num_processes, rest)
         print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
         return subprocess.call(cmd, env=dict(os.environ))
+    if args.command == "eval":
+        return run_eval_command(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "export":

@@ -1,0 +1,146 @@
+"""The harness: a task turns problems into prompts and scores completions; `run_eval` writes one results format.
+
+Outputs in `output_dir`: `results.json` (task, metrics, sampling settings, backend, seeds, timeouts,
+versions, git hash, wall time), `samples.jsonl` (prompt, completions, per-sample verdict) and
+`report.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from llmkit.generation.types import GenerationOutput, Generator, Prompt, SamplingParams
+
+
+@dataclass
+class Scored:
+    """Scores of a run: task metrics plus a verdict (and detail) for every sample of every problem."""
+
+    metrics: dict[str, float]
+    verdicts: list[list[dict[str, Any]]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """An evaluation task: problems, prompts, default stop sequences, scoring."""
+
+    name: str = "task"
+    default_stop: list[str] = []
+
+    @abstractmethod
+    def load(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The problems (each a dict with an `id`)."""
+
+    @abstractmethod
+    def prompt(self, problem: dict[str, Any], chat: bool) -> Prompt:
+        """The prompt of one problem: raw text (chat=False) or chat messages (chat=True)."""
+
+    @abstractmethod
+    def score(self, problems: list[dict[str, Any]], outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
+        """Score every completion; metrics aggregate over problems."""
+
+
+@dataclass
+class EvalConfig:
+    """`llmkit eval` settings."""
+
+    task: str = "humaneval"
+    model: str = "smollm2-135m-instruct"
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    output_dir: str = "outputs/eval"
+    data_path: str | None = None
+    limit: int | None = None
+    chat: bool = True
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 1234
+    k: list[int] = field(default_factory=lambda: [1])
+    batch_size: int = 8
+    timeout_s: float = 10.0
+
+    def __post_init__(self):
+        if any(k > self.n for k in self.k):
+            raise ValueError(f"pass@k needs k <= n: k={self.k}, n={self.n}")
+
+
+def git_hash() -> str:
+    """The repository's commit (with '+dirty' for local changes), or '-' outside a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) or "-"
+    except (OSError, subprocess.TimeoutExpired):
+        return "-"
+
+
+def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any]:
+    """Generate, score and write results.json / samples.jsonl / report.md; return the results dict."""
+    from llmkit.env import package_versions
+
+    started = time.time()
+    problems = task.load(cfg.limit)
+    prompts = [task.prompt(p, cfg.chat) for p in problems]
+    params = SamplingParams(
+        n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        stop=[] if cfg.chat else list(task.default_stop), seed=cfg.seed,
+    )
+    outputs = generator.generate(prompts, params)
+    gen_seconds = time.time() - started
+    scored = task.score(problems, outputs, cfg.chat, cfg.k)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "task": task.name,
+        "metrics": scored.metrics,
+        "num_problems": len(problems),
+        "sampling": asdict(params),
+        "chat_template": cfg.chat,
+        "generator": generator.describe(),
+        "model": cfg.model,
+        "timeout_s": cfg.timeout_s,
+        **scored.extra,
+        "versions": package_versions(),
+        "git": git_hash(),
+        "generation_seconds": round(gen_seconds, 1),
+        "wall_seconds": round(time.time() - started, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    with (out / "samples.jsonl").open("w") as fh:
+        for problem, output, verdicts in zip(problems, outputs, scored.verdicts):
+            fh.write(json.dumps({
+                "id": problem["id"],
+                "prompt": output.prompt_text,
+                "completions": [
+                    {"text": c.text, "finish_reason": c.finish_reason, **v} for c, v in zip(output.completions, verdicts)
+                ],
+            }) + "\n")
+    write_report(out, results, problems, outputs, scored)
+    return results
+
+
+def write_report(out: Path, results: dict[str, Any], problems, outputs, scored: Scored) -> Path:
+    """A short markdown report: settings, metrics, and the first few failures."""
+    lines = [f"# {results['task']}: {results['model']}", "",
+             f"- backend: {results['generator']}", f"- chat template: {results['chat_template']}",
+             f"- sampling: {results['sampling']}", f"- problems: {results['num_problems']}, wall time {results['wall_seconds']} s", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in results["metrics"].items()]
+    failures = [(p, o, v) for p, o, v in zip(problems, outputs, scored.verdicts) if not v[0].get("passed", v[0].get("correct", False))]
+    if failures:
+        lines += ["", f"## First failures ({len(failures)} problems failed their first sample)", ""]
+        for p, o, v in failures[:3]:
+            lines += [f"### {p['id']}: {v[0].get('detail', '')}", "", "```", o.completions[0].text[:800], "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,14 @@
+"""Evaluation tasks by name."""
+
+from __future__ import annotations
+
+from llmkit.errors import ConfigError
+
+
+def get_task(name: str, data_path: str | None = None, timeout_s: float = 10.0):
+    """The task called `name` (optionally reading its problems from `data_path`)."""
+    if name == "humaneval":
+        from llmkit.evaluation.tasks.humaneval import HumanEval
+
+        return HumanEval(data_path=data_path, timeout_s=timeout_s)
+    raise ConfigError(f"unknown task '{name}'; available: humaneval")

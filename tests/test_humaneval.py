@@ -1,0 +1,61 @@
+"""HumanEval: canonical solutions pass, empty/wrong fail, pass@k matches the closed form."""
+
+from __future__ import annotations
+
+import random
+from math import comb
+
+import pytest
+
+from llmkit.evaluation.code import extract_code, humaneval_program
+from llmkit.evaluation.metrics import mean_pass_at_k, pass_at_k
+from llmkit.evaluation.sandbox import run_programs
+from llmkit.evaluation.tasks.humaneval import HumanEval
+
+
+@pytest.fixture(scope="module")
+def task():
+    return HumanEval(timeout_s=10)
+
+
+def test_all_164_canonical_solutions_pass(task):
+    problems = task.load()
+    assert len(problems) == 164
+    programs = task.programs(problems, [[p["canonical_solution"]] for p in problems], chat=False)
+    results = run_programs(programs, task.limits, show_progress=False)
+    failed = [p["id"] for p, r in zip(problems, results) if not r.passed]
+    assert failed == []
+
+
+def test_empty_and_wrong_completions_fail(task):
+    problems = task.load(limit=20)
+    empty = task.programs(problems, [[""] for _ in problems], chat=False)
+    wrong = task.programs(problems, [["    return None\n"] for _ in problems], chat=False)
+    results = run_programs(empty + wrong, task.limits, show_progress=False)
+    assert not any(r.passed for r in results)
+
+
+def test_chat_answers_are_extracted(task):
+    problem = task.load(limit=1)[0]
+    answer = "Here it is:\n```python\n" + problem["prompt"] + problem["canonical_solution"] + "```\nDone."
+    program = humaneval_program(problem["prompt"], answer, problem["test"], problem["entry_point"], chat=True)
+    assert run_programs([program], task.limits, show_progress=False)[0].passed
+    body_only = "```python\n" + problem["canonical_solution"] + "```"
+    program = humaneval_program(problem["prompt"], body_only, problem["test"], problem["entry_point"], chat=True)
+    assert run_programs([program], task.limits, show_progress=False)[0].passed
+    assert extract_code("no fence here") == "no fence here"
+    assert extract_code("```py\nx = 1\n") == "x = 1\n"  # unclosed fence runs to the end
+
+
+def test_pass_at_k_equals_closed_form():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 30)
+        c = rng.randint(0, n)
+        k = rng.randint(1, n)
+        closed = 1 - comb(n - c, k) / comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(closed, abs=1e-12)
+    assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 5) == 1.0 and pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="needs at least 4 samples"):
+        pass_at_k(3, 1, 4)
+    assert mean_pass_at_k([[True, False], [False, False]], [1, 2, 5]) == {"pass@1": 0.25, "pass@2": 0.5}
