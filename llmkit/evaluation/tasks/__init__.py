@@ -11,4 +11,8 @@ def get_task(name: str, data_path: str | None = None, timeout_s: float = 10.0):
         from llmkit.evaluation.tasks.humaneval import HumanEval
 
         return HumanEval(data_path=data_path, timeout_s=timeout_s)
-    raise ConfigError(f"unknown task '{name}'; available: humaneval")
+    if name == "mbpp":
+        from llmkit.evaluation.tasks.mbpp import MBPP
+
+        return MBPP(data_path=data_path, timeout_s=timeout_s)
+    raise ConfigError(f"unknown task '{name}'; available: humaneval, mbpp")

@@ -1,0 +1,57 @@
+"""MBPP, the standard test split (task_id 11-510), scored in the same sandbox as HumanEval."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llmkit.data.loading import resolve_data_path
+from llmkit.errors import DataError
+from llmkit.evaluation.code import extract_code
+from llmkit.evaluation.tasks.humaneval import HumanEval
+from llmkit.generation.types import Prompt
+
+TEST_IDS = range(11, 511)
+PROMPT = "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n"
+
+
+def read_mbpp(path: str | None = None, split_ids=TEST_IDS) -> list[dict[str, Any]]:
+    """MBPP rows with task_id in `split_ids` (default: the test split), from `path` or LLMKIT_DATA_DIR."""
+    resolved = resolve_data_path(path or "mbpp/mbpp.jsonl")
+    if isinstance(resolved, str):
+        raise DataError(f"MBPP is read from a local jsonl file; got '{resolved}'")
+    rows = [json.loads(line) for line in resolved.read_text().splitlines() if line.strip()]
+    wanted = set(split_ids)
+    problems = [r for r in rows if r["task_id"] in wanted]
+    for r in problems:
+        r["id"] = f"MBPP/{r['task_id']}"
+    return sorted(problems, key=lambda r: r["task_id"])
+
+
+def mbpp_program(problem: dict[str, Any], completion: str, chat: bool) -> str:
+    """The model's code + the setup code (it may use the solution's classes, e.g. task 367) + the asserts."""
+    code = extract_code(completion) if chat else completion
+    tests = "\n".join(problem["test_list"])
+    return f"{code}\n\n{problem.get('test_setup_code') or ''}\n{tests}\n"
+
+
+class MBPP(HumanEval):
+    """Zero-shot MBPP: the task text and its tests as the prompt (chat: answer in a code block)."""
+
+    name = "mbpp"
+    default_stop = ["\n```", "\nif __name__", "\n# Test", "\nassert "]
+
+    def load(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The 500 test problems in task-id order, optionally the first `limit`."""
+        return read_mbpp(self.data_path)[:limit]
+
+    def prompt(self, problem: dict[str, Any], chat: bool) -> Prompt:
+        """The task text with its tests; completion mode opens a code block for the model to fill."""
+        text = PROMPT.format(text=problem["text"], tests="\n".join(problem["test_list"]))
+        if chat:
+            return [{"role": "user", "content": text + "\nAnswer with the code in one ```python code block."}]
+        return text + "\n```python\n"
+
+    def programs(self, problems, completions_per_problem: list[list[str]], chat: bool) -> list[str]:
+        """Every (problem, completion) program, flattened problem-major."""
+        return [mbpp_program(p, text, chat) for p, texts in zip(problems, completions_per_problem) for text in texts]
