@@ -15,4 +15,8 @@ def get_task(name: str, data_path: str | None = None, timeout_s: float = 10.0):
         from llmkit.evaluation.tasks.mbpp import MBPP
 
         return MBPP(data_path=data_path, timeout_s=timeout_s)
-    raise ConfigError(f"unknown task '{name}'; available: humaneval, mbpp")
+    if name == "gsm8k":
+        from llmkit.evaluation.tasks.gsm8k import GSM8K
+
+        return GSM8K(data_path=data_path, timeout_s=timeout_s)
+    raise ConfigError(f"unknown task '{name}'; available: humaneval, mbpp, gsm8k")
