@@ -51,7 +51,7 @@ def run_eval_command(argv: list[str]) -> int:
     path, overrides = split_config_arg(argv)
     cfg = load_config(EvalConfig, path, overrides)
     task = get_task(cfg.task, cfg.data_path, cfg.timeout_s)
-    generator = build_generator(cfg.backend, cfg.model, cfg.batch_size)
+    generator = build_generator(cfg.backend, cfg.model, cfg.batch_size, cfg.base_url)
     results = run_eval(task, generator, cfg)
     print(f"{cfg.task}: {results['metrics']} ({results['num_problems']} problems, {results['wall_seconds']} s); "
           f"results.json, samples.jsonl and report.md are in {cfg.output_dir}")
