@@ -19,4 +19,10 @@ def get_task(name: str, data_path: str | None = None, timeout_s: float = 10.0):
         from llmkit.evaluation.tasks.gsm8k import GSM8K
 
         return GSM8K(data_path=data_path, timeout_s=timeout_s)
-    raise ConfigError(f"unknown task '{name}'; available: humaneval, mbpp, gsm8k")
+    if name in ("scienceqa", "scienceqa-text", "scienceqa-nocaption"):
+        from llmkit.evaluation.tasks.scienceqa import ScienceQA
+
+        return ScienceQA(data_path=data_path, use_caption=name != "scienceqa-nocaption", text_only=name == "scienceqa-text")
+    raise ConfigError(
+        f"unknown task '{name}'; available: humaneval, mbpp, gsm8k, scienceqa, scienceqa-text, scienceqa-nocaption"
+    )

@@ -1,0 +1,128 @@
+"""ScienceQA (official test split, 4,241 problems; text only, image captions as context): QCM→A.
+
+Breakdown as in the ScienceQA paper's evaluation code: subject (NAT/SOC/LAN), context modality (TXT =
+has a text hint, IMG = has an image, NO = neither; TXT and IMG overlap), grade (G1-6 / G7-12).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from typing import Any
+
+from llmkit.data.loading import resolve_data_path
+from llmkit.errors import DataError
+from llmkit.evaluation.harness import Scored, Task
+from llmkit.generation.types import GenerationOutput, Prompt
+
+SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
+LETTERS = string.ascii_uppercase
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+def context_text(problem: dict[str, Any], use_caption: bool) -> str:
+    """The text hint, plus the image caption when asked (the caption stands in for the image)."""
+    parts = [problem.get("hint") or ""]
+    if use_caption and problem.get("image") and problem.get("caption"):
+        parts.append(f"Image: {problem['caption']}")
+    return " ".join(p for p in parts if p).strip() or "N/A"
+
+
+def qcm_prompt(problem: dict[str, Any], use_caption: bool) -> str:
+    """Question, Context, Multiple options (the QCM→A format)."""
+    options = " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(problem["choices"]))
+    return f"Question: {problem['question']}\nContext: {context_text(problem, use_caption)}\nOptions: {options}\n"
+
+
+def extract_choice(text: str, choices: list[str]) -> int | None:
+    """The chosen option's index from a free-form answer: a letter in the usual forms, else the option text."""
+    valid = LETTERS[: len(choices)]
+    patterns = [
+        rf"answer is:?\s*\(?([{valid}])\)?(?![a-z])",
+        rf"^\s*\(?([{valid}])\)?(?:[.):\s]|$)",
+        rf"\(([{valid}])\)",
+        rf"\b([{valid}])[.)](?:\s|$)",
+    ]
+    for pattern in patterns:
+        match = re.search(pattern, text, flags=re.IGNORECASE if pattern.startswith("answer") else 0)
+        if match:
+            return valid.index(match.group(1).upper())
+    lowered = text.lower()
+    hits = [i for i, c in enumerate(choices) if c and c.lower() in lowered]
+    return hits[0] if len(hits) == 1 else None
+
+
+def problem_groups(problem: dict[str, Any]) -> list[str]:
+    """The breakdown groups one problem belongs to."""
+    groups = [SUBJECTS[problem["subject"]]]
+    if problem.get("hint"):
+        groups.append("TXT")
+    if problem.get("image"):
+        groups.append("IMG")
+    if not problem.get("hint") and not problem.get("image"):
+        groups.append("NO")
+    grade = int(str(problem["grade"]).replace("grade", ""))
+    groups.append("G1-6" if grade <= 6 else "G7-12")
+    return groups
+
+
+def breakdown(problems: list[dict[str, Any]], correct: list[bool]) -> dict[str, float]:
+    """Accuracy overall and per group (percent), with the group sizes under `n_<group>`."""
+    out: dict[str, float] = {"accuracy": 100.0 * sum(correct) / len(correct)}
+    totals: dict[str, list[int]] = {}
+    for problem, ok in zip(problems, correct):
+        for group in problem_groups(problem):
+            hit, n = totals.get(group, [0, 0])
+            totals[group] = [hit + int(ok), n + 1]
+    for group in ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12"):
+        if group in totals:
+            hit, n = totals[group]
+            out[group] = 100.0 * hit / n
+            out[f"n_{group}"] = float(n)
+    return out
+
+
+class ScienceQA(Task):
+    """QCM→A multiple choice; `use_caption` adds the image caption to the context; `text_only` keeps the 2,224 problems without an image."""
+
+    name = "scienceqa"
+
+    def __init__(self, data_path: str | None = None, use_caption: bool = True, text_only: bool = False):
+        self.data_path = data_path
+        self.use_caption = use_caption
+        self.text_only = text_only
+
+    def load(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The test problems in file order (optionally only those without an image)."""
+        resolved = resolve_data_path(self.data_path or "scienceqa/test.jsonl")
+        if isinstance(resolved, str):
+            raise DataError(f"ScienceQA is read from a local jsonl file; got '{resolved}'")
+        problems = [json.loads(line) for line in resolved.read_text().splitlines() if line.strip()]
+        for p in problems:
+            p["id"] = f"ScienceQA/{p['pid']}"
+        if self.text_only:
+            problems = [p for p in problems if not p.get("image")]
+        return problems[:limit]
+
+    def prompt(self, problem: dict[str, Any], chat: bool) -> Prompt:
+        """QCM prompt; chat asks for the letter, completion ends with 'Answer: The answer is ('."""
+        text = qcm_prompt(problem, self.use_caption)
+        if chat:
+            return [{"role": "user", "content": text + INSTRUCTION}]
+        return text + "Answer: The answer is ("
+
+    def score(self, problems, outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
+        """Accuracy of the first sample, overall and by the paper's groups; unparsed answers count wrong."""
+        verdicts = []
+        for p, o in zip(problems, outputs):
+            row = []
+            for c in o.completions:
+                text = c.text if chat else "(" + c.text
+                choice = extract_choice(text, p["choices"])
+                row.append({"correct": choice == p["answer"], "choice": choice, "gold": p["answer"], "parsed": choice is not None})
+            verdicts.append(row)
+        metrics = breakdown(problems, [v[0]["correct"] for v in verdicts])
+        metrics["unparsed_rate"] = 100.0 * sum(not v[0]["parsed"] for v in verdicts) / len(verdicts)
+        return Scored(metrics=metrics, verdicts=verdicts,
+                      extra={"use_caption": self.use_caption, "text_only": self.text_only})
