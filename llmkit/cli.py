@@ -51,6 +51,7 @@ def run_eval_command(argv: list[str]) -> int:
     path, overrides = split_config_arg(argv)
     cfg = load_config(EvalConfig, path, overrides)
     task = get_task(cfg.task, cfg.data_path, cfg.timeout_s)
+    task.load(cfg.limit)  # fail on missing data before an engine spends minutes starting
     generator = build_generator(cfg.backend, cfg.model, cfg.batch_size, cfg.base_url)
     results = run_eval(task, generator, cfg)
     print(f"{cfg.task}: {results['metrics']} ({results['num_problems']} problems, {results['wall_seconds']} s); "
