@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -114,6 +115,7 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
         "generation_seconds": round(gen_seconds, 1),
         "wall_seconds": round(time.time() - started, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(["llmkit eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else " ".join(sys.argv),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     with (out / "samples.jsonl").open("w") as fh:
