@@ -1,0 +1,57 @@
+"""H-GIVR control flow and self-consistency voting, against scripted answerers."""
+
+from __future__ import annotations
+
+from llmkit.evaluation.strategies import confirmed, run_hgivr, self_consistency, vote
+
+
+def scripted(sequences):
+    """An answerer that gives question q its scripted answers in order, and records what it was shown."""
+    seen = []
+
+    def answer(questions, descriptions, histories):
+        seen.append((list(questions), [list(d) for d in descriptions], [list(h) for h in histories]))
+        return [sequences[q][len(h)] for q, h in zip(questions, histories)]
+
+    return answer, seen
+
+
+def describer(log):
+    def describe(questions, round_index):
+        log.append((round_index, list(questions)))
+        return [f"desc {q} r{round_index}" for q in questions]
+
+    return describe
+
+
+def test_stops_on_any_repeat_and_reobserves_on_even_rounds():
+    answer, seen = scripted({0: ["A", "B", "A", "C"], 1: ["B", "B"], 2: [None, None, "C", "C"]})
+    desc_log = []
+    traces = run_hgivr([0, 1, 2], describer(desc_log), answer)
+    assert [t.final for t in traces] == ["A", "B", "C"]
+    assert [t.answer_calls for t in traces] == [3, 2, 4]
+    assert [t.stopped_by for t in traces] == ["repeat"] * 3
+    # describe: round 1 for all, round 2 for all (still active), round 4 only for question 2
+    assert desc_log == [(1, [0, 1, 2]), (2, [0, 1, 2]), (4, [2])]
+    assert [t.description_calls for t in traces] == [2, 2, 3]
+    assert traces[2].descriptions == ["desc 2 r1", "desc 2 r2", "desc 2 r4"]
+    # the history passed at round 3 holds the earlier answers as references
+    assert seen[2] == ([0, 2], [["desc 0 r1", "desc 0 r2"], ["desc 2 r1", "desc 2 r2"]], [["A", "B"], [None, None]])
+
+
+def test_consecutive_flag_and_the_cap_of_ten():
+    answer, _ = scripted({0: ["A", "B", "A", "A"]})
+    assert run_hgivr([0], describer([]), answer, consecutive=True)[0].answer_calls == 4
+    answer, _ = scripted({0: ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K"]})
+    trace = run_hgivr([0], describer([]), answer)[0]
+    assert trace.answer_calls == 10 and trace.stopped_by == "cap" and trace.final == "J"  # all tied: latest wins
+    answer, _ = scripted({0: [None] * 10})
+    trace = run_hgivr([0], describer([]), answer, describe_is_call=False)[0]
+    assert trace.final is None and trace.description_calls == 0 and trace.answer_calls == 10
+
+
+def test_rules_and_voting():
+    assert confirmed(["A", "B", "A"], consecutive=False) and not confirmed(["A", "B", "A"], consecutive=True)
+    assert not confirmed([None, None], consecutive=True)
+    assert vote(["A", "B", "B", None, None]) == "B" and vote(["A", "B"]) == "B" and vote([None]) is None
+    assert self_consistency([["A", "A", "B"], ["C", None, "D"]]) == ["A", "D"]
