@@ -55,3 +55,50 @@ def test_rules_and_voting():
     assert not confirmed([None, None], consecutive=True)
     assert vote(["A", "B", "B", None, None]) == "B" and vote(["A", "B"]) == "B" and vote([None]) is None
     assert self_consistency([["A", "A", "B"], ["C", None, "D"]]) == ["A", "D"]
+
+
+class FakeGenerator:
+    """Answers ScienceQA prompts from a script: the first call per question says (A), later calls (B)."""
+
+    backend_name = "fake"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, prompts, params):
+        from llmkit.generation.types import Completion, GenerationOutput
+
+        outs = []
+        for p in prompts:
+            self.calls += 1
+            text = p[0]["content"]
+            letter = "B" if "Previous answers" in text else "A"
+            outs.append(GenerationOutput(text, [Completion(f"The answer is ({letter}).", [], "stop")] * params.n))
+        return outs
+
+    def describe(self):
+        return {"backend": "fake"}
+
+
+def test_hgivr_on_scienceqa_through_the_harness(tmp_path):
+    import json
+
+    from llmkit.evaluation.harness import EvalConfig, run_eval
+    from llmkit.evaluation.tasks import get_task
+
+    task = get_task("scienceqa-text")
+    gen = FakeGenerator()
+    cfg = EvalConfig(task="scienceqa-text", strategy="hgivr", limit=20, output_dir=str(tmp_path / "h"))
+    results = run_eval(task, gen, cfg)
+    # round 1 answers A, round 2 answers B (history present), round 3 B again: confirmed at 3 calls
+    assert results["metrics"]["responses_per_question"] == 3.0 and gen.calls == 60
+    problems = task.load(20)
+    expected = 100.0 * sum(p["answer"] == 1 for p in problems) / 20
+    assert results["metrics"]["accuracy"] == expected
+    assert results["strategy"]["name"] == "hgivr" and results["strategy"]["max_rounds"] == 10
+    samples = [json.loads(line) for line in (tmp_path / "h" / "samples.jsonl").read_text().splitlines()]
+    assert samples[0]["prompt"] == "[3 model calls]"
+    sc = run_eval(task, FakeGenerator(), EvalConfig(task="scienceqa-text", strategy="self_consistency", sc_samples=3,
+                                                    limit=20, output_dir=str(tmp_path / "sc")))
+    assert sc["metrics"]["responses_per_question"] == 3.0
+    assert sc["metrics"]["accuracy"] == 100.0 * sum(p["answer"] == 0 for p in problems) / 20

@@ -46,6 +46,12 @@ class Task(ABC):
     def score(self, problems: list[dict[str, Any]], outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
         """Score every completion; metrics aggregate over problems."""
 
+    def run_strategy(self, strategy: str, problems, generator: Generator, params: SamplingParams, cfg: "EvalConfig"):
+        """(outputs, extra metrics, settings) of an inference strategy other than 'standard' (hook)."""
+        from llmkit.errors import ConfigError
+
+        raise ConfigError(f"task '{self.name}' supports only --strategy standard")
+
 
 @dataclass
 class EvalConfig:
@@ -65,6 +71,11 @@ class EvalConfig:
     max_new_tokens: int = 512
     seed: int = 1234
     k: list[int] = field(default_factory=lambda: [1])
+    strategy: Literal["standard", "self_consistency", "hgivr"] = "standard"
+    hgivr_max_rounds: int = 10
+    hgivr_consecutive: bool = False
+    sc_samples: int = 3
+    sc_temperature: float = 0.7
     batch_size: int = 8
     timeout_s: float = 10.0
 
@@ -95,9 +106,15 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
         n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
         stop=[] if cfg.chat else list(task.default_stop), seed=cfg.seed,
     )
-    outputs = generator.generate(prompts, params)
+    strategy_metrics: dict[str, float] = {}
+    strategy_settings: dict[str, Any] = {}
+    if cfg.strategy == "standard":
+        outputs = generator.generate(prompts, params)
+    else:
+        outputs, strategy_metrics, strategy_settings = task.run_strategy(cfg.strategy, problems, generator, params, cfg)
     gen_seconds = time.time() - started
     scored = task.score(problems, outputs, cfg.chat, cfg.k)
+    scored.metrics.update(strategy_metrics)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {
@@ -106,6 +123,7 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
         "num_problems": len(problems),
         "sampling": asdict(params),
         "chat_template": cfg.chat,
+        "strategy": {"name": cfg.strategy, **strategy_settings},
         "generator": generator.describe(),
         "model": cfg.model,
         "timeout_s": cfg.timeout_s,

@@ -14,7 +14,7 @@ from typing import Any
 from llmkit.data.loading import resolve_data_path
 from llmkit.errors import DataError
 from llmkit.evaluation.harness import Scored, Task
-from llmkit.generation.types import GenerationOutput, Prompt
+from llmkit.generation.types import Completion, GenerationOutput, Prompt, SamplingParams
 
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 LETTERS = string.ascii_uppercase
@@ -112,6 +112,10 @@ class ScienceQA(Task):
             return [{"role": "user", "content": text + INSTRUCTION}]
         return text + "Answer: The answer is ("
 
+    def run_strategy(self, strategy, problems, generator, params, cfg):
+        """H-GIVR or self-consistency (see `run_scienceqa_strategy`)."""
+        return run_scienceqa_strategy(self, strategy, problems, generator, params, cfg)
+
     def score(self, problems, outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
         """Accuracy of the first sample, overall and by the paper's groups; unparsed answers count wrong."""
         verdicts = []
@@ -126,3 +130,53 @@ class ScienceQA(Task):
         metrics["unparsed_rate"] = 100.0 * sum(not v[0]["parsed"] for v in verdicts) / len(verdicts)
         return Scored(metrics=metrics, verdicts=verdicts,
                       extra={"use_caption": self.use_caption, "text_only": self.text_only})
+
+
+def hgivr_prompt(problem: dict[str, Any], descriptions: list[str], history: list[int | None]) -> list[dict[str, str]]:
+    """An H-GIVR answering turn: question, the descriptions so far, options, earlier answers as references."""
+    options = " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(problem["choices"]))
+    lines = [f"Question: {problem['question']}", "Descriptions:"] + [f"- {d}" for d in descriptions] + [f"Options: {options}"]
+    earlier = [f"({LETTERS[a]})" for a in history if a is not None]
+    if earlier:
+        lines.append("Previous answers (references only; they may be wrong): " + ", ".join(earlier))
+    return [{"role": "user", "content": "\n".join(lines) + "\n" + INSTRUCTION}]
+
+
+def _final_output(choice: int | None, calls: int) -> GenerationOutput:
+    text = f"The answer is ({LETTERS[choice]})." if choice is not None else "(no answer)"
+    return GenerationOutput(prompt_text=f"[{calls} model calls]", completions=[Completion(text, [], "stop")])
+
+
+def run_scienceqa_strategy(task: "ScienceQA", strategy: str, problems, generator, params: SamplingParams, cfg):
+    """H-GIVR or self-consistency on ScienceQA; returns (one final-answer output per problem, metrics, settings).
+
+    Text-only models: the description is the problem's context (hint + caption), so describing costs
+    no call and re-observation adds nothing new; the call count is answers only, as in the paper.
+    """
+    from llmkit.evaluation.strategies import run_hgivr, self_consistency
+
+    if strategy == "self_consistency":
+        sampled = SamplingParams(n=cfg.sc_samples, temperature=cfg.sc_temperature, top_p=params.top_p,
+                                 max_new_tokens=params.max_new_tokens, seed=params.seed)
+        outs = generator.generate([task.prompt(p, chat=True) for p in problems], sampled)
+        choices = [[extract_choice(c.text, p["choices"]) for c in o.completions] for p, o in zip(problems, outs)]
+        finals = self_consistency(choices)
+        return ([_final_output(f, cfg.sc_samples) for f in finals], {"responses_per_question": float(cfg.sc_samples)},
+                {"samples": cfg.sc_samples, "temperature": cfg.sc_temperature})
+    if strategy != "hgivr":
+        raise ValueError(strategy)
+    by_index = {i: p for i, p in enumerate(problems)}
+
+    def describe(indices, round_index):
+        return [context_text(by_index[i], task.use_caption) for i in indices]
+
+    def answer(indices, descriptions, histories):
+        prompts = [hgivr_prompt(by_index[i], d, h) for i, d, h in zip(indices, descriptions, histories)]
+        outs = generator.generate(prompts, params)
+        return [extract_choice(o.completions[0].text, by_index[i]["choices"]) for i, o in zip(indices, outs)]
+
+    traces = run_hgivr(list(by_index), describe, answer, cfg.hgivr_max_rounds, cfg.hgivr_consecutive, describe_is_call=False)
+    mean_calls = sum(t.answer_calls for t in traces) / len(traces)
+    metrics = {"responses_per_question": mean_calls, "stopped_at_cap": float(sum(t.stopped_by == "cap" for t in traces))}
+    settings = {"max_rounds": cfg.hgivr_max_rounds, "consecutive": cfg.hgivr_consecutive}
+    return [_final_output(t.final, t.answer_calls) for t in traces], metrics, settings
