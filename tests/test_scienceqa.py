@@ -59,3 +59,27 @@ def test_prompt_uses_caption_only_when_asked(task_and_problems):
     with_image = next(p for p in problems if p["image"] and p["caption"])
     assert "Image: " + with_image["caption"] in qcm_prompt(with_image, use_caption=True)
     assert "Image: " not in qcm_prompt(with_image, use_caption=False)
+
+
+def test_harness_writes_results_samples_report_and_plot(tmp_path):
+    import json
+
+    from llmkit.evaluation.harness import EvalConfig, run_eval
+
+    class Constant:
+        def generate(self, prompts, params):
+            return outputs(["The answer is (A)."] * len(prompts))
+
+        def describe(self):
+            return {"backend": "constant"}
+
+    cfg = EvalConfig(task="scienceqa", limit=50, output_dir=str(tmp_path / "r"))
+    results = run_eval(get_task("scienceqa"), Constant(), cfg)
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    for key in ("task", "metrics", "sampling", "chat_template", "generator", "versions", "git", "wall_seconds", "timeout_s", "command"):
+        assert key in saved, key
+    assert saved["sampling"]["seed"] == 1234 and saved["num_problems"] == 50
+    assert len((tmp_path / "r" / "samples.jsonl").read_text().splitlines()) == 50
+    assert (tmp_path / "r" / "accuracy_by_group.png").stat().st_size > 1000
+    assert "accuracy_by_group.png" in (tmp_path / "r" / "report.md").read_text()
+    assert results["metrics"]["accuracy"] == saved["metrics"]["accuracy"]

@@ -161,6 +161,39 @@ def write_report(out: Path, results: dict[str, Any], problems, outputs, scored: 
         lines += ["", f"## First failures ({len(failures)} problems failed their first sample)", ""]
         for p, o, v in failures[:3]:
             lines += [f"### {p['id']}: {v[0].get('detail', '')}", "", "```", o.completions[0].text[:800], "```", ""]
+    plot = write_group_plot(out, results)
+    if plot is not None:
+        lines[lines.index("| metric | value |") - 1 : lines.index("| metric | value |") - 1] = [f"![accuracy by group]({plot.name})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+GROUPS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
+
+
+def write_group_plot(out: Path, results: dict[str, Any]) -> Path | None:
+    """Bar chart of accuracy by group (ScienceQA's breakdown) when the metrics have one."""
+    metrics = results["metrics"]
+    groups = [g for g in GROUPS if g in metrics]
+    if not groups:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.bar(groups, [metrics[g] for g in groups], color="#4C72B0")
+    ax.axhline(metrics.get("accuracy", 0), color="gray", linestyle="--", label=f"overall {metrics.get('accuracy', 0):.1f}")
+    for bar, g in zip(bars, groups):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"n={int(metrics.get('n_' + g, 0))}", ha="center", fontsize=7)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"{results['task']}: {results['model']} ({results.get('strategy', {}).get('name', 'standard')})")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path = out / "accuracy_by_group.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
