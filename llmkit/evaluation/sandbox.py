@@ -229,23 +229,51 @@ def _next_uid() -> int:
         return 200_000 + (os.getpid() % 1000) * 1000 + next(_uid_counter) % 1000
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process owned by `uid` (the run's private uid), wherever its session is."""
-    for _ in range(3):
-        found = False
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+def _pids_of_uid(uid: int, include_dead: bool = False) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh if ":" in line)
+            if int(fields["Uid"].split()[1]) == uid and (include_dead or fields["State"].split()[0] not in ("Z", "X")):
+                pids.append(int(entry))
+        except (OSError, KeyError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def _kill_uid(uid: int, deadline_s: float = 10.0) -> None:
+    """Kill every process owned by `uid` (the run's private uid), wherever its session is.
+
+    A fork bomb keeps forking while we scan, so first freeze (SIGSTOP) until a scan finds nothing new,
+    then SIGKILL everything, and wait until no live process of the uid is left.
+    """
+    import time
+
+    end = time.time() + deadline_s
+    stopped: set[int] = set()
+    while time.time() < end:
+        new = [p for p in _pids_of_uid(uid) if p not in stopped]
+        if not new:
+            break
+        for pid in new:
             try:
-                with open(f"/proc/{entry}/status") as fh:
-                    uid_line = next(line for line in fh if line.startswith("Uid:"))
-                if int(uid_line.split()[1]) == uid:
-                    os.kill(int(entry), signal.SIGKILL)
-                    found = True
-            except (OSError, StopIteration, ValueError):
-                continue
-        if not found:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+            stopped.add(pid)
+    while time.time() < end:
+        alive = _pids_of_uid(uid)
+        if not alive:
             return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
