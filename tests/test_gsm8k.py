@@ -40,3 +40,14 @@ def test_gold_solutions_score_100_and_constant_scores_its_share():
     constant = [GenerationOutput("", [Completion("The answer is 3.", [], "stop")]) for _ in problems]
     expected = sum(p["gold"] == "3" for p in problems) / len(problems)
     assert task.score(problems, constant, chat=True, ks=[1]).metrics["accuracy"] == pytest.approx(expected)
+
+
+def test_task_data_errors_name_the_file_and_line(tmp_path):
+    from llmkit.errors import DataError
+
+    bad = tmp_path / "gsm.jsonl"
+    bad.write_text('{"question": "q", "answer": "#### 1"}\n{"question": \n')
+    with pytest.raises(DataError, match=rf"{bad}:2: malformed JSON"):
+        get_task("gsm8k", data_path=str(bad)).load()
+    with pytest.raises(DataError, match="data file not found"):
+        get_task("scienceqa", data_path=str(tmp_path / "none.jsonl")).load()

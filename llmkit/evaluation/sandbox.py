@@ -258,22 +258,22 @@ def _kill_uid(uid: int, deadline_s: float = 10.0) -> None:
         new = [p for p in _pids_of_uid(uid) if p not in stopped]
         if not new:
             break
-        for pid in new:
-            try:
-                os.kill(pid, signal.SIGSTOP)
-            except ProcessLookupError:
-                pass
-            stopped.add(pid)
+        _signal_all(new, signal.SIGSTOP)
+        stopped.update(new)
     while time.time() < end:
         alive = _pids_of_uid(uid)
         if not alive:
             return
-        for pid in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _signal_all(alive, signal.SIGKILL)
         time.sleep(0.01)
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from llmkit.data.loading import resolve_data_path
-from llmkit.errors import DataError
+from llmkit.data.loading import read_records
 from llmkit.evaluation.answers import extract_final_number, gsm8k_correct, gsm8k_gold
 from llmkit.evaluation.harness import Scored, Task
 from llmkit.evaluation.metrics import mean_pass_at_k
@@ -26,17 +24,11 @@ class GSM8K(Task):
 
     def load(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The test problems with their gold numbers, in file order."""
-        resolved = resolve_data_path(self.data_path or "gsm8k/test.jsonl")
-        if isinstance(resolved, str):
-            raise DataError(f"GSM8K is read from a local jsonl file; got '{resolved}'")
-        problems = []
-        for i, line in enumerate(resolved.read_text().splitlines()):
-            if line.strip():
-                row = json.loads(line)
-                row["id"] = f"GSM8K/{i}"
-                row["gold"] = gsm8k_gold(row["answer"])
-                problems.append(row)
-        return problems[:limit]
+        problems = read_records(self.data_path or "gsm8k/test.jsonl", split="test", max_rows=limit)
+        for i, row in enumerate(problems):
+            row["id"] = f"GSM8K/{i}"
+            row["gold"] = gsm8k_gold(row["answer"])
+        return problems
 
     def prompt(self, problem: dict[str, Any], chat: bool) -> Prompt:
         """The question (chat: with an instruction on the answer format)."""

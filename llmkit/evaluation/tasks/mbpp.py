@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from llmkit.data.loading import resolve_data_path
-from llmkit.errors import DataError
+from llmkit.data.loading import read_records
 from llmkit.evaluation.code import extract_code
 from llmkit.evaluation.tasks.humaneval import HumanEval
 from llmkit.generation.types import Prompt
@@ -17,10 +15,7 @@ PROMPT = "You are an expert Python programmer, and here is your task: {text} You
 
 def read_mbpp(path: str | None = None, split_ids=TEST_IDS) -> list[dict[str, Any]]:
     """MBPP rows with task_id in `split_ids` (default: the test split), from `path` or LLMKIT_DATA_DIR."""
-    resolved = resolve_data_path(path or "mbpp/mbpp.jsonl")
-    if isinstance(resolved, str):
-        raise DataError(f"MBPP is read from a local jsonl file; got '{resolved}'")
-    rows = [json.loads(line) for line in resolved.read_text().splitlines() if line.strip()]
+    rows = read_records(path or "mbpp/mbpp.jsonl", split="test")
     wanted = set(split_ids)
     problems = [r for r in rows if r["task_id"] in wanted]
     for r in problems:

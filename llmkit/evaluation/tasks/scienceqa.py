@@ -6,13 +6,11 @@ has a text hint, IMG = has an image, NO = neither; TXT and IMG overlap), grade (
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from typing import Any
 
-from llmkit.data.loading import resolve_data_path
-from llmkit.errors import DataError
+from llmkit.data.loading import read_records
 from llmkit.evaluation.harness import Scored, Task
 from llmkit.generation.types import Completion, GenerationOutput, Prompt, SamplingParams
 
@@ -95,10 +93,7 @@ class ScienceQA(Task):
 
     def load(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The test problems in file order (optionally only those without an image)."""
-        resolved = resolve_data_path(self.data_path or "scienceqa/test.jsonl")
-        if isinstance(resolved, str):
-            raise DataError(f"ScienceQA is read from a local jsonl file; got '{resolved}'")
-        problems = [json.loads(line) for line in resolved.read_text().splitlines() if line.strip()]
+        problems = read_records(self.data_path or "scienceqa/test.jsonl", split="test")
         for p in problems:
             p["id"] = f"ScienceQA/{p['pid']}"
         if self.text_only:
