@@ -127,6 +127,8 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
         "generator": generator.describe(),
         "model": cfg.model,
         "timeout_s": cfg.timeout_s,
+        # prompts the engine could not take (longer than its context): scored as failures, counted here
+        "prompts_too_long": sum(1 for o in outputs if o.completions and o.completions[0].finish_reason == "prompt_too_long"),
         **scored.extra,
         "versions": package_versions(),
         "git": git_hash(),

@@ -44,7 +44,8 @@ class Completion:
 
     text: str
     token_ids: list[int]
-    finish_reason: Literal["stop", "length"]
+    # "prompt_too_long": the prompt alone exceeds the engine's context; no generation, empty text.
+    finish_reason: Literal["stop", "length", "prompt_too_long"]
     logprobs: list[float] | None = None  # log p(token) under the model, one per token id, when asked
 
 

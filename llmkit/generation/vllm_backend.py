@@ -8,11 +8,15 @@ run under `if __name__ == "__main__":` because vLLM starts worker processes.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
 from llmkit.generation.hf import render_prompt
 from llmkit.generation.types import Completion, GenerationOutput, Generator, Prompt, SamplingParams
+
+
+logger = logging.getLogger(__name__)
 
 
 class VLLMGenerator(Generator):
@@ -45,6 +49,7 @@ class VLLMGenerator(Generator):
         if lora_path:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)
         self.on_cpu = on_cpu
+        self.max_model_len = max_model_len
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.lora_request = None
@@ -70,9 +75,21 @@ class VLLMGenerator(Generator):
             n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
             stop=list(params.stop) or None, seed=seed, logprobs=0 if params.logprobs else None,
         )
-        results = self.llm.generate(texts, vparams, lora_request=self.lora_request, use_tqdm=True)
+        # vLLM rejects the whole call when one prompt does not fit the context: generate the others and
+        # give each over-long prompt empty completions marked "prompt_too_long" (scored as failures, counted).
+        fits = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) < self.max_model_len for t in texts]
+        too_long = fits.count(False)
+        if too_long:
+            logger.warning("%d prompt(s) exceed max_model_len=%d and get empty completions", too_long, self.max_model_len)
+        kept = [t for t, ok in zip(texts, fits) if ok]
+        generated = iter(self.llm.generate(kept, vparams, lora_request=self.lora_request, use_tqdm=True) if kept else [])
         outputs = []
-        for text, result in zip(texts, results):
+        for text, ok in zip(texts, fits):
+            if not ok:
+                skipped = Completion(text="", token_ids=[], finish_reason="prompt_too_long")
+                outputs.append(GenerationOutput(prompt_text=text, completions=[skipped] * params.n))
+                continue
+            result = next(generated)
             completions = []
             for c in result.outputs:
                 logprobs = None

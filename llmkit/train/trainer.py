@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 
+from llmkit.data.packing import PackingStats, check_packing_isolation, collate_examples, model_forward_inputs
 from llmkit.data.sft import TokenizedExample, collate
 from llmkit.errors import ConfigError
 from llmkit.train import checkpoint as ckpt
@@ -57,6 +58,10 @@ class TrainerConfig:
     gradient_accumulation_steps: int = 1
     shuffle: bool = True
     group_by_length: bool = True
+    # How a micro-batch becomes tensors (llmkit.data.packing): one example per row, CodeACT's Dynamic
+    # Pack (faithful: examples in a row see each other), or padding-free (examples isolated).
+    packing: Literal["none", "dynamic", "padding_free"] = "none"
+    packing_max_length: int = 2048
     learning_rate: float = 2e-5
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -77,7 +82,7 @@ class TrainerConfig:
     save_final_model: bool = True
 
     def __post_init__(self):
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "num_epochs", "logging_steps"):
+        for name in ("per_device_batch_size", "gradient_accumulation_steps", "num_epochs", "logging_steps", "packing_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if len(self.adam_betas) != 2:
@@ -201,6 +206,9 @@ class Trainer:
             eps=cfg.adam_epsilon,
         )
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        if cfg.packing == "padding_free":
+            gap = check_packing_isolation(acc.unwrap_model(self.model))
+            logger.info("padding-free packing: packed and separate logits agree (max gap %.2e)", gap)
         self.scheduler = self._build_scheduler(self.optimizer)
         # Stepped by us once per optimizer step (accelerate's wrapper would step it once per process).
         acc.register_for_checkpointing(self.scheduler)
@@ -210,7 +218,7 @@ class Trainer:
 
     def compute_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Summed next-token loss of one micro-batch (hook). Returns (loss_sum, extra metrics)."""
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        outputs = model(**model_forward_inputs(batch))
         loss_sum, _ = token_cross_entropy_sum(outputs.logits, batch["labels"])
         return loss_sum, {}
 
@@ -265,10 +273,12 @@ class Trainer:
         while self.global_step < self.total_steps:
             micro_batches = self._micro_batches(self.global_step)
             # Target tokens, real tokens and padded slots of the whole step, summed over processes (one reduce).
-            num_step_tokens, real_tokens, slots = self._sum_over_processes(
+            packing = PackingStats()
+            for b in micro_batches:
+                packing.add(b)
+            num_step_tokens, real_tokens, slots, rows, examples = self._sum_over_processes(
                 sum(count_target_tokens(b["labels"]) for b in micro_batches),
-                sum(int(b["attention_mask"].sum()) for b in micro_batches),
-                sum(b["attention_mask"].numel() for b in micro_batches),
+                packing.real_tokens, packing.slots, packing.rows, packing.examples,
             )
             num_step_tokens = int(num_step_tokens)
 
@@ -291,6 +301,7 @@ class Trainer:
                 "num_tokens": num_step_tokens,
                 "input_tokens": int(real_tokens),
                 "padding_fraction": 1.0 - real_tokens / slots,
+                "examples_per_row": examples / rows,
             }
             for key, value in stats.items():
                 record[key] = self._sum_over_processes(value)[0] / num_step_tokens
@@ -349,10 +360,11 @@ class Trainer:
             indices, self.world_size, acc.process_index, self.cfg.per_device_batch_size, self.cfg.gradient_accumulation_steps
         )
         pad = self.tokenizer.pad_token_id
-        return [
-            {k: v.to(acc.device) for k, v in collate([self.train_data[i] for i in shard], pad).items()}
-            for shard in shards
-        ]
+        batches = []
+        for shard in shards:
+            batch = collate_examples([self.train_data[i] for i in shard], pad, self.cfg.packing, self.cfg.packing_max_length)
+            batches.append({k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        return batches
 
     def _sum_over_processes(self, *values: float) -> list[float]:
         """Sum each value over all processes (one all-reduce); returns a list in the same order."""

@@ -1,0 +1,255 @@
+"""Packing collators: hand-computed packs, equal loss tokens, and padding-free == unpacked numerically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmkit.data.packing import (
+    PackingStats,
+    check_packing_isolation,
+    collate_dynamic_pack,
+    collate_examples,
+    collate_padding_free,
+    model_forward_inputs,
+    next_fit_packs,
+)
+from llmkit.data.sft import IGNORE_INDEX, TokenizedExample
+from llmkit.errors import ConfigError
+from llmkit.models import ModelConfig, load_model
+from llmkit.train.losses import count_target_tokens
+
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def varied_examples(tokenizer):
+    """48 real CodeAlpaca rows with their natural, unequal lengths (up to 512 tokens)."""
+    from llmkit.data import DataConfig, load_sft_data
+
+    cfg = DataConfig(path="codealpaca/code_alpaca_2k.json", columns={"prompt": ["instruction", "input"], "response": "output"},
+                     max_rows=48, max_length=512)
+    return load_sft_data(cfg, tokenizer).train
+
+
+def example(ids, n_prompt):
+    """An example whose first `n_prompt` tokens are context (label -100)."""
+    return TokenizedExample(list(ids), [IGNORE_INDEX] * n_prompt + list(ids[n_prompt:]), "x")
+
+
+def test_next_fit_packs_by_hand():
+    # sorted lengths 2, 3, 5, 8: 2+3+5 = 10 fits max 10 exactly; 8 starts a new pack
+    assert next_fit_packs([5, 3, 8, 2], 10) == [[3, 1, 0], [2]]
+    # next-fit never goes back: 4+4 fits 9, then 5 opens a pack, then 5 does not fit beside it
+    assert next_fit_packs([4, 4, 5, 5], 9) == [[0, 1], [2], [3]]
+    # an example longer than max_length gets its own pack
+    assert next_fit_packs([12, 1, 1], 10) == [[1, 2], [0]]
+    with pytest.raises(ValueError):
+        next_fit_packs([1], 0)
+
+
+def test_dynamic_pack_tensors_by_hand():
+    a = example([11, 12, 13], 1)      # length 3
+    b = example([21, 22], 1)          # length 2
+    c = example([31, 32, 33, 34], 2)  # length 4
+    batch = collate_dynamic_pack([a, b, c], PAD, max_length=6)
+    # sorted by length: b(2), a(3), c(4); b+a = 5 <= 6, + c = 9 > 6 → rows [b a], [c]; width 5
+    assert batch["input_ids"].tolist() == [[21, 22, 11, 12, 13], [31, 32, 33, 34, PAD]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    N = IGNORE_INDEX
+    # first label of every example masked; a's token 11 is context anyway; padding -100
+    assert batch["labels"].tolist() == [[N, 22, N, 12, 13], [N, N, 33, 34, N]]
+    assert "position_ids" not in batch  # positions run on across a row, as in the paper's code
+    stats = PackingStats()
+    stats.add(batch)
+    assert stats.padding_rate == pytest.approx(1 / 10)
+    assert stats.examples_per_row == pytest.approx(3 / 2)
+
+
+def test_padding_free_tensors_by_hand():
+    a = example([11, 12, 13], 1)
+    b = example([21, 22], 0)
+    batch = collate_padding_free([a, b], max_length=8)
+    N = IGNORE_INDEX
+    assert batch["input_ids"].tolist() == [[11, 12, 13, 21, 22]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[N, 12, 13, N, 22]]
+    assert batch["seq_lengths"].tolist() == [3, 2]
+    assert "attention_mask" not in batch
+    stats = PackingStats()
+    stats.add(batch)
+    assert stats.padding_rate == 0.0 and stats.examples_per_row == 2.0
+
+
+def test_truncation_to_max_length():
+    a = example([1, 2, 3, 4, 5], 2)
+    batch = collate_padding_free([a], max_length=3)
+    assert batch["input_ids"].tolist() == [[1, 2, 3]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 3]]
+
+
+def test_loss_tokens_identical_in_every_mode(code_examples):
+    batch_examples = code_examples[:16]
+    expected = sum(ex.num_target_tokens for ex in batch_examples)
+    counts = {mode: count_target_tokens(collate_examples(batch_examples, PAD, mode, 2048)["labels"])
+              for mode in ("none", "dynamic", "padding_free")}
+    assert counts == {"none": expected, "dynamic": expected, "padding_free": expected}
+    with pytest.raises(ConfigError, match="unknown packing mode"):
+        collate_examples(batch_examples, PAD, "greedy")  # type: ignore[arg-type]
+
+
+def test_dynamic_pack_lowers_padding_on_real_data(varied_examples):
+    none, dyn = PackingStats(), PackingStats()
+    for start in range(0, 48, 16):
+        chunk = varied_examples[start : start + 16]
+        none.add(collate_examples(chunk, PAD, "none"))
+        dyn.add(collate_examples(chunk, PAD, "dynamic", 512))
+    assert dyn.real_tokens == none.real_tokens
+    assert dyn.padding_rate < none.padding_rate
+    assert dyn.examples_per_row > 1.0
+
+
+def per_example_outputs(model, examples):
+    """Logits and summed loss of each example on its own (the reference)."""
+    from llmkit.train.losses import token_cross_entropy_sum
+
+    logits, losses = [], []
+    for ex in examples:
+        batch = collate_examples([ex], PAD, "none")
+        out = model(input_ids=batch["input_ids"]).logits
+        logits.append(out[0])
+        losses.append(token_cross_entropy_sum(out, batch["labels"])[0])
+    return logits, losses
+
+
+def padding_free_outputs(model, examples):
+    """Logits and summed loss of each example, cut out of one padding-free packed forward."""
+    import torch.nn.functional as F
+
+    batch = collate_padding_free(examples, max_length=4096)
+    logits = model(**model_forward_inputs(batch)).logits[0]
+    out_logits, out_losses, start = [], [], 0
+    for n in batch["seq_lengths"].tolist():
+        seg = logits[start : start + n]
+        labels = batch["labels"][0, start : start + n]
+        out_logits.append(seg)
+        out_losses.append(F.cross_entropy(seg[:-1].float(), labels[1:], ignore_index=IGNORE_INDEX, reduction="sum"))
+        start += n
+    return out_logits, out_losses
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@torch.no_grad()
+def test_padding_free_equals_unpacked_on_tiny_llama(varied_examples, tokenizer, attn):
+    model = load_model(ModelConfig(name="tiny-random-llama", attn_implementation=attn), vocab_size=len(tokenizer)).eval()
+    examples = varied_examples[:6]
+    ref_logits, ref_losses = per_example_outputs(model, examples)
+    got_logits, got_losses = padding_free_outputs(model, examples)
+    for r, g in zip(ref_logits, got_logits):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(got_losses), torch.stack(ref_losses), atol=1e-5, rtol=0)
+    assert check_packing_isolation(model) < 1e-5
+
+
+@torch.no_grad()
+def test_a_kv_cache_breaks_isolation_so_the_trainer_turns_it_off(varied_examples, tokenizer):
+    """Why model_forward_inputs passes use_cache=False: with a cache, transformers mixes packed examples."""
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)).eval()
+    batch = collate_padding_free(varied_examples[:2], max_length=4096)
+    n0 = int(batch["seq_lengths"][0])
+    second = torch.tensor([varied_examples[1].input_ids])
+    alone = model(input_ids=second).logits[0]
+    with_cache = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True).logits[0, n0:]
+    assert (with_cache - alone).abs().max() > 1e-3
+    assert model_forward_inputs(batch)["use_cache"] is False
+
+
+@torch.no_grad()
+def test_dynamic_pack_lets_examples_see_each_other(code_examples, tokenizer):
+    """The faithful Dynamic Pack is naive packing: a later example's logits change (that is the paper's method)."""
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)).eval()
+    a, b = code_examples[0], code_examples[1]
+    batch = collate_dynamic_pack([a, b], PAD, max_length=4096)
+    assert batch["input_ids"].shape[0] == 1
+    first = sorted([a, b], key=lambda e: len(e.input_ids))
+    n0 = len(first[0].input_ids)
+    packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0]
+    alone = model(input_ids=torch.tensor([first[1].input_ids])).logits[0]
+    torch.testing.assert_close(packed[:n0], model(input_ids=torch.tensor([first[0].input_ids])).logits[0], atol=1e-5, rtol=0)
+    assert (packed[n0 : n0 + len(first[1].input_ids)] - alone).abs().max() > 1e-3
+
+
+class CumulativeMeanLM(torch.nn.Module):
+    """A toy LM whose 'attention' is a running mean over the whole row: it ignores position ids."""
+
+    def __init__(self, vocab=50):
+        super().__init__()
+        self.config = type("Cfg", (), {"_attn_implementation": "sdpa", "vocab_size": vocab})()
+        self.embed = torch.nn.Embedding(vocab, 8)
+        self.head = torch.nn.Linear(8, vocab)
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, use_cache=None):
+        h = self.embed(input_ids).cumsum(1) / torch.arange(1, input_ids.shape[1] + 1)[None, :, None]
+        return type("Out", (), {"logits": self.head(h)})()
+
+
+def test_padding_free_refuses_a_model_that_mixes_examples(tokenizer):
+    with pytest.raises(ConfigError, match="does not keep packed examples apart"):
+        check_packing_isolation(CumulativeMeanLM())
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    model.config._attn_implementation = "my_custom_kernel"
+    with pytest.raises(ConfigError, match="my_custom_kernel"):
+        check_packing_isolation(model)
+
+
+def test_trainer_padding_free_matches_unpacked_training(tmp_path, varied_examples, tokenizer, fresh_accelerate_state):
+    """Same examples, same loss tokens, isolated attention: padding-free training = unpacked training."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from llmkit.train import Trainer, TrainerConfig
+
+    def run(name, packing):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        cfg = TrainerConfig(output_dir=str(tmp_path / name), max_steps=3, learning_rate=1e-3, lr_scheduler="constant",
+                            per_device_batch_size=4, gradient_accumulation_steps=2, seed=5, group_by_length=False,
+                            save_final_model=False, packing=packing, packing_max_length=1024)
+        model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+        trainer = Trainer(cfg, model, tokenizer, varied_examples[:24])
+        trainer.train()
+        rows = [r for r in trainer.history if "loss" in r]
+        weights = {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+        return rows, weights
+
+    rows_none, w_none = run("none", "none")
+    rows_free, w_free = run("free", "padding_free")
+    rows_dyn, _ = run("dyn", "dynamic")
+    assert [r["loss"] for r in rows_free] == pytest.approx([r["loss"] for r in rows_none], rel=1e-5)
+    # Adam divides by sqrt(v): float noise on near-zero gradients can move a weight by a fraction of lr;
+    # 1e-4 is 3% of the 3e-3 a weight can move in 3 steps, while mixed examples would differ by ~lr everywhere
+    for key in w_none:
+        torch.testing.assert_close(w_free[key], w_none[key], atol=1e-4, rtol=0)
+    # every mode trains on the same loss tokens; packing removes padding
+    assert [r["num_tokens"] for r in rows_dyn] == [r["num_tokens"] for r in rows_none] == [r["num_tokens"] for r in rows_free]
+    assert all(r["padding_fraction"] == 0.0 and r["examples_per_row"] == 4.0 for r in rows_free)
+    assert sum(d["padding_fraction"] for d in rows_dyn) < sum(n["padding_fraction"] for n in rows_none)
+    # the faithful Dynamic Pack lets packed examples attend to each other, so its loss differs
+    assert [r["loss"] for r in rows_dyn] != pytest.approx([r["loss"] for r in rows_none], rel=1e-5)
+
+
+@pytest.mark.integration
+@torch.no_grad()
+def test_padding_free_equals_unpacked_on_smollm2(varied_examples):
+    """float64 shows the isolation is exact (atol 1e-5); float32 agrees to rounding (logits are ~±30)."""
+    from llmkit.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
+    model.eval()
+    examples = varied_examples[:4]
+    for dtype, atol in ((torch.float64, 1e-5), (torch.float32, 2e-4)):
+        model.to(dtype)
+        ref_logits, ref_losses = per_example_outputs(model, examples)
+        got_logits, got_losses = padding_free_outputs(model, examples)
+        for r, g in zip(ref_logits, got_logits):
+            torch.testing.assert_close(g, r, atol=atol, rtol=0)
+        torch.testing.assert_close(torch.stack(got_losses), torch.stack(ref_losses), atol=atol, rtol=0)
