@@ -59,6 +59,21 @@ def run_eval_command(argv: list[str]) -> int:
     return 0
 
 
+def run_select_command(argv: list[str]) -> int:
+    """`llmkit select [--config FILE] --method cdas|distribution|random|ifd|kcenter ...`: write a subset."""
+    from llmkit.config import load_config, split_config_arg
+    from llmkit.data.selection.run import SelectConfig, run_selection
+
+    path, overrides = split_config_arg(argv)
+    cfg = load_config(SelectConfig, path, overrides)
+    summary = run_selection(cfg)
+    cov = summary["coverage"]
+    print(f"{cfg.method}: selected {summary['selected']} of {summary['pool']} "
+          f"(nearest-selected cosine {cov['mean_nearest_selected_cosine']:.4f}, cluster KL {cov['cluster_kl']:.4f}); "
+          f"subset.jsonl, selection.json and report.md are in {cfg.output_dir}")
+    return 0
+
+
 def run_serve_command(args) -> int:
     """Plan (adapter or merge), say which and why, then replace this process with the vLLM server."""
     import importlib.util
@@ -116,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "eval", help="evaluate a model on a task: llmkit eval --task humaneval --model M [--backend hf] [--limit N] ...",
     )
+    sub.add_parser(
+        "select", help="select training data: llmkit select --method cdas|distribution|random|ifd|kcenter --data_path P ...",
+    )
     serve = sub.add_parser("serve", help="serve a trained model with vLLM's OpenAI-compatible server")
     serve.add_argument("output_dir", help="a model folder or a folder saved by a recipe (full model or LoRA adapter)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -138,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call(cmd, env=dict(os.environ))
     if args.command == "eval":
         return run_eval_command(rest)
+    if args.command == "select":
+        return run_select_command(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "export":

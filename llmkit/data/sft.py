@@ -92,7 +92,8 @@ def check_columns(records: list[dict[str, Any]], columns: dict[str, str | list[s
                 )
 
 
-def _field(row: dict[str, Any], source: str | list[str]) -> Any:
+def column_value(row: dict[str, Any], source: str | list[str]) -> Any:
+    """A record's value for a mapped column; a list of columns is joined with blank lines (None if all absent)."""
     if isinstance(source, str):
         return row.get(source)
     parts = [row.get(col) for col in source]
@@ -104,7 +105,7 @@ def _field(row: dict[str, Any], source: str | list[str]) -> Any:
 def to_messages(row: dict[str, Any], cfg: DataConfig) -> list[dict[str, str]]:
     """Canonical chat messages for one record; raises ValueError with the reason for a bad row."""
     if "messages" in cfg.columns:
-        messages = _field(row, cfg.columns["messages"])
+        messages = column_value(row, cfg.columns["messages"])
         if not isinstance(messages, list) or not messages:
             raise ValueError("'messages' is not a non-empty list")
         for m in messages:
@@ -113,14 +114,14 @@ def to_messages(row: dict[str, Any], cfg: DataConfig) -> list[dict[str, str]]:
         if not any(m["role"] == "assistant" for m in messages):
             raise ValueError("no assistant message to train on")
         return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-    prompt = _field(row, cfg.columns["prompt"])
-    response = _field(row, cfg.columns["response"])
+    prompt = column_value(row, cfg.columns["prompt"])
+    response = column_value(row, cfg.columns["response"])
     if prompt is None or str(prompt).strip() == "":
         raise ValueError("empty prompt")
     if response is None or str(response).strip() == "":
         raise ValueError("empty response")
     messages = []
-    system = _field(row, cfg.columns["system"]) if "system" in cfg.columns else cfg.system_prompt
+    system = column_value(row, cfg.columns["system"]) if "system" in cfg.columns else cfg.system_prompt
     if system:
         messages.append({"role": "system", "content": str(system)})
     messages += [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(response)}]
