@@ -91,6 +91,10 @@ def test_score_ifd_matches_direct_computation_and_resumes(tmp_path, tokenizer):
     ifd2, _ = score_ifd(model, tokenizer, qs, rs, path, max_length=128, batch_size=2, show_progress=False)
     assert ifd2 == pytest.approx(ifd, rel=1e-6)
     assert len(calls) == 2  # one batch (conditioned + alone) for the one sample lost
+    # a different pool that shares pairs reuses their scores (keyed by text, not position)
+    calls.clear()
+    ifd3, _ = score_ifd(model, tokenizer, qs[::-1], rs[::-1], path, max_length=128, batch_size=2, show_progress=False)
+    assert ifd3 == pytest.approx(ifd[::-1], rel=1e-6) and calls == []
 
 
 def test_cdas_quotas_by_hand():

@@ -6,12 +6,15 @@ response alone, tokenised with the tokenizer's default special tokens, loss on a
 exp(mean token NLL), so IFD = exp(NLL(a|q) − NLL(a)). A pair that cannot be scored (no response token
 left after truncation, a non-finite loss) gets IFD = 0 and is counted.
 
-Scoring writes one JSON line per sample as soon as its batch is done, so a long run resumes where it
-stopped; batches are formed from length-sorted sequences so little compute goes to padding.
+Scoring writes one JSON line per sample as soon as its batch is done, keyed by a hash of the pair's
+text, so a long run resumes where it stopped and any pool that shares pairs with an earlier one (a
+subset, a held-out split) reuses their scores; batches are formed from length-sorted sequences so
+little compute goes to padding.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -74,6 +77,11 @@ def build_ifd_inputs(tokenizer, instruction: str, response: str, max_length: int
     return IFDInputs(ids, labels, alone)
 
 
+def pair_key(instruction: str, response: str) -> str:
+    """Stable key of one (instruction, response) pair in a scores file."""
+    return hashlib.sha1(f"{instruction}\x00{response}".encode()).hexdigest()
+
+
 @torch.no_grad()
 def _batch_nll(model, sequences: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
     width = max(len(ids) for ids, _ in sequences)
@@ -93,23 +101,25 @@ def score_ifd(
     model, tokenizer, instructions: Sequence[str], responses: Sequence[str], scores_path: str | os.PathLike,
     max_length: int = 2048, batch_size: int = 8, prompt_format: str = IFD_PROMPT, show_progress: bool = True,
 ) -> tuple[np.ndarray, int]:
-    """IFD of every pair, resuming from `scores_path` (JSON lines ``{index, cond_nll, uncond_nll}``).
+    """IFD of every pair, reusing scores in `scores_path` (JSON lines ``{key, cond_nll, uncond_nll}``).
 
+    The file must belong to one model, max_length and prompt format (the caller names it so).
     Returns (ifd array in pool order, number of failures mapped to 0).
     """
     from tqdm.auto import tqdm
 
     path = Path(scores_path)
-    done: dict[int, tuple[float, float]] = {}
+    keys = [pair_key(q, a) for q, a in zip(instructions, responses)]
+    done: dict[str, tuple[float, float]] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
-                done[int(row["index"])] = (float(row["cond_nll"]), float(row["uncond_nll"]))
+                done[str(row["key"])] = (float(row["cond_nll"]), float(row["uncond_nll"]))
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut off by a crash: that sample is scored again
-        logger.info("IFD: resuming, %d of %d samples already scored in %s", len(done), len(instructions), path)
-    todo = [i for i in range(len(instructions)) if i not in done]
+        logger.info("IFD: %d of %d samples already scored in %s", sum(k in done for k in keys), len(keys), path)
+    todo = sorted({keys[i]: i for i in range(len(keys)) if keys[i] not in done}.values())
     inputs = {i: build_ifd_inputs(tokenizer, instructions[i], responses[i], max_length, prompt_format) for i in todo}
     todo.sort(key=lambda i: len(inputs[i].conditioned_ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -117,16 +127,18 @@ def score_ifd(
     was_training = model.training
     model.eval()
     with path.open("a") as fh:
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            fh.write("\n")  # end a line torn by a crash, or the next score would be glued to it
         for start in tqdm(range(0, len(todo), batch_size), desc="IFD", disable=not show_progress):
             batch = todo[start : start + batch_size]
             cond = _batch_nll(model, [(inputs[i].conditioned_ids, inputs[i].conditioned_labels) for i in batch], pad)
             # the response alone: the loss covers all of its tokens
             uncond = _batch_nll(model, [(inputs[i].response_ids, inputs[i].response_ids) for i in batch], pad)
             for i, c, u in zip(batch, cond, uncond):
-                done[i] = (c, u)
-                fh.write(json.dumps({"index": i, "cond_nll": c, "uncond_nll": u}) + "\n")
+                done[keys[i]] = (c, u)
+                fh.write(json.dumps({"key": keys[i], "cond_nll": c, "uncond_nll": u}) + "\n")
             fh.flush()
     model.train(was_training)
-    cond_all = np.array([done[i][0] for i in range(len(instructions))])
-    uncond_all = np.array([done[i][1] for i in range(len(instructions))])
+    cond_all = np.array([done[k][0] for k in keys])
+    uncond_all = np.array([done[k][1] for k in keys])
     return ifd_from_nll(cond_all, uncond_all)

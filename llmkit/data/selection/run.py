@@ -33,21 +33,10 @@ METHODS = ("cdas", "distribution", "random", "ifd", "kcenter")
 
 
 @dataclass
-class SelectConfig:
-    """Settings of `llmkit select` (paper defaults; METHODS.md §1)."""
+class SelectionSettings:
+    """How to select (paper defaults; METHODS.md §1). Recipes embed this as their selection section."""
 
     method: Literal["cdas", "distribution", "random", "ifd", "kcenter"] = "cdas"
-    data_path: str = "codealpaca/code_alpaca_2k.json"
-    split: str = "train"
-    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
-    instruction_column: list[str] = field(default_factory=lambda: ["instruction", "input"])
-    response_column: str = "output"
-    max_rows: int | None = None
-    on_bad_row: Literal["skip", "error"] = "skip"
-    output_dir: str = "outputs/select"
-    cache_dir: str | None = None
-    model: ModelConfig = field(default_factory=ModelConfig)  # the model to be tuned scores IFD
-    embedder: str = DEFAULT_EMBEDDER
     # subset size for distribution / random / ifd / kcenter: a fraction of the pool if <= 1, else a count
     budget: float = 0.4
     cdas_ratio: float = 0.4  # m: kept share of each IFD-filtered cluster
@@ -57,12 +46,14 @@ class SelectConfig:
     ifd_max_length: int = 2048
     ifd_batch_size: int = 8
     ifd_prompt_format: str = IFD_PROMPT
+    embedder: str = DEFAULT_EMBEDDER
     tau: float = 0.07
     balance: float = 1.0
     iterations: int = 300
     centroid_lr: float = 1e-3
     slice_size: int = 20_000
     seed: int = 0
+    cache_dir: str | None = None  # IFD scores and embeddings, shared by methods on one pool
 
     def __post_init__(self):
         if self.budget <= 0:
@@ -71,6 +62,21 @@ class SelectConfig:
             raise ValueError(f"cdas_ratio must be in (0, 1], got {self.cdas_ratio}")
         if self.num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {self.num_clusters}")
+
+
+@dataclass
+class SelectConfig(SelectionSettings):
+    """`llmkit select`: the selection settings plus the pool, the scoring model and the output folder."""
+
+    data_path: str = "codealpaca/code_alpaca_2k.json"
+    split: str = "train"
+    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    instruction_column: list[str] = field(default_factory=lambda: ["instruction", "input"])
+    response_column: str = "output"
+    max_rows: int | None = None
+    on_bad_row: Literal["skip", "error"] = "skip"
+    output_dir: str = "outputs/select"
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model to be tuned scores IFD
 
     def budget_count(self, pool_size: int) -> int:
         """The subset size the budget means for a pool of `pool_size`."""
@@ -123,7 +129,10 @@ def compute_ifd(cfg: SelectConfig, instructions: list[str], responses: list[str]
     from llmkit.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    tag = hashlib.sha256(f"{cfg.model.name}|{cfg.ifd_max_length}|{cfg.ifd_prompt_format}|{len(instructions)}".encode()).hexdigest()[:10]
+    # one scores file per scoring setting; inside it, scores are keyed by the pair's text
+    # (a fresh LoRA adapter does not change the outputs, so it does not change the scores)
+    model_id = {k: v for k, v in asdict(cfg.model).items() if k not in ("lora", "gradient_checkpointing")}
+    tag = hashlib.sha256(json.dumps([model_id, cfg.ifd_max_length, cfg.ifd_prompt_format], sort_keys=True).encode()).hexdigest()[:10]
     return score_ifd(model, tokenizer, instructions, responses, cache / f"ifd_scores-{tag}.jsonl",
                      cfg.ifd_max_length, cfg.ifd_batch_size, cfg.ifd_prompt_format)
 
