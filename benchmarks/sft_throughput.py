@@ -2,6 +2,7 @@
 
     python benchmarks/sft_throughput.py                       # SmolLM2 LoRA and full fine-tuning, CPU fp32
     python benchmarks/sft_throughput.py --modes lora --steps 20 --batch 8 --max_length 512   # GPU (bf16 auto)
+    python benchmarks/sft_throughput.py --modes lora --packings none,dynamic,padding_free --batch 16 --max_length 1024
 
 Prints a table and appends it to benchmarks/RESULTS.md with the machine, the date and the command.
 """
@@ -31,8 +32,8 @@ def machine() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def run_mode(mode: str, args) -> dict:
-    """Train `args.steps` steps in one process with LoRA or full fine-tuning; return the measurements."""
+def run_mode(mode: str, packing: str, args) -> dict:
+    """Train `args.steps` steps in one process with LoRA or full fine-tuning and the given packing."""
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
 
@@ -54,6 +55,9 @@ def run_mode(mode: str, args) -> dict:
         cfg = TrainerConfig(
             output_dir=out, max_steps=args.steps, per_device_batch_size=args.batch, gradient_accumulation_steps=1,
             learning_rate=2e-4 if mode == "lora" else 2e-5, lr_scheduler="constant", save_final_model=False,
+            packing=packing, packing_max_length=args.packing_max_length,
+            # packing: random micro-batches as in the paper; otherwise the trainer's default length grouping
+            group_by_length=packing == "none" and not args.no_group_by_length,
         )
         trainer = Trainer(cfg, model, tokenizer, data.train)
         if torch.cuda.is_available():
@@ -68,6 +72,9 @@ def run_mode(mode: str, args) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "mode": mode,
+        "packing": packing,
+        "group_by_length": cfg.group_by_length,
+        "examples_per_row": sum(r["examples_per_row"] for r in rows) / len(rows),
         "trainable_params_M": trainable / 1e6,
         "step_s": seconds / len(rows),
         "input_tok_s": sum(r["input_tokens"] for r in rows) / seconds,
@@ -90,25 +97,34 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--packings", default="none", help="comma list of none, dynamic, padding_free")
+    parser.add_argument("--packing_max_length", type=int, default=2048)
+    parser.add_argument("--no_group_by_length", action="store_true", help="packing none: random micro-batches")
     parser.add_argument("--no_append", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--single_mode", help=argparse.SUPPRESS)  # internal: one mode, JSON to stdout
     args = parser.parse_args()
 
     if args.single_mode:
-        print("RESULT " + json.dumps(run_mode(args.single_mode, args)))
+        mode, packing = args.single_mode.split(":")
+        print("RESULT " + json.dumps(run_mode(mode, packing, args)))
         return
     results = []
     for mode in args.modes.split(","):
-        # One process per mode, so peak memory is that mode's own.
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--single_mode", mode]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
-    header = "| mode | precision | trainable M | s/step | input tok/s | target tok/s | padding | peak GiB | loss (last) | wall s |"
+        for packing in args.packings.split(","):
+            # One process per run, so peak memory is that run's own.
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--single_mode", f"{mode}:{packing}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{mode}/{packing} failed:\n{proc.stderr[-3000:]}")
+            results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
+    header = ("| mode | packing | group by length | precision | trainable M | s/step | input tok/s | target tok/s | padding | "
+              "examples/row | peak GiB | loss (last) | wall s |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in results:
         lines.append(
-            f"| {r['mode']} | {r['precision']} | {r['trainable_params_M']:.2f} | {r['step_s']:.2f} | {r['input_tok_s']:.0f} | "
-            f"{r['target_tok_s']:.0f} | {r['padding']:.1%} | {r['peak_GiB']:.2f} | {r['final_loss']:.3f} | {r['wall_s']:.0f} |"
+            f"| {r['mode']} | {r['packing']} | {r['group_by_length']} | {r['precision']} | {r['trainable_params_M']:.2f} | "
+            f"{r['step_s']:.2f} | {r['input_tok_s']:.0f} | {r['target_tok_s']:.0f} | {r['padding']:.1%} | "
+            f"{r['examples_per_row']:.2f} | {r['peak_GiB']:.2f} | {r['final_loss']:.3f} | {r['wall_s']:.0f} |"
         )
     table = "\n".join(lines)
     print(table)

@@ -1,0 +1,1 @@
+"""Reinforcement learning: GRPO building blocks (`core_algos`) and CEEH's difficulty-aware pieces (`ceeh`)."""
