@@ -38,6 +38,9 @@ if __name__ == "__main__":
         gen = HFGenerator(model, tok, batch_size=1, show_progress=False)
     outs = gen.generate(prompts, params)
     print("OUT" + json.dumps([[o.prompt_text, o.completions[0].text, o.completions[0].token_ids] for o in outs]))
+    if sys.argv[2] == "vllm":  # a prompt longer than the context must not sink the whole call
+        long = gen.generate([prompts[0], "hello " * 600], params)
+        print("LONG" + json.dumps([[c.finish_reason, c.text] for o in long for c in o.completions]))
 '''
 
 
@@ -45,7 +48,12 @@ def run_backend(name):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(PROMPTS), name], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.split("OUT", 1)[1].splitlines()[0])
+    out = json.loads(proc.stdout.split("OUT", 1)[1].splitlines()[0])
+    if name == "vllm":
+        long = json.loads(proc.stdout.split("LONG", 1)[1].splitlines()[0])
+        assert long[0][0] in ("stop", "length") and long[0][1]  # the normal prompt was answered
+        assert long[1] == ["prompt_too_long", ""]               # the over-long one is marked, not fatal
+    return out
 
 
 def test_vllm_and_hf_greedy_agree():
