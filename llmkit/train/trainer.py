@@ -3,13 +3,14 @@
 Loop (see `Trainer.train`)::
 
     for step in steps:
-        micro_batches = this process's share of the step's global batch
+        micro_batches = step_batches(step)       # hook: this process's share of the step, collated/packed
         n = target tokens in the whole step, summed over every process
         training_step(micro_batches, n)          # hook: forward + backward on each micro-batch
         clip, optimizer.step, scheduler.step, zero_grad
         log / evaluate / checkpoint
 
-Hooks: `compute_loss` (summed loss of one micro-batch), `training_step` (forward/backward over the
+Hooks: `step_batches` (the collated micro-batches of a step; SFT packs them, RL builds them from
+rollouts), `compute_loss` (summed loss of one micro-batch), `training_step` (forward/backward over the
 step's micro-batches), `method_state_dict` / `load_method_state_dict` (per-method state saved in
 checkpoints). The loss is normalised by the target tokens of the whole optimizer step, so it does not
 depend on the micro-batch split or the number of processes.
@@ -271,7 +272,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not acc.is_main_process)
         window_start, window_tokens, window_inputs = time.time(), 0, 0
         while self.global_step < self.total_steps:
-            micro_batches = self._micro_batches(self.global_step)
+            micro_batches = self.step_batches(self.global_step)
             # Target tokens, real tokens and padded slots of the whole step, summed over processes (one reduce).
             packing = PackingStats()
             for b in micro_batches:
@@ -349,7 +350,12 @@ class Trainer:
         with contextlib.nullcontext() if is_last else acc.no_sync(self.model):
             yield
 
-    def _micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+    def step_batches(self, step: int) -> list[dict[str, Any]]:
+        """This process's collated micro-batches of optimizer step `step` (hook; RL builds them from rollouts).
+
+        Each dict holds at least input_ids, labels (-100 where no loss) and num_examples; the loop counts the
+        step's target tokens from the labels.
+        """
         acc = self.accelerator
         indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, step, self.cfg.shuffle)
         if self.cfg.group_by_length:
