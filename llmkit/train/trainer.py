@@ -240,6 +240,10 @@ class Trainer:
             loss_total += float(loss_sum.detach())
         return {"loss_sum": loss_total}
 
+    def step_metrics(self) -> dict[str, float]:
+        """Extra values to log for the step just taken (hook; e.g. rollout rewards and lengths)."""
+        return {}
+
     def method_state_dict(self) -> dict[str, Any]:
         """Per-method state to store in checkpoints (hook; e.g. per-prompt accuracy history)."""
         return {}
@@ -306,6 +310,7 @@ class Trainer:
             }
             for key, value in stats.items():
                 record[key] = self._sum_over_processes(value)[0] / num_step_tokens
+            record.update(self.step_metrics())
             if self.global_step % self.cfg.logging_steps == 0 or self.global_step == self.total_steps:
                 elapsed = max(time.time() - window_start, 1e-9)
                 record["target_tokens_per_s"] = window_tokens / elapsed
