@@ -1,0 +1,77 @@
+"""On one fixed batch, llmkit's GRPO loss equals TRL's GRPOTrainer loss for matching settings.
+
+Settings matched (TRL 1.16 `GRPOConfig` ↔ llmkit `GRPOSettings`): epsilon 0.2 / epsilon_high 0.28 ↔
+clip_low / clip_high; beta 0.04 (k3 KL) ↔ kl_coef 0.04 with low_var_kl (identical while |k3| < 10, where
+llmkit clamps as verl does) with use_bias_correction_kl = False (TRL 1.16's default True multiplies the
+KL term by the importance ratio; llmkit, like verl, does not); loss_type grpo / bnpo / dr_grpo ↔ loss_aggregation seq-mean-token-mean /
+token-mean / seq-mean-token-sum-norm (normalised by max_completion_length); the same advantages, old
+and reference log-probs are fed to both. TRL runs in eval mode so it does not divide by its
+accumulation steps; it is built with beta = 0 (else it loads a reference model from the hub) and
+beta is set to 0.04 afterwards, the value its loss reads. Prompts have equal lengths: TRL left-pads prompts and transformers' Llama takes
+positions 0..T-1 regardless of padding, so unequal prompts would give the two layouts different positions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+
+import pytest
+import torch
+
+from llmkit.data.sft import IGNORE_INDEX
+from llmkit.models import ModelConfig, load_model
+from llmkit.rl.core_algos import token_log_probs
+from llmkit.rl.grpo import GRPOSettings, GRPOTrainer
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL is not installed (pip install trl)")
+
+PAIRS = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm"}
+
+
+@pytest.mark.parametrize("trl_loss", sorted(PAIRS))
+def test_grpo_loss_equals_trl(tmp_path, tokenizer, fresh_accelerate_state, trl_loss):
+    from datasets import Dataset
+    from trl import GRPOConfig
+    from trl import GRPOTrainer as TRLGRPOTrainer
+
+    torch.manual_seed(0)
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    max_completion = 8
+    config = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                        max_completion_length=max_completion, beta=0.0, epsilon=0.2, epsilon_high=0.28,
+                        loss_type=trl_loss, use_bias_correction_kl=False, use_cpu=True, report_to=[], bf16=False)
+    trl_trainer = TRLGRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=config,
+                                 train_dataset=Dataset.from_dict({"prompt": ["a", "b", "c", "d"]}), processing_class=tokenizer)
+    trl_trainer.model.eval()
+    # built with beta = 0 so TRL does not load a reference model from the hub; the loss reads self.beta
+    trl_trainer.beta = 0.04
+
+    prompt_ids = torch.randint(20, 500, (4, 5))
+    completion_lengths = [3, 8, 5, 1]
+    completion_ids = torch.randint(20, 500, (4, max_completion))
+    completion_mask = torch.tensor([[1] * n + [0] * (max_completion - n) for n in completion_lengths])
+    completion_ids = completion_ids * completion_mask + tokenizer.pad_token_id * (1 - completion_mask)
+    advantages = torch.tensor([0.7, -0.7, 1.2, -1.2])
+    with torch.no_grad():
+        full = torch.cat([prompt_ids, completion_ids], 1)
+        logits = model(input_ids=full, attention_mask=torch.cat([torch.ones_like(prompt_ids), completion_mask], 1)).logits
+        current = token_log_probs(logits[:, 4:-1], completion_ids)  # log p of each completion token
+    old = current + 0.3 * torch.randn(current.shape)   # ratios far enough from 1 that both clips act
+    ref = current + 0.2 * torch.randn(current.shape)
+    trl_inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
+                  "completion_mask": completion_mask, "advantages": advantages, "old_per_token_logps": old,
+                  "ref_per_token_logps": ref, "num_items_in_batch": completion_mask.sum()}
+    trl_loss_value = trl_trainer._compute_loss(trl_trainer.model, trl_inputs)
+
+    # llmkit's layout: prompt + completion in one right-padded row, labels on completion tokens
+    labels = torch.full_like(full, IGNORE_INDEX)
+    labels[:, 5:] = torch.where(completion_mask.bool(), completion_ids, IGNORE_INDEX)
+    shifted = lambda x: torch.cat([torch.zeros(4, 4), x], 1)  # noqa: E731  (B, T-1): completion j at column 4 + j
+    batch = {"input_ids": full, "attention_mask": torch.cat([torch.ones_like(prompt_ids), completion_mask], 1),
+             "labels": labels, "advantages": advantages, "old_log_probs": shifted(old), "ref_log_probs": shifted(ref),
+             "hard": torch.zeros(4, dtype=torch.bool)}
+    settings = GRPOSettings(num_generations=2, max_new_tokens=max_completion, clip_low=0.2, clip_high=0.28, kl_coef=0.04,
+                            kl_estimator="low_var_kl", loss_aggregation=PAIRS[trl_loss])
+    ours, _ = GRPOTrainer.grpo_loss(types.SimpleNamespace(settings=settings, global_step=0, total_steps=1), model, batch)
+    torch.testing.assert_close(ours, trl_loss_value, atol=1e-6, rtol=1e-5)
