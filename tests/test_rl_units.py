@@ -138,3 +138,21 @@ def test_nag_formula():
     assert ceeh.nag(92.1, 2170, 91.3, 3701) == pytest.approx(-0.56, abs=0.01)  # MATH500 CEEH-ME row
     with pytest.raises(ValueError):
         ceeh.nag(0.9, 120, 1.0, 100)
+
+
+def test_verifiers():
+    from llmkit.rl.rewards import boxed_reward, gsm8k_reward, last_boxed, toy_arithmetic_prompts
+
+    assert last_boxed("so \\boxed{\\frac{1}{2}} and then \\boxed{42}") == "42"
+    assert last_boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{12") is None and last_boxed("no box") is None
+    assert boxed_reward("The answer is \\boxed{1,234}.", {"answer": "1234"}) == 1.0
+    assert boxed_reward("\\boxed{x + 1}", {"answer": "x  + 1"}) == 1.0
+    assert boxed_reward("\\boxed{41}", {"answer": "42"}) == 0.0
+    assert gsm8k_reward("... so she has 18 dollars. #### 18", {"answer": "Janet ... #### 18"}) == 1.0
+    assert gsm8k_reward("The answer is 17.", {"answer": "18"}) == 0.0
+    prompts = toy_arithmetic_prompts(50, seed=3)
+    assert prompts == toy_arithmetic_prompts(50, seed=3) and [p["index"] for p in prompts] == list(range(50))
+    for p in prompts:
+        a, op, b = p["question"][8:-1].split()
+        assert int(p["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b))

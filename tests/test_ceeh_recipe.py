@@ -1,0 +1,34 @@
+"""The CEEH recipe on the tiny config: per-prompt state is checkpointed and a killed run resumes to the same state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO_ROOT, read_metrics, subprocess_env
+
+SCRIPT = REPO_ROOT / "recipes" / "ceeh" / "train.py"
+CONFIG = REPO_ROOT / "recipes" / "ceeh" / "configs" / "tiny_cpu.yaml"
+
+
+def run(out, *extra, env=None):
+    cmd = [sys.executable, str(SCRIPT), "--config", str(CONFIG), "--trainer.output_dir", str(out), *extra]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env or subprocess_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_killed_run_resumes_to_the_same_per_prompt_state(tmp_path):
+    straight = run(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = run(tmp_path / "resumed", env=subprocess_env(LLMKIT_FAULT_KILL_AFTER_STEP="1"))
+    assert killed.returncode != 0  # SIGKILL after step 1 (its checkpoint is written)
+    resumed = run(tmp_path / "resumed", "--trainer.resume", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state_a = json.loads((tmp_path / "straight" / "ceeh_state.json").read_text())
+    state_b = json.loads((tmp_path / "resumed" / "ceeh_state.json").read_text())
+    assert state_a == state_b
+    assert sum(h >= 0 for h in state_a["history"]) == 8  # 2 steps x 2 micro-batches x 2 prompts seen
+    rows_a, rows_b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [r["step"] for r in rows_b] == [1, 2]
+    assert rows_a[1]["loss"] == rows_b[1]["loss"] and rows_a[1]["completion_length"] == rows_b[1]["completion_length"]
+    assert (tmp_path / "straight" / "rl_metrics.png").stat().st_size > 0
