@@ -28,7 +28,12 @@ def test_killed_run_resumes_to_the_same_per_prompt_state(tmp_path):
     state_b = json.loads((tmp_path / "resumed" / "ceeh_state.json").read_text())
     assert state_a == state_b
     assert sum(h >= 0 for h in state_a["history"]) == 8  # 2 steps x 2 micro-batches x 2 prompts seen
+    assert len(state_a["history"]) == 16  # the 4 held-out prompts have no training state
     rows_a, rows_b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
     assert [r["step"] for r in rows_b] == [1, 2]
     assert rows_a[1]["loss"] == rows_b[1]["loss"] and rows_a[1]["completion_length"] == rows_b[1]["completion_length"]
     assert (tmp_path / "straight" / "rl_metrics.png").stat().st_size > 0
+    report = json.loads((tmp_path / "straight" / "rl_eval.json").read_text())
+    for part in ("base", "final"):
+        assert {"accuracy", "length", "pass@1", "pass@2"} <= set(report[part])
+    assert "nag" in report["final"]

@@ -156,3 +156,28 @@ def test_verifiers():
     for p in prompts:
         a, op, b = p["question"][8:-1].split()
         assert int(p["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+
+
+def test_evaluate_policy_counts_avg_at_n_pass_at_k_and_nag():
+    from llmkit.generation.types import Completion, GenerationOutput
+    from llmkit.rl.evaluate import evaluate_policy, with_nag
+
+    class Scripted:
+        """Prompt 0: 2 of 4 samples right (short); prompt 1: none right."""
+
+        def generate(self, prompts, params):
+            texts = [["\\boxed{1}", "\\boxed{2}", "\\boxed{1}", "x"], ["no", "no", "no", "no"]]
+            return [GenerationOutput("", [Completion(t, [0] * (3 if t.startswith("\\boxed") else 5), "stop") for t in row])
+                    for row in texts]
+
+    from llmkit.rl.rewards import boxed_reward
+
+    prompts = [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "7"}]
+    r = evaluate_policy(Scripted(), prompts, boxed_reward, n=4, ks=(1, 2, 4))
+    assert r["accuracy"] == pytest.approx(2 / 8)
+    assert r["pass@1"] == pytest.approx((0.5 + 0) / 2)
+    assert r["pass@2"] == pytest.approx((1 - (2 * 1) / (4 * 3) + 0) / 2)  # 1 - C(2,2)/C(4,2) = 5/6
+    assert r["pass@4"] == pytest.approx(0.5)
+    assert r["length"] == pytest.approx((3 + 3 + 3 + 5 + 5 * 4) / 8) and r["correct_length"] == 3
+    assert with_nag(r, {"accuracy": 0.5, "length": 8.0})["nag"] == pytest.approx(100 * 0.5 * math.sqrt(1 - r["length"] / 8))
+    assert math.isnan(with_nag(r, {"accuracy": 0.5, "length": 1.0})["nag"])

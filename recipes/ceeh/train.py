@@ -26,6 +26,7 @@ from llmkit.data.sft import column_value
 from llmkit.errors import DataError, exit_on_user_error
 from llmkit.models import load_model_and_tokenizer
 from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
+from llmkit.rl.evaluate import evaluate_policy, with_nag
 from llmkit.rl.grpo import GRPOSettings, GRPOTrainer
 from llmkit.rl.rewards import INSTRUCTION, REWARDS, toy_arithmetic_prompts
 from llmkit.train import build_accelerator
@@ -41,6 +42,9 @@ class CEEHMethod:
     prompts: Literal["toy_arithmetic", "data"] = "toy_arithmetic"
     num_prompts: int = 256  # toy arithmetic only
     reward: Literal["gsm8k", "boxed"] = "boxed"
+    # held-out prompts (never trained on) for avg@n accuracy, pass@k, length and NAG, before and after training
+    eval_prompts: int = 0
+    eval_samples: int = 8
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
 
@@ -51,10 +55,23 @@ class CEEHConfig(RecipeConfig):
     method: CEEHMethod = field(default_factory=CEEHMethod)
 
 
-def build_prompts(cfg: CEEHConfig) -> list[dict]:
-    """Prompt records with `prompt` (chat), `answer` and a stable `index` (the row number)."""
+def build_prompts(cfg: CEEHConfig) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) prompt records with `prompt` (chat), `answer` and a stable `index` (the row number).
+
+    The last `method.eval_prompts` records are held out; any whose prompt also occurs in training is dropped.
+    """
+    records = _records(cfg)
+    cut = len(records) - cfg.method.eval_prompts
+    if cut <= 0:
+        raise DataError(f"{len(records)} prompts leave none to train on after holding out {cfg.method.eval_prompts}")
+    train = records[:cut]
+    seen = {str(r["prompt"]) for r in train}
+    return train, [r for r in records[cut:] if str(r["prompt"]) not in seen]
+
+
+def _records(cfg: CEEHConfig) -> list[dict]:
     if cfg.method.prompts == "toy_arithmetic":
-        return toy_arithmetic_prompts(cfg.method.num_prompts, seed=cfg.data.split_seed)
+        return toy_arithmetic_prompts(cfg.method.num_prompts + cfg.method.eval_prompts, seed=cfg.data.split_seed)
     rows = read_records(cfg.data.path, cfg.data.split, cfg.data.format, max_rows=cfg.data.max_rows)
     if not rows:
         raise DataError(f"{cfg.data.path}: no prompts")
@@ -104,12 +121,23 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(cfg.trainer.seed)
     accelerator = build_accelerator(cfg.trainer)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    prompts = build_prompts(cfg)
-    logger.info("prompts: %d, %d completions each, reward: %s", len(prompts), cfg.method.grpo.num_generations, cfg.method.reward)
-    trainer = GRPOTrainer(cfg.trainer, cfg.method.grpo, model, tokenizer, prompts, REWARDS[cfg.method.reward],
+    prompts, held_out = build_prompts(cfg)
+    logger.info("prompts: %d (+%d held out), %d completions each, reward: %s", len(prompts), len(held_out),
+                cfg.method.grpo.num_generations, cfg.method.reward)
+    reward = REWARDS[cfg.method.reward]
+    trainer = GRPOTrainer(cfg.trainer, cfg.method.grpo, model, tokenizer, prompts, reward,
                           run_config=to_dict(cfg), accelerator=accelerator)
+    g = cfg.method.grpo
+    evaluate = lambda: evaluate_policy(trainer.generator(), held_out, reward, cfg.method.eval_samples,  # noqa: E731
+                                       g.temperature, g.max_new_tokens, seed=cfg.trainer.seed)
+    base = evaluate() if held_out and accelerator.is_main_process else None  # the weights are still the base model's
     result = trainer.train()
     if accelerator.is_main_process:
+        if held_out:
+            final = evaluate()
+            report = {"final": with_nag(final, base) if base else final, "base": base}
+            (Path(cfg.trainer.output_dir) / "rl_eval.json").write_text(json.dumps(report, indent=2))
+            logger.info("held-out: base %s → final %s", base, report["final"])
         plot = plot_rl_metrics(Path(cfg.trainer.output_dir), trainer.history)
         (Path(cfg.trainer.output_dir) / "ceeh_state.json").write_text(json.dumps(trainer.method_state_dict()))
         print(f"done: {result}; model, metrics.jsonl and {plot.name} are in {cfg.trainer.output_dir}")
