@@ -45,7 +45,7 @@ $(VLLM_STAMP): pyproject.toml Makefile scripts/install_torch.sh
 	touch $(VLLM_STAMP)
 
 test-vllm-cpu: $(VLLM_STAMP)
-	VLLM_CACHE_ROOT=$(abspath $(VLLM_VENV))/vllm-cache HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/test_backends_agree.py tests/test_serve_live.py
+	VLLM_CACHE_ROOT=$(abspath $(VLLM_VENV))/vllm-cache HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests/test_backends_agree.py tests/test_serve_live.py tests/test_vllm_weight_sync.py
 
 clean-venv:
 	rm -rf $(VENV) $(VLLM_VENV)

@@ -104,14 +104,23 @@ class GRPOTrainer(Trainer):
         self.anchor = np.zeros(size)
         self._metrics: dict[str, float] = {}
         self._generator_factory = generator_factory
+        self._generator_step: int | None = None  # the step whose weights the factory's generator holds
+        self._generator = None
 
     # ----- rollouts ----------------------------------------------------------------------------------
 
     def generator(self):
-        """The generation backend over the current policy weights (hf by default)."""
+        """The generation backend over the current policy weights (hf by default).
+
+        A `generator_factory` (e.g. `VLLMRollouts`) is called once per optimizer step, since the weights
+        change only between steps; the hf generator reads the live model and costs nothing to build.
+        """
         policy = self.accelerator.unwrap_model(self.model)
         if self._generator_factory is not None:
-            return self._generator_factory(policy, self.tokenizer)
+            if self._generator_step != self.global_step or self._generator is None:
+                self._generator = self._generator_factory(policy, self.tokenizer)
+                self._generator_step = self.global_step
+            return self._generator
         from llmkit.generation.hf import HFGenerator
 
         return HFGenerator(policy, self.tokenizer, batch_size=max(8, self.settings.num_generations), show_progress=False)

