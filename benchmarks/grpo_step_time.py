@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -99,11 +100,19 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="completions per prompt")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternate the two trainers this many times and take the median (other load on the machine hits both)")
     parser.add_argument("--no_append", action="store_true")
     args = parser.parse_args()
-    ours, theirs = run_llmkit(args), run_trl(args)
-    table = ("| trainer | s/step | × TRL |\n|---|---|---|\n"
-             f"| llmkit GRPOTrainer | {ours:.2f} | {ours / theirs:.2f} |\n| TRL GRPOTrainer | {theirs:.2f} | 1.00 |")
+    ours_all, theirs_all = [], []
+    for _ in range(args.repeats):
+        ours_all.append(run_llmkit(args))
+        theirs_all.append(run_trl(args))
+    ours, theirs = statistics.median(ours_all), statistics.median(theirs_all)
+    runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    table = ("| trainer | s/step (median) | runs | × TRL |\n|---|---|---|---|\n"
+             f"| llmkit GRPOTrainer | {ours:.2f} | {runs(ours_all)} | {ours / theirs:.2f} |\n"
+             f"| TRL GRPOTrainer | {theirs:.2f} | {runs(theirs_all)} | 1.00 |")
     print(table)
     if not args.no_append:
         section = (f"\n## GRPO step time vs TRL: {args.model}, {args.prompts} prompts × {args.n} completions, "

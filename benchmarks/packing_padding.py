@@ -2,6 +2,11 @@
 
     python benchmarks/packing_padding.py                      # CodeAlpaca-2k, SmolLM2 tokenizer, batch 16, 2048
     python benchmarks/packing_padding.py --template plain --batch 16 --max_length 2048
+    python benchmarks/packing_padding.py --tokenizer deepseek-coder-vocab --template plain --with_mbpp
+
+`deepseek-coder-vocab` is the vocab-only `ggml-vocab-deepseek-coder.gguf` from the llama-cpp-python sdist
+on PyPI (fetched once with `pip download`, cached under LLMKIT_CACHE; no model hub needed); transformers
+reads the GGUF vocabulary (45 of llama.cpp's 46 tokenizer test vectors match exactly).
 
 One epoch in the trainer's seeded random order, cut into micro-batches of `--batch`; each is collated
 with `none` (one example per row, right-padded), `dynamic` (the paper's Dynamic Pack) and
@@ -18,6 +23,34 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+DEEPSEEK_VOCAB = "ggml-vocab-deepseek-coder.gguf"
+LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+
+
+def deepseek_coder_tokenizer():
+    """DeepSeek-Coder's tokenizer from the vocab-only GGUF in the llama-cpp-python sdist (cached)."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from llmkit.models import cache_dir
+
+    folder = cache_dir() / "vocab"
+    if not (folder / DEEPSEEK_VOCAB).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", LLAMA_CPP_SDIST, "--no-deps", "--no-binary", ":all:",
+                            "-d", tmp, "-q"], check=True)
+            sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+            with tarfile.open(sdist) as tar:
+                member = next(m for m in tar.getmembers() if m.name.endswith("models/" + DEEPSEEK_VOCAB))
+                data = tar.extractfile(member).read()
+        partial = folder / (DEEPSEEK_VOCAB + ".part")
+        partial.write_bytes(data)
+        partial.replace(folder / DEEPSEEK_VOCAB)  # atomic: a torn download is never taken for the file
+    return AutoTokenizer.from_pretrained(str(folder), gguf_file=DEEPSEEK_VOCAB)
 
 
 def main() -> None:
@@ -30,7 +63,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="codealpaca/code_alpaca_2k.json")
-    parser.add_argument("--tokenizer", default="smollm2-135m-instruct")
+    parser.add_argument("--tokenizer", default="smollm2-135m-instruct", help="a model name, or deepseek-coder-vocab")
+    parser.add_argument("--with_mbpp", action="store_true", help="add MBPP (text → code, all 974 rows) to the pool, as the paper's mix")
     parser.add_argument("--template", default="chat", choices=["chat", "plain"])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=2048)
@@ -38,12 +72,17 @@ def main() -> None:
     parser.add_argument("--no_append", action="store_true")
     args = parser.parse_args()
 
-    tokenizer = load_tokenizer(ModelConfig(name=args.tokenizer))
-    data = load_sft_data(DataConfig(
-        path=args.data, columns={"prompt": ["instruction", "input"], "response": "output"}, template=args.template,
-        # the paper's DeepSeek-Coder template for the plain variant
-        plain_prompt_format="### Instruction:\n{prompt}\n### Response:\n", max_length=args.max_length,
-    ), tokenizer).train
+    tokenizer = deepseek_coder_tokenizer() if args.tokenizer == "deepseek-coder-vocab" else load_tokenizer(ModelConfig(name=args.tokenizer))
+    sources = [(args.data, {"prompt": ["instruction", "input"], "response": "output"})]
+    if args.with_mbpp:
+        sources.append(("mbpp/mbpp.jsonl", {"prompt": "text", "response": "code"}))
+    data = []
+    for path, columns in sources:
+        data += load_sft_data(DataConfig(
+            path=path, columns=columns, template=args.template,
+            # the paper's DeepSeek-Coder template for the plain variant
+            plain_prompt_format="### Instruction:\n{prompt}\n### Response:\n", max_length=args.max_length,
+        ), tokenizer).train
     order = epoch_permutation(len(data), args.seed, 0)
     batches = [[data[i] for i in order[s : s + args.batch]] for s in range(0, len(order) - args.batch + 1, args.batch)]
     stats, targets = {}, {}
@@ -64,7 +103,7 @@ def main() -> None:
     print(table)
     if not args.no_append:
         section = (
-            f"\n## Padding rate of the collators: {args.data}, {args.tokenizer} tokenizer ({args.template} template), "
+            f"\n## Padding rate of the collators: {args.data}{' + MBPP' if args.with_mbpp else ''}, {args.tokenizer} tokenizer ({args.template} template), "
             f"batch {args.batch}, max_length {args.max_length}\n\n"
             f"- date: {dt.date.today().isoformat()}\n- machine: {platform.machine()} (no training; tokenisation and collation only)\n"
             f"- command: `python {' '.join(sys.argv)}`\n"

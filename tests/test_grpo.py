@@ -71,3 +71,23 @@ def test_micro_batch_split_does_not_change_the_gradient(tmp_path, tokenizer, fre
     assert whole and any(g.abs().sum() > 0 for g in whole.values())
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], atol=1e-6, rtol=1e-4)
+
+
+def test_on_policy_loss_needs_no_old_policy_pass(tmp_path, tokenizer, fresh_accelerate_state):
+    """Without `old_log_probs` the loss uses log π_θ detached: same loss and gradient as a separate old-policy forward."""
+    settings = GRPOSettings(num_generations=2, max_new_tokens=8, advantage="grpo")
+    trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1)
+    rng = np.random.default_rng(1)
+    completion_ids = [rng.integers(20, 200, size=k).tolist() for k in (4, 2)]
+    rollout = Rollout([[1, 5, 6], [1, 5, 6]], completion_ids, [False, False], np.array([1, 0], bool), np.array([1.0, 0.0]),
+                      np.array([False, False]))
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    policy.eval()  # no dropout, so the separate pass sees exactly the same function
+    implicit = trainer._tensors(rollout)
+    explicit = dict(implicit, old_log_probs=trainer._log_probs(policy, implicit))
+    tokens = sum(len(c) for c in completion_ids)
+    a, b = grads_after(trainer, [implicit], tokens), grads_after(trainer, [explicit], tokens)
+    assert a and any(g.abs().sum() > 0 for g in a.values())
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-7, rtol=1e-5)
+    assert "old_log_probs" not in trainer.step_batches(0)[0]  # the loop itself does not make the extra pass

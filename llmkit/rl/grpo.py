@@ -6,7 +6,7 @@ One optimizer step, top to bottom (`GRPOTrainer.step_batches` then `training_ste
 2. sample n completions per prompt with the current policy through the generation interface (hf);
 3. score them: correctness reward (a verifier), then, with CEEH, the per-prompt accuracy, the hard mask
    (against the history *before* this step), the dynamic length reward, and the history/anchor updates;
-4. group advantages (GRPO or Dr.GRPO), old and reference log-probs (no grad);
+4. group advantages (GRPO or Dr.GRPO) and, with a KL term, reference log-probs (no grad);
 5. loss per micro-batch: clipped policy loss (+ KL to the reference) aggregated by the configured mode,
    minus the ME entropy bonus; EA mode adds its entropy bonus to the advantages instead.
 
@@ -123,7 +123,9 @@ class GRPOTrainer(Trainer):
             return self._generator
         from llmkit.generation.hf import HFGenerator
 
-        return HFGenerator(policy, self.tokenizer, batch_size=max(8, self.settings.num_generations), show_progress=False)
+        # one generate call for all completions of a micro-batch: per-token Python overhead is paid once
+        batch = max(8, self.cfg.per_device_batch_size * self.settings.num_generations)
+        return HFGenerator(policy, self.tokenizer, batch_size=batch, show_progress=False)
 
     def rollout(self, records: list[dict[str, Any]], step: int) -> Rollout:
         """Sample, verify and (CEEH) reward-shape the completions of `records`; updates per-prompt state."""
@@ -191,10 +193,12 @@ class GRPOTrainer(Trainer):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             self._metrics = {k: float(np.nanmean([m[k] for m in metrics])) for k in metrics[0]}
-        policy = acc.unwrap_model(self.model)
-        for batch in batches:
-            batch["old_log_probs"] = self._log_probs(policy, batch)
-            if self.settings.kl_coef > 0:
+        # No separate "old policy" pass: every rollout feeds exactly one optimizer step and the weights do not
+        # change between its micro-batches, so π_old = π_θ and the loss uses log π_θ detached (ratio 1, as TRL
+        # and verl do with one update per batch). A batch that carries `old_log_probs` (reused rollouts) keeps them.
+        if self.settings.kl_coef > 0:
+            policy = acc.unwrap_model(self.model)
+            for batch in batches:
                 with self._reference(policy):
                     batch["ref_log_probs"] = self._log_probs(policy, batch)
         return batches
@@ -239,7 +243,8 @@ class GRPOTrainer(Trainer):
         advantages = batch["advantages"]
         if s.entropy_mode == "ea":
             advantages = ceeh.ea_advantages(advantages, entropy, batch["hard"], s.ea_alpha, s.ea_kappa)
-        per_token, clipped = get(POLICY_LOSSES, "clipped")(log_probs, batch["old_log_probs"], advantages, s.clip_low, s.clip_high)
+        old_log_probs = batch["old_log_probs"] if "old_log_probs" in batch else log_probs.detach()
+        per_token, clipped = get(POLICY_LOSSES, "clipped")(log_probs, old_log_probs, advantages, s.clip_low, s.clip_high)
         metrics = {}
         if s.kl_coef > 0:
             kl = get(KL_PENALTIES, s.kl_estimator)(log_probs, batch["ref_log_probs"])
