@@ -37,3 +37,11 @@ def test_killed_run_resumes_to_the_same_per_prompt_state(tmp_path):
     for part in ("base", "final"):
         assert {"accuracy", "length", "pass@1", "pass@2"} <= set(report[part])
     assert "nag" in report["final"]
+
+
+def test_vllm_rollouts_with_the_in_memory_tiny_model_fail_in_one_line(tmp_path):
+    """vLLM needs a folder or hub id; without vLLM installed the message says how to install it instead."""
+    proc = run(tmp_path / "out", "--method.rollout_backend", "vllm")
+    assert proc.returncode == 2
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "rollout_backend: vllm" in message and ("tiny-random-llama" in message or "pip install" in message)
