@@ -1,0 +1,1 @@
+"""Thin training loops: active learning, noisy labels (DPC), distillation (DHKD)."""
