@@ -27,7 +27,8 @@ def rows(path):
 
 def test_cdas_arm_and_full_arm_share_the_held_out_rows(tmp_path):
     cdas = run_recipe(tmp_path, "cdas")
-    full = run_recipe(tmp_path, "full", "--method.select", "false", "--trainer.packing", "padding_free")
+    full = run_recipe(tmp_path, "full", "--method.select", "false", "--trainer.packing", "padding_free",
+                      "--method.eval_tasks", "[humaneval]", "--method.eval_limit", "2", "--method.eval_max_new_tokens", "8")
     held_cdas, held_full = rows(cdas / "selection" / "heldout.jsonl"), rows(full / "selection" / "heldout.jsonl")
     assert held_cdas == held_full and len(held_cdas) == 12  # 12.5% of 96
     pool = rows(cdas / "selection" / "pool.jsonl")
@@ -42,3 +43,7 @@ def test_cdas_arm_and_full_arm_share_the_held_out_rows(tmp_path):
     assert all(r["examples_per_row"] > 1 for r in metrics_cdas)       # Dynamic Pack packed examples together
     assert all(r["padding_fraction"] == 0.0 for r in metrics_full)     # padding-free: no pad at all
     assert (cdas / "model.safetensors").exists() or any(cdas.glob("*.safetensors"))
+    # the trained model was scored by the harness (a random tiny model passes nothing)
+    results = json.loads((full / "eval-humaneval" / "results.json").read_text())
+    assert results["num_problems"] == 2 and results["metrics"]["pass@1"] == 0.0
+    assert not (cdas / "eval-humaneval").exists()  # no eval_tasks, no harness run

@@ -40,6 +40,11 @@ class CodeSelectionMethod:
     name: Literal["code_selection"] = "code_selection"
     select: bool = True
     selection: SelectionSettings = field(default_factory=SelectionSettings)
+    # after training, score the saved model with the harness (greedy): e.g. [humaneval, mbpp]
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_backend: Literal["hf", "vllm"] = "hf"
+    eval_max_new_tokens: int = 384
+    eval_limit: int | None = None  # first N problems of each task (None: all)
 
 
 @dataclass
@@ -128,7 +133,30 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(cfg.trainer, model, tokenizer, data.train, data.eval, run_config=to_dict(cfg), accelerator=accelerator)
     result = trainer.train()
     if accelerator.is_main_process:
-        print(f"done: {result}; subset (selection/), model, metrics.jsonl and README.md are in {cfg.trainer.output_dir}")
+        scores = evaluate_tasks(cfg)
+        print(f"done: {result}{'; ' + scores if scores else ''}; subset (selection/), model, metrics.jsonl and README.md "
+              f"are in {cfg.trainer.output_dir}")
+
+
+def evaluate_tasks(cfg: CodeSelectionConfig) -> str:
+    """Greedy harness runs of the saved model on `method.eval_tasks`, into output_dir/eval-<task>/."""
+    from llmkit.evaluation.harness import EvalConfig, run_eval
+    from llmkit.evaluation.tasks import get_task
+    from llmkit.generation import build_generator
+
+    if not cfg.method.eval_tasks:
+        return ""
+    tasks = [get_task(name) for name in cfg.method.eval_tasks]  # an unknown task fails before any generation
+    generator = build_generator(cfg.method.eval_backend, cfg.trainer.output_dir)
+    lines = []
+    for name, task in zip(cfg.method.eval_tasks, tasks):
+        out = Path(cfg.trainer.output_dir) / f"eval-{name}"
+        ecfg = EvalConfig(task=name, model=cfg.trainer.output_dir, backend=cfg.method.eval_backend, output_dir=str(out),
+                          limit=cfg.method.eval_limit, max_new_tokens=cfg.method.eval_max_new_tokens)
+        task.load(ecfg.limit)
+        results = run_eval(task, generator, ecfg)
+        lines.append(f"{name} {results['metrics']}")
+    return "; ".join(lines)
 
 
 if __name__ == "__main__":
