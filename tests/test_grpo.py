@@ -91,3 +91,24 @@ def test_on_policy_loss_needs_no_old_policy_pass(tmp_path, tokenizer, fresh_acce
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-7, rtol=1e-5)
     assert "old_log_probs" not in trainer.step_batches(0)[0]  # the loop itself does not make the extra pass
+
+
+def test_ea_bonus_acts_only_on_hard_groups_with_mixed_rewards(tmp_path, tokenizer, fresh_accelerate_state):
+    """EA changes the advantages of a hard group with right and wrong answers; an easy or all-wrong group is untouched.
+
+    This is why EA can coincide with length-penalty RL on a model that rarely answers right: a hard
+    prompt's group is then usually all wrong (A = 0), and a prompt with a right answer is rarely hard.
+    """
+    settings = GRPOSettings(num_generations=2, max_new_tokens=8, advantage="drgrpo", entropy_mode="ea")
+    trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1)
+    completion_ids = [[30, 31, 32], [40, 41], [50, 51, 52], [60, 61]]
+    prompts = [[1, 5, 6], [1, 5, 6], [1, 8, 9], [1, 8, 9]]
+    cases = {  # (rewards, hard) -> fraction of completion tokens whose advantage EA changes
+        "hard, mixed": ([1.0, 0.0, 0.0, 0.0], [True, True, True, True], 5 / 10),
+        "easy, mixed": ([1.0, 0.0, 1.0, 0.0], [False] * 4, 0.0),
+        "hard, all wrong": ([0.0] * 4, [True] * 4, 0.0),
+    }
+    for name, (rewards, hard, expected) in cases.items():
+        rollout = Rollout(prompts, completion_ids, [False] * 4, np.array(rewards) >= 1, np.array(rewards), np.array(hard))
+        _, metrics = trainer.grpo_loss(trainer.model, trainer._tensors(rollout))
+        assert metrics["ea_bonus_fraction"] == pytest.approx(expected), name

@@ -160,6 +160,8 @@ class GRPOTrainer(Trainer):
             "length_reward": float(r_len.mean()), "completion_length": float(length_arr.mean()),
             "correct_length": float(length_arr[correct_arr].mean()) if correct_arr.any() else float("nan"),
             "hard_fraction": float(hard.mean()), "truncated_fraction": float(np.mean(truncated)),
+            # hard prompts whose group has right and wrong answers: the only ones EA's bonus can move
+            "hard_mixed_fraction": float(np.mean(hard & (accuracy > 0) & (accuracy < 1))),
         }
         return Rollout(prompt_ids, completion_ids, truncated, correct_arr.reshape(-1), rewards.reshape(-1), np.repeat(hard, n))
 
@@ -241,11 +243,15 @@ class GRPOTrainer(Trainer):
         log_probs = token_log_probs(logits, labels.clamp(min=0))
         entropy = entropy_from_logits(logits)
         advantages = batch["advantages"]
+        metrics = {}
         if s.entropy_mode == "ea":
-            advantages = ceeh.ea_advantages(advantages, entropy, batch["hard"], s.ea_alpha, s.ea_kappa)
+            shaped = ceeh.ea_advantages(advantages, entropy, batch["hard"], s.ea_alpha, s.ea_kappa)
+            # EA acts only where a hard prompt's group has mixed rewards (A != 0): log how often that is.
+            changed = shaped != (advantages[:, None] if advantages.dim() == 1 else advantages)
+            metrics["ea_bonus_fraction"] = float((changed.float() * mask).sum() / mask.sum().clamp(min=1))
+            advantages = shaped
         old_log_probs = batch["old_log_probs"] if "old_log_probs" in batch else log_probs.detach()
         per_token, clipped = get(POLICY_LOSSES, "clipped")(log_probs, old_log_probs, advantages, s.clip_low, s.clip_high)
-        metrics = {}
         if s.kl_coef > 0:
             kl = get(KL_PENALTIES, s.kl_estimator)(log_probs, batch["ref_log_probs"])
             per_token = per_token + s.kl_coef * kl
