@@ -6,7 +6,7 @@ llmkit/vision/README.md with the table, date, machine and command (skip with --n
 
 Experiments:
   dpc        CE vs DPC's evidential loss (± GMM clean-sample selection) vs BLDR-lite, on noisy labels
-  openset-al random / entropy / LfOSA / EAOA / BUAL / E2OAL on open-set digits (known 0-5, unknown 6-9): query precision
+  openset-al random / entropy / LfOSA / EAOA / BUAL / E2OAL / DCFS on open-set digits (known 0-5, unknown 6-9): query precision
   dhkd       student CE / KD / BinaryKL / DHKD (± gradient alignment) / DHKD+KD
   l2d        multi-label student: BCE / BCE+MLD / L2D (synthetic multi-label data)
   cap        semi-supervised multi-label: supervised / fixed-0.5 / CAP pseudo-labels
@@ -125,7 +125,7 @@ def run_openset_al(seeds, out: Path, args) -> tuple[str, dict]:
     from llmkit.vision.strategies import make_strategy
 
     known = tuple(range(args.known))
-    strategies = ("random", "entropy", "lfosa", "eaoa", "bual", "e2oal")
+    strategies = ("random", "entropy", "lfosa", "eaoa", "bual", "e2oal", "dcfs")
     config = ActiveConfig(budget=args.budget)
     results = {s: [] for s in strategies}
     for seed in seeds:

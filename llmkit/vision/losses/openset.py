@@ -107,3 +107,27 @@ def complementary_label_loss(logits: torch.Tensor, complementary: torch.Tensor, 
     """
     prob = torch.softmax(logits, 1).gather(1, complementary[:, None].long()).squeeze(1)
     return _reduce(-torch.log((1 - prob).clamp_min(1e-7)), reduction)
+
+
+# -- DCFS: two-head discrepancy -------------------------------------------------------------------
+
+def head_discrepancy(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """Per-row L1 distance Σ_k |p¹_k − p²_k| between two heads' probabilities (in [0, 2])."""
+    if p1.shape != p2.shape or p1.dim() != 2:
+        raise VisionError(f"head probabilities must be two equal [N, K] tensors, got {tuple(p1.shape)} and {tuple(p2.shape)}")
+    return (p1 - p2).abs().sum(1)
+
+
+def head_discrepancy_loss(p1: torch.Tensor, p2: torch.Tensor, is_unknown: torch.Tensor) -> torch.Tensor:
+    """DCFS-style discrepancy term: mean discrepancy on known rows − mean on unknown rows.
+
+    Minimising it reduces the heads' disagreement on known classes and amplifies it on unknowns
+    (the abstract's sketch; the paper's exact form is not available). An empty group contributes 0.
+    """
+    d = head_discrepancy(p1, p2)
+    is_unknown = torch.as_tensor(is_unknown, dtype=torch.bool)
+    if is_unknown.shape != d.shape:
+        raise VisionError(f"is_unknown must have one flag per row ({d.shape[0]}), got {tuple(is_unknown.shape)}")
+    known_term = d[~is_unknown].mean() if (~is_unknown).any() else d.new_zeros(())
+    unknown_term = d[is_unknown].mean() if is_unknown.any() else d.new_zeros(())
+    return known_term - unknown_term

@@ -3,6 +3,7 @@
 from llmkit.vision import VisionError
 from llmkit.vision.strategies.base import ModelScorer, QueryResult, QueryStrategy, Scorer
 from llmkit.vision.strategies.bual import BUALSampling
+from llmkit.vision.strategies.dcfs import DCFSSampling
 from llmkit.vision.strategies.e2oal import E2OALSampling
 from llmkit.vision.strategies.eaoa import EAOASampling
 from llmkit.vision.strategies.fairfal import FairFALSampling
@@ -10,7 +11,7 @@ from llmkit.vision.strategies.lewis import LewisOneShot
 from llmkit.vision.strategies.lfosa import LfOSASampling
 from llmkit.vision.strategies.uncertainty import RandomSampling, UncertaintySampling
 
-STRATEGY_NAMES = ("random", "entropy", "least_confident", "margin", "lfosa", "eaoa", "bual", "e2oal")
+STRATEGY_NAMES = ("random", "entropy", "least_confident", "margin", "lfosa", "eaoa", "bual", "e2oal", "dcfs")
 
 
 def make_strategy(name: str, num_known: int, **kwargs) -> QueryStrategy:
@@ -27,8 +28,10 @@ def make_strategy(name: str, num_known: int, **kwargs) -> QueryStrategy:
         return BUALSampling(num_known, **kwargs)
     if name == "e2oal":
         return E2OALSampling(num_known, **kwargs)
+    if name == "dcfs":
+        return DCFSSampling(num_known, **kwargs)
     raise VisionError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
 
 
-__all__ = ["BUALSampling", "E2OALSampling", "EAOASampling", "FairFALSampling", "LewisOneShot", "LfOSASampling", "ModelScorer", "QueryResult", "QueryStrategy", "RandomSampling",
+__all__ = ["BUALSampling", "DCFSSampling", "E2OALSampling", "EAOASampling", "FairFALSampling", "LewisOneShot", "LfOSASampling", "ModelScorer", "QueryResult", "QueryStrategy", "RandomSampling",
            "STRATEGY_NAMES", "Scorer", "UncertaintySampling", "make_strategy"]

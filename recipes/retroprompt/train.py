@@ -1,0 +1,369 @@
+"""RetroPrompt: prompt-based few-shot classification with a knowledge store built from the training set.
+
+    python recipes/retroprompt/train.py --config recipes/retroprompt/configs/tiny_cpu.yaml
+    python recipes/retroprompt/train.py --config recipes/retroprompt/configs/smollm2_sst2.yaml \
+        --method.train_path sst2/k-shot/16-21/train.jsonl --trainer.seed 21
+
+The loop, top to bottom: (1) read the k-shot training file and the evaluation file; each example becomes
+a causal-LM prompt whose last token predicts a label word ("{text} It was" → " great"/" terrible"),
+preceded, when demonstrations are on, by one reserved slot per class ("<slot> It was great."); (2) train
+on the shared trainer with `RetroPromptTrainer`, which rebuilds the knowledge store on the refresh
+schedule (every epoch, after every evaluation), fills the slots with neural demonstrations (leave-one-out)
+and uses the kNN-guided loss; (3) rebuild the store with the final model and classify the evaluation
+set with the LM alone and with the kNN interpolation; write `results.json`.
+
+The pieces are in llmkit/prompting/retroprompt.py. Choices the spec leaves open are listed in this
+recipe's README ("Choices").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+
+from llmkit.config import to_dict
+from llmkit.data.loading import read_records
+from llmkit.data.sft import IGNORE_INDEX, TokenizedExample
+from llmkit.errors import ConfigError, DataError, exit_on_user_error
+from llmkit.models import load_model_and_tokenizer
+from llmkit.prompting.retroprompt import (
+    KnowledgeStore,
+    LabelPositionOutput,
+    RetroPromptSettings,
+    StoreRefreshSchedule,
+    insert_demonstrations,
+    interpolate_knn,
+    knn_distribution,
+    knn_guided_loss,
+    label_position_features,
+    label_position_forward,
+    label_word_token_ids,
+    match_norm,
+    neural_demonstrations,
+)
+from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
+from llmkit.train import Trainer, build_accelerator
+from llmkit.train.batching import process_micro_batches, step_indices
+
+logger = logging.getLogger("recipes.retroprompt")
+
+
+@dataclass
+class RetroPromptMethod:
+    """The task (files, columns, template, label words) and RetroPrompt's settings."""
+
+    name: Literal["retroprompt"] = "retroprompt"
+    # LM-BFF k-shot split (16 per class) and the full held-out test set, relative to the shared data dir
+    train_path: str = "sst2/k-shot/16-13/train.jsonl"
+    eval_path: str = "sst2/test.jsonl"
+    eval_limit: int | None = None  # first N evaluation rows (None: all)
+    # keep the first k examples of each class of the training file (None: all; 4 gives the 4-shot setting)
+    shots_per_class: int | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    # label word of class i; one token each, written as they follow the template (leading space)
+    label_words: list[str] = field(default_factory=lambda: [" terrible", " great"])
+    template: str = "{text} It was"
+    # one per class before the query when demonstrations are on; {slot} is the dense demonstration
+    demo_template: str = "{slot} It was{label_word}.\n"
+    max_text_tokens: int = 128
+    encode_batch_size: int = 16  # batch size of the no-grad passes (store keys, evaluation)
+    retroprompt: RetroPromptSettings = field(default_factory=RetroPromptSettings)
+
+    def __post_init__(self):
+        if len(self.label_words) < 2:
+            raise ValueError("method.label_words needs one word per class (at least two)")
+        if "{text}" not in self.template:
+            raise ValueError("method.template must contain {text}")
+        if self.demo_template.count("{slot}") != 1:
+            raise ValueError("method.demo_template must contain {slot} exactly once")
+
+
+@dataclass
+class RetroPromptConfig(RecipeConfig):
+    """model + trainer + method (the `data` section is unused: the task files are in `method`)."""
+
+    method: RetroPromptMethod = field(default_factory=RetroPromptMethod)
+
+
+# ----- data ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptExample(TokenizedExample):
+    """A classification prompt: the trainer's fields plus what RetroPrompt needs per example.
+
+    `input_ids` end with the gold label word (the one loss target, so the trainer counts one target
+    per example); `plain_ids` are the same prompt without demonstration slots, whose label-position
+    feature is the example's store key (and its query).
+    """
+
+    class_id: int = 0
+    store_index: int = -1
+    label_position: int = 0
+    slot_positions: list[int] = field(default_factory=list)
+    plain_ids: list[int] = field(default_factory=list)
+
+
+def encode_prompt(tokenizer, method: RetroPromptMethod, text: str, with_slots: bool, slot_token: int) -> tuple[list[int], list[int]]:
+    """Token ids of a prompt (without the label word) and the positions of its demonstration slots."""
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []  # noqa: E731
+    ids: list[int] = []
+    slots: list[int] = []
+    if with_slots:
+        before, after = method.demo_template.split("{slot}")
+        for word in method.label_words:
+            ids += encode(before.format(label_word=word))
+            slots.append(len(ids))
+            ids.append(slot_token)  # its embedding is replaced by the class's demonstration vector
+            ids += encode(after.format(label_word=word))
+    prefix, suffix = method.template.split("{text}", 1)
+    ids += encode(prefix) + encode(text)[: method.max_text_tokens] + encode(suffix)
+    return ids, slots
+
+
+def load_examples(path: str, method: RetroPromptMethod, tokenizer, label_word_ids: torch.Tensor,
+                  limit: int | None = None, shots_per_class: int | None = None) -> list[PromptExample]:
+    """Read a classification file into prompts; row i of the result is store row i."""
+    records = read_records(path, max_rows=None)
+    num_classes = len(method.label_words)
+    examples: list[PromptExample] = []
+    taken = [0] * num_classes
+    with_slots = method.retroprompt.use_demonstrations
+    slot_token = tokenizer.pad_token_id
+    for row in records:
+        if limit is not None and len(examples) >= limit:
+            break
+        text, label = row.get(method.text_column), row.get(method.label_column)
+        if not isinstance(text, str) or not isinstance(label, int) or isinstance(label, bool):
+            raise DataError(f"{path}: a row lacks a text '{method.text_column}' or an integer '{method.label_column}'")
+        if not 0 <= label < num_classes:
+            raise DataError(f"{path}: label {label} is out of range for {num_classes} label words")
+        if shots_per_class is not None and taken[label] >= shots_per_class:
+            continue
+        taken[label] += 1
+        ids, slots = encode_prompt(tokenizer, method, text, with_slots, slot_token)
+        plain, _ = encode_prompt(tokenizer, method, text, False, slot_token)
+        word = int(label_word_ids[label])
+        examples.append(PromptExample(
+            input_ids=ids + [word], labels=[IGNORE_INDEX] * len(ids) + [word], source=f"{path}:{len(examples)}",
+            class_id=label, store_index=len(examples), label_position=len(ids) - 1, slot_positions=slots, plain_ids=plain,
+        ))
+    if not examples:
+        raise DataError(f"{path}: no examples")
+    return examples
+
+
+def collate_prompts(examples: list[PromptExample], pad_token_id: int, plain: bool = False) -> dict[str, Any]:
+    """Right-padded batch with the label positions, gold classes, store rows and slot positions."""
+    rows = [ex.plain_ids if plain else ex.input_ids for ex in examples]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (ex, ids) in enumerate(zip(examples, rows)):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        if not plain:
+            labels[i, : len(ids)] = torch.tensor(ex.labels)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "num_examples": len(rows),
+        "label_positions": torch.tensor([len(ids) - 1 if plain else ex.label_position for ex, ids in zip(examples, rows)]),
+        "class_ids": torch.tensor([ex.class_id for ex in examples]),
+        "store_index": torch.tensor([ex.store_index for ex in examples]),
+        "slot_positions": torch.tensor([ex.slot_positions for ex in examples], dtype=torch.long).reshape(len(rows), -1),
+    }
+
+
+# ----- trainer -------------------------------------------------------------------------------------------
+
+
+class RetroPromptTrainer(Trainer):
+    """The shared trainer with RetroPrompt's store, demonstrations, kNN loss and kNN evaluation."""
+
+    method_name = "retroprompt"
+
+    def __init__(self, cfg, settings: RetroPromptSettings, label_word_ids: torch.Tensor, model, tokenizer,
+                 train_data: list[PromptExample], eval_data: list[PromptExample] | None = None,
+                 encode_batch_size: int = 16, **kwargs):
+        if cfg.packing != "none":
+            raise ConfigError("retroprompt needs trainer.packing: none (one prompt per row, label position known)")
+        super().__init__(cfg, model, tokenizer, train_data, eval_data, **kwargs)
+        self.settings = settings
+        self.label_word_ids = label_word_ids
+        self.num_classes = len(label_word_ids)
+        self.encode_batch_size = encode_batch_size
+        self.schedule = StoreRefreshSchedule(self.steps_per_epoch, cfg.eval_steps, settings.refresh_every_epoch, settings.refresh_after_eval)
+        self.store: KnowledgeStore | None = None
+        self.embedding_norm = 1.0
+        self.refreshes: list[dict[str, Any]] = []
+        self.last_eval: dict[str, float] = {}
+
+    # --- the store ---
+
+    @torch.no_grad()
+    def encode_plain(self, examples: list[PromptExample]) -> torch.Tensor:
+        """Label-position features [N, d] of the plain prompts (no slots) with the current weights."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        features = []
+        for start in range(0, len(examples), self.encode_batch_size):
+            batch = collate_prompts(examples[start : start + self.encode_batch_size], self.tokenizer.pad_token_id, plain=True)
+            batch = {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            features.append(label_position_features(model, batch).float().cpu())
+        model.train(was_training)
+        return torch.cat(features)
+
+    def refresh_store(self, reason: str) -> None:
+        """Rebuild the knowledge store from the training set with the current encoder."""
+        keys = self.encode_plain(self.train_data)
+        labels = torch.tensor([ex.class_id for ex in self.train_data])
+        self.store = KnowledgeStore(keys, labels, self.num_classes, backend=self.settings.search_backend)
+        # Mean input-embedding length, for demo_norm: match_embeddings (a snapshot, like the keys).
+        embed = self.accelerator.unwrap_model(self.model).get_input_embeddings()
+        self.embedding_norm = float(embed.weight.detach().float().norm(dim=-1).mean())
+        self.refreshes.append({"step": self.global_step, "reason": reason})
+        logger.info("knowledge store rebuilt at step %d (%s): %d keys, %s search", self.global_step, reason,
+                    len(self.store), self.store.backend)
+
+    def knn_k(self, excluding: bool) -> int:
+        """K for p_kNN, capped by the store size (a 4-shot binary store holds 8 keys, fewer than K = 16)."""
+        return min(self.settings.knn_k, len(self.store) - (1 if excluding else 0))
+
+    # --- forward ---
+
+    def class_forward(self, model, batch: dict[str, Any], queries: torch.Tensor, exclude: torch.Tensor | None) -> LabelPositionOutput:
+        """Label-position output with the demonstration slots filled (when demonstrations are on)."""
+        if not self.settings.use_demonstrations:
+            return label_position_forward(model, batch, self.label_word_ids)
+        demos = neural_demonstrations(self.store, queries, self.settings.demo_topk, exclude)
+        embed = self.accelerator.unwrap_model(model).get_input_embeddings()
+        if self.settings.demo_norm == "match_embeddings":
+            demos = match_norm(demos, self.embedding_norm)
+        embeds = insert_demonstrations(embed(batch["input_ids"]), batch["slot_positions"], demos.to(batch["input_ids"].device))
+        return label_position_forward(model, batch, self.label_word_ids, inputs_embeds=embeds)
+
+    def compute_loss(self, model, batch):
+        """Summed kNN-guided loss of a micro-batch over the label words (one target per example)."""
+        s = self.settings
+        rows = batch["store_index"].cpu()
+        # A training query is its own store row: its snapshot key, leave-one-out for the demonstrations.
+        queries = self.store.keys[rows]
+        out = self.class_forward(model, batch, queries, exclude=rows)
+        targets = batch["class_ids"]
+        if s.knn_train:
+            exclude = rows if s.knn_exclude_self else None
+            p_knn = knn_distribution(self.store, queries, self.knn_k(s.knn_exclude_self), s.knn_temperature, exclude)
+            loss = knn_guided_loss(out.label_logits, p_knn.to(targets.device), targets, s.knn_beta, s.loss_form)
+        else:
+            loss = F.cross_entropy(out.label_logits.float(), targets)
+        return loss * targets.numel(), {}
+
+    def step_batches(self, step: int) -> list[dict[str, Any]]:
+        """The base trainer's micro-batches, with RetroPrompt's fields; rebuilds the store when it is due."""
+        reason = self.schedule.reason(step, have_store=self.store is not None)
+        if reason is not None:
+            self.refresh_store(reason)
+        acc = self.accelerator
+        indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, step, self.cfg.shuffle)
+        shards = process_micro_batches(indices, self.world_size, acc.process_index, self.cfg.per_device_batch_size,
+                                       self.cfg.gradient_accumulation_steps)
+        batches = []
+        for shard in shards:
+            batch = collate_prompts([self.train_data[i] for i in shard], self.tokenizer.pad_token_id)
+            batches.append({k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        return batches
+
+    # --- evaluation ---
+
+    @torch.no_grad()
+    def classify(self, examples: list[PromptExample]) -> dict[str, float]:
+        """Accuracy of the LM alone, of p_kNN alone and of the interpolation, and the label-word CE."""
+        if self.store is None:
+            self.refresh_store("evaluation")
+        s = self.settings
+        model = self.model
+        was_training = model.training
+        model.eval()
+        queries = self.encode_plain(examples)
+        correct = {"accuracy_lm": 0, "accuracy_knn": 0, "accuracy_interpolated": 0}
+        loss_sum = 0.0
+        for start in range(0, len(examples), self.encode_batch_size):
+            chunk = examples[start : start + self.encode_batch_size]
+            batch = collate_prompts(chunk, self.tokenizer.pad_token_id)
+            batch = {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            chunk_queries = queries[start : start + len(chunk)]
+            logits = self.class_forward(model, batch, chunk_queries, exclude=None).label_logits.float().cpu()
+            targets = batch["class_ids"].cpu()
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            p_lm = torch.softmax(logits, dim=-1)
+            p_knn = knn_distribution(self.store, chunk_queries, self.knn_k(False), s.knn_temperature)
+            mixed = interpolate_knn(p_lm, p_knn, s.knn_lambda, s.interpolation)
+            for name, scores in (("accuracy_lm", p_lm), ("accuracy_knn", p_knn), ("accuracy_interpolated", mixed)):
+                correct[name] += int((scores.argmax(dim=-1) == targets).sum())
+        model.train(was_training)
+        result = {name: count / len(examples) for name, count in correct.items()}
+        # The method's prediction: with kNN interpolation when knn_infer is on, else the LM alone.
+        result["accuracy"] = result["accuracy_interpolated" if s.knn_infer else "accuracy_lm"]
+        result["loss"] = loss_sum / len(examples)
+        return result
+
+    def evaluate(self) -> float:
+        """Label-word CE on the eval set (logged as eval_loss); accuracies go to metrics.jsonl too."""
+        self.last_eval = self.classify(self.eval_data)
+        self._log({"step": self.global_step, **{f"eval_{k}": v for k, v in self.last_eval.items() if k != "loss"}})
+        return self.last_eval["loss"]
+
+    def method_state_dict(self) -> dict[str, Any]:
+        """The refresh log; the store itself is rebuilt after a resume (it is a function of the weights)."""
+        return {"refreshes": list(self.refreshes)}
+
+    def load_method_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the refresh log; `store` stays None so the next step rebuilds it."""
+        self.refreshes = list(state.get("refreshes", []))
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """Load the task and model, train, classify the evaluation set; print where the outputs are."""
+    cfg = parse_recipe_args(RetroPromptConfig, argv)
+    setup_logging()
+    set_seed(cfg.trainer.seed)
+    torch.manual_seed(cfg.trainer.seed)
+    accelerator = build_accelerator(cfg.trainer)
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    method = cfg.method
+    label_word_ids = label_word_token_ids(tokenizer, method.label_words)
+    train = load_examples(method.train_path, method, tokenizer, label_word_ids, shots_per_class=method.shots_per_class)
+    test = load_examples(method.eval_path, method, tokenizer, label_word_ids, limit=method.eval_limit)
+    logger.info("train: %d examples, eval: %d; arm: demonstrations %s, kNN train %s, kNN infer %s",
+                len(train), len(test), method.retroprompt.use_demonstrations, method.retroprompt.knn_train,
+                method.retroprompt.knn_infer)
+    trainer = RetroPromptTrainer(cfg.trainer, method.retroprompt, label_word_ids, model, tokenizer, train,
+                                 test if cfg.trainer.eval_steps > 0 else None, encode_batch_size=method.encode_batch_size,
+                                 run_config=to_dict(cfg), accelerator=accelerator)
+    result = trainer.train()
+    if accelerator.is_main_process:
+        trainer.refresh_store("final")  # the store of the final weights, as a separate kNN inference run builds it
+        scores = trainer.classify(test)
+        out = Path(cfg.trainer.output_dir)
+        report = {"eval": scores, "train_examples": len(train), "eval_examples": len(test),
+                  "settings": asdict(method.retroprompt), "train_path": method.train_path, "eval_path": method.eval_path,
+                  "seed": cfg.trainer.seed, "refreshes": trainer.refreshes}
+        (out / "results.json").write_text(json.dumps(report, indent=2))
+        print(f"done: {result}; eval {scores}; results.json, model and metrics.jsonl are in {out}")
+
+
+if __name__ == "__main__":
+    main()
