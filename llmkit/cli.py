@@ -43,11 +43,15 @@ def launch_command(recipe: str, accelerate_config: str | None, num_processes: in
 
 def run_eval_command(argv: list[str]) -> int:
     """`llmkit eval [--config FILE] --task T --model M ...`: generate, score, write results."""
-    from llmkit.config import load_config, split_config_arg
+    from llmkit.config import load_config, options_help, split_config_arg, wants_help
     from llmkit.evaluation.harness import EvalConfig, run_eval
-    from llmkit.evaluation.tasks import get_task
+    from llmkit.evaluation.tasks import get_task, task_names
     from llmkit.generation import build_generator
 
+    if wants_help(argv):
+        print("usage: llmkit eval [--config FILE] --task T --model M [--key value ...]\n\nkeys (YAML or command line):")
+        print(options_help(EvalConfig) + "\n\ntasks: " + ", ".join(task_names()))
+        return 0
     path, overrides = split_config_arg(argv)
     cfg = load_config(EvalConfig, path, overrides)
     task = get_task(cfg.task, cfg.data_path, cfg.timeout_s)
@@ -61,9 +65,13 @@ def run_eval_command(argv: list[str]) -> int:
 
 def run_select_command(argv: list[str]) -> int:
     """`llmkit select [--config FILE] --method cdas|distribution|random|ifd|kcenter ...`: write a subset."""
-    from llmkit.config import load_config, split_config_arg
+    from llmkit.config import load_config, options_help, split_config_arg, wants_help
     from llmkit.data.selection.run import SelectConfig, run_selection
 
+    if wants_help(argv):
+        print("usage: llmkit select [--config FILE] --method M --data_path P [--key value ...]\n\nkeys (YAML or command line):")
+        print(options_help(SelectConfig))
+        return 0
     path, overrides = split_config_arg(argv)
     cfg = load_config(SelectConfig, path, overrides)
     summary = run_selection(cfg)
@@ -129,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("output_dir", help="a folder saved by a recipe (full model or LoRA adapter)")
     export.add_argument("export_dir", help="where to write the merged model")
     sub.add_parser(
-        "eval", help="evaluate a model on a task: llmkit eval --task humaneval --model M [--backend hf] [--limit N] ...",
+        "eval", add_help=False, help="evaluate a model on a task: llmkit eval --task humaneval --model M [--backend hf] [--limit N] ...",
     )
     sub.add_parser(
-        "select", help="select training data: llmkit select --method cdas|distribution|random|ifd|kcenter --data_path P ...",
+        "select", add_help=False, help="select training data: llmkit select --method cdas|distribution|random|ifd|kcenter --data_path P ...",
     )
     serve = sub.add_parser("serve", help="serve a trained model with vLLM's OpenAI-compatible server")
     serve.add_argument("output_dir", help="a model folder or a folder saved by a recipe (full model or LoRA adapter)")

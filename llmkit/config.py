@@ -256,6 +256,39 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     return from_dict(cls, data)
 
 
+def options_help(cls: type, prefix: str = "") -> str:
+    """One line per settable key of config dataclass `cls`: `--section.key  TYPE  (default: VALUE)`.
+
+    Nested dataclass sections are expanded, so the list is exactly what `load_config` accepts.
+    """
+    hints = typing.get_type_hints(cls)
+    lines: list[str] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = _is_optional(hints[f.name])[1]
+        if dataclasses.is_dataclass(tp):
+            lines.append(options_help(tp, prefix + f.name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        if typing.get_origin(tp) is Literal:
+            name = "|".join(str(a) for a in typing.get_args(tp))
+        else:
+            name = _type_name(hints[f.name]).replace("NoneType", "None")
+        lines.append(f"  --{prefix}{f.name:<{max(1, 34 - len(prefix))}} {name}  (default: {to_dict(default)!r})")
+    return "\n".join(lines)
+
+
+def wants_help(argv: list[str]) -> bool:
+    """True when the command line asks for help (`-h` or `--help`)."""
+    return any(a in ("-h", "--help") for a in argv)
+
+
 def split_config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
     """Pull `--config PATH` (or `--config=PATH`) out of `argv`; return (path, remaining overrides)."""
     path = None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from llmkit.config import load_config, split_config_arg
+from llmkit.config import load_config, options_help, split_config_arg, wants_help
 from llmkit.data.sft import DataConfig
 from llmkit.models import ModelConfig
 from llmkit.train.trainer import TrainerConfig
@@ -43,8 +43,13 @@ def setup_logging() -> None:
 
 
 def parse_recipe_args(cls: type[C], argv: list[str] | None = None) -> C:
-    """`--config PATH` plus `--section.key value` overrides → a typed recipe config."""
-    path, overrides = split_config_arg(sys.argv[1:] if argv is None else argv)
+    """`--config PATH` plus `--section.key value` overrides → a typed recipe config (`--help` lists the keys)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(f"usage: {Path(sys.argv[0]).name} --config FILE [--section.key value ...]\n\nkeys (YAML or command line):")
+        print(options_help(cls))
+        raise SystemExit(0)
+    path, overrides = split_config_arg(argv)
     return load_config(cls, path, overrides)
 
 

@@ -102,3 +102,19 @@ def test_post_init_validation_is_a_config_error():
 
     with pytest.raises(ConfigError, match="per_device_batch_size must be >= 1"):
         load_config(TrainerConfig, None, ["--per_device_batch_size", "0"])
+
+
+
+def test_help_lists_every_key_with_type_and_default():
+    """`--help` is generated from the dataclasses: exactly the loader's keys, with types, choices and defaults."""
+    from llmkit.config import options_help
+
+    text = options_help(Root)
+    rows = {line.split()[0]: line for line in text.splitlines()}
+    assert list(rows) == ["--inner.lr", "--inner.steps", "--inner.name", "--inner.flags", "--inner.mode",
+                          "--inner.maybe", "--inner.enabled", "--other.name", "--other.depth"]
+    assert rows["--inner.lr"].endswith("float  (default: 0.001)")
+    assert "a|b  (default: 'a')" in rows["--inner.mode"]
+    assert "(default: [])" in rows["--inner.flags"]
+    for key in rows:  # every listed key is accepted by the loader
+        load_config(Root, None, [key, {"--inner.mode": "b", "--inner.flags": "[x]", "--inner.enabled": "true"}.get(key, "1")])

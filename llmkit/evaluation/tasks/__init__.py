@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from llmkit.errors import ConfigError
 
+TASK_NAMES = ("humaneval", "mbpp", "gsm8k", "scienceqa", "scienceqa-text", "scienceqa-nocaption")
+
+
+def task_names() -> list[str]:
+    """The names `get_task` accepts."""
+    return list(TASK_NAMES)
+
 
 def get_task(name: str, data_path: str | None = None, timeout_s: float = 10.0):
     """The task called `name` (optionally reading its problems from `data_path`)."""
@@ -23,6 +30,4 @@ def get_task(name: str, data_path: str | None = None, timeout_s: float = 10.0):
         from llmkit.evaluation.tasks.scienceqa import ScienceQA
 
         return ScienceQA(data_path=data_path, use_caption=name != "scienceqa-nocaption", text_only=name == "scienceqa-text")
-    raise ConfigError(
-        f"unknown task '{name}'; available: humaneval, mbpp, gsm8k, scienceqa, scienceqa-text, scienceqa-nocaption"
-    )
+    raise ConfigError(f"unknown task '{name}'; available: {', '.join(TASK_NAMES)}")
