@@ -5,8 +5,8 @@ Submodules are imported lazily so `import llmkit.vision` stays cheap and, when t
 fails with one clear line instead of a deep traceback.
 
 Layout (see llmkit/vision/README.md):
-    data.py        digits loader, noise injectors, open-set splits
-    models.py      tiny MLP / CNN returning `Outputs(logits, heads, features)`
+    data.py        digits loader, noise injectors, open-set splits, synthetic shapes for segmentation
+    models.py      tiny MLP / CNN / segmentation FCN returning `Outputs(logits, heads, features)`
     losses/        nn.Module losses, each with a pure functional twin (losses.functional)
     strategies/    query strategies: `select(...)` returns indices into the unlabelled pool
     al/            framework-free AL bookkeeping (IndexCollection, State/StateIO, Oracle, StoppingCriteria)

@@ -1,4 +1,5 @@
-"""Small real data for the CPU checks: scikit-learn's bundled digits, label-noise injectors, open-set splits.
+"""Small real data for the CPU checks: scikit-learn's bundled digits, label-noise injectors, open-set splits,
+and synthetic shapes for semantic segmentation (`make_shapes`).
 
 Everything here is numpy in, numpy out (plus `as_tensors` for torch), seeded by an explicit
 `numpy.random.Generator`, so an experiment is reproducible from its seed alone. The loops accept
@@ -180,6 +181,61 @@ def make_multilabel(n_samples: int = 3000, n_features: int = 64, n_labels: int =
                                           n_labels=3, random_state=seed)
     x = (x - x.mean(0)) / (x.std(0) + 1e-8)
     return x.astype(np.float32), y.astype(np.float32)
+
+
+#: Classes of `make_shapes`; 0 is the background.
+SHAPE_CLASSES: tuple[str, ...] = ("background", "square", "disc", "triangle")
+
+
+def shape_mask(kind: str, size: int, centre: tuple[float, float], radius: float) -> np.ndarray:
+    """Boolean [size, size] mask of one shape: an axis-aligned square of half-side `radius`, a disc of
+    `radius`, or an upward triangle (apex `radius` above the centre, base `radius` below, base width 2·radius)."""
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    dy, dx = rows - centre[0], cols - centre[1]
+    if kind == "square":
+        return (np.abs(dy) <= radius) & (np.abs(dx) <= radius)
+    if kind == "disc":
+        return dy ** 2 + dx ** 2 <= radius ** 2
+    if kind == "triangle":
+        return (np.abs(dy) <= radius) & (np.abs(dx) <= (dy + radius) / 2)
+    raise VisionError(f"unknown shape {kind!r}; choose one of {', '.join(SHAPE_CLASSES[1:])}")
+
+
+def outline(labels: np.ndarray) -> np.ndarray:
+    """Foreground pixels of a [H, W] label map with a 4-neighbour of another label (image edges do not count)."""
+    labels = np.asarray(labels)
+    padded = np.pad(labels, 1, mode="edge")
+    differs = np.zeros(labels.shape, dtype=bool)
+    for shifted in (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]):
+        differs |= shifted != labels
+    return differs & (labels != 0)
+
+
+def make_shapes(n: int, rng: np.random.Generator, *, size: int = 32, max_shapes: int = 3,
+                radius: tuple[float, float] = (4.0, 9.0), noise: float = 0.35, ignore_index: int | None = 255):
+    """Synthetic semantic segmentation: squares, discs and triangles (classes 1-3) on a noisy background (0).
+
+    Each image holds 1..`max_shapes` shapes (uniform kind, centre and radius; later shapes are drawn over earlier
+    ones); every shape gets an intensity drawn from U(0.5, 1) and the whole image N(0, noise²) pixel noise, so the
+    class of a pixel follows from the shape around it, not from its brightness. With `ignore_index` set, each
+    shape's outline (`outline`) is labelled ignore_index, as Pascal VOC marks object boundaries void.
+    Returns (x float32 [n, 1, size, size], y int64 [n, size, size]).
+    """
+    if n < 1 or size < 8 or max_shapes < 1 or not 0 < radius[0] <= radius[1]:
+        raise VisionError(f"make_shapes needs n ≥ 1, size ≥ 8, max_shapes ≥ 1 and 0 < radius[0] ≤ radius[1]; got "
+                          f"n={n}, size={size}, max_shapes={max_shapes}, radius={radius}")
+    x = np.zeros((n, 1, size, size), dtype=np.float32)
+    y = np.zeros((n, size, size), dtype=np.int64)
+    for i in range(n):
+        for _ in range(rng.integers(1, max_shapes + 1)):
+            cls = int(rng.integers(1, len(SHAPE_CLASSES)))
+            mask = shape_mask(SHAPE_CLASSES[cls], size, tuple(rng.uniform(2, size - 2, 2)), rng.uniform(*radius))
+            x[i, 0][mask] = rng.uniform(0.5, 1.0)
+            y[i][mask] = cls
+        if ignore_index is not None:
+            y[i][outline(y[i])] = ignore_index
+    x += rng.normal(0.0, noise, x.shape).astype(np.float32)
+    return x, y
 
 
 def as_tensors(*arrays):

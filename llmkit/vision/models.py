@@ -1,4 +1,5 @@
-"""Tiny networks for the CPU checks: an MLP and a small CNN for 8×8 digits, each with N linear heads.
+"""Tiny networks for the CPU checks: an MLP and a small CNN for 8×8 digits, each with N linear heads, and
+a tiny fully convolutional segmentation net (SegNet) with per-pixel heads.
 
 Every model returns `Outputs(logits, heads, features)` so multi-head losses (DHKD's auxiliary head,
 BUAL's negative-learning head) read `outputs.heads[1]` without special cases; `logits` is head 0.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmkit.vision import VisionError
@@ -88,6 +90,47 @@ class SmallCNN(nn.Module):
             x = x.view(-1, 1, self.side, self.side)
         features = self.backbone(x)
         heads = tuple(head(features) for head in self.heads)
+        return Outputs(heads[0], heads, features)
+
+
+class SegNet(nn.Module):
+    """Tiny fully convolutional segmentation net (a DeepLab-style toy) for [B, C_in, H, W] images (H, W even).
+
+    stem: 3×3 conv (C_in → c), 3×3 stride-2 conv (c → 2c); then one 3×3 conv (2c → 2c) per entry of
+    `dilations`. Head 0 (main) is a 1×1 conv on the last block; heads 1.. (auxiliary, as DeepLab's on layer 3)
+    are 1×1 convs on the output of block `aux_block` (default: the second-to-last block, or the stem). Every
+    head's logits are upsampled bilinearly to the input size: `Outputs(logits [B, K, H, W], heads,
+    features [B, 2c, H/2, W/2])`.
+    """
+
+    def __init__(self, num_classes: int, channels: int = 16, dilations=(2, 4), num_heads: int = 1,
+                 in_channels: int = 1, aux_block: int | None = None):
+        super().__init__()
+        if num_heads < 1:
+            raise VisionError(f"num_heads must be >= 1, got {num_heads}")
+        width = 2 * channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU())
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.ReLU())
+                                    for d in dilations)
+        self.aux_block = len(self.blocks) - 2 if aux_block is None else aux_block
+        if not -1 <= self.aux_block < len(self.blocks):
+            raise VisionError(f"aux_block must be in [-1, {len(self.blocks) - 1}] (-1 = the stem), got {aux_block}")
+        self.heads = nn.ModuleList(nn.Conv2d(width, num_classes, 1) for _ in range(num_heads))
+        self.feature_dim = width
+
+    def forward(self, x: torch.Tensor) -> Outputs:
+        """Run stem and blocks; main head on the last block, auxiliary heads on block `aux_block`."""
+        if x.dim() != 4:
+            raise VisionError(f"SegNet expects images [B, C, H, W], got {tuple(x.shape)}")
+        features = self.stem(x)
+        aux_features = features
+        for i, block in enumerate(self.blocks):
+            features = block(features)
+            if i == self.aux_block:
+                aux_features = features
+        up = lambda z: F.interpolate(z, size=x.shape[2:], mode="bilinear", align_corners=False)
+        heads = (up(self.heads[0](features)),) + tuple(up(head(aux_features)) for head in self.heads[1:])
         return Outputs(heads[0], heads, features)
 
 

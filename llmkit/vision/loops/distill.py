@@ -1,4 +1,4 @@
-"""Teacher → student distillation with optional DHKD gradient alignment.
+"""Teacher → student distillation with optional DHKD gradient alignment, and RDD students (per sample or pixel).
 
 The student sees labels only where `labelled_mask` is True (CE) but the teacher's logits on every
 input (distillation), the semi-supervised setting of the §5 CPU check.
@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from llmkit.vision import VisionError
 from llmkit.vision.loops.common import accuracy, fit
-from llmkit.vision.losses.distill import DualHeadDistillLoss, project_conflicting
+from llmkit.vision.losses.distill import (IGNORE_INDEX, DualHeadDistillLoss, masked_kd, project_conflicting,
+                                          rdd_loss)
 from llmkit.vision.losses.evidential import CrossEntropy
 from llmkit.vision.models import MLP
 
@@ -83,34 +85,54 @@ def student_accuracy(student, x_test: torch.Tensor, y_test: torch.Tensor) -> flo
     return accuracy(student, x_test, y_test, head=0)
 
 
+RDD_ARMS = ("ce", "kd", "rdd")
+
+
 def train_rdd_student(x: torch.Tensor, y: torch.Tensor, teacher, *, arm: str = "rdd", seed: int = 0,
                       steps: int = 400, stage_one_fraction: float = 0.1, lr: float = 1e-2, hidden=(16,),
-                      min_kept: int = 0):
-    """Fully supervised student for the RDD check: arm 'ce', 'kd' (CE + KD T=1) or 'rdd' (stage 1 for the first
+                      min_kept: int = 0, student: nn.Module | None = None, batch_size: int | None = None,
+                      ignore_index: int = IGNORE_INDEX, poly_power: float | None = None):
+    """Fully supervised student for the RDD checks: arm 'ce', 'kd' (CE + KD T=1) or 'rdd' (stage 1 for the first
     `stage_one_fraction` of steps — the reference's 4k of 40k iterations — then stage 2). The teacher needs two
-    heads (main = head 0, auxiliary = head 1)."""
-    from llmkit.vision.losses.distill import kd_loss, rdd_loss
+    heads (main = head 0, auxiliary = head 1).
 
-    if arm not in ("ce", "kd", "rdd"):
-        raise VisionError(f"unknown RDD arm {arm!r}; choose ce, kd or rdd")
+    Per sample (x [N, D], y [N]) the student is an MLP(`hidden`); per pixel (images x [B, C, H, W], label maps
+    y [B, H, W]) pass `student` (e.g. a `SegNet`). Labels equal to `ignore_index` are left out of every term.
+    Full batch by default; with `batch_size`, each step draws that many examples without replacement (seeded).
+    Adam at a constant `lr`, or with `poly_power` the reference's poly decay lr·(1 − step/steps)^power.
+    """
+    if arm not in RDD_ARMS:
+        raise VisionError(f"unknown RDD arm {arm!r}; choose {', '.join(RDD_ARMS)}")
+    if not 0.0 <= stage_one_fraction <= 1.0:
+        raise VisionError(f"stage_one_fraction must be in [0, 1], got {stage_one_fraction}")
     teacher.eval()
     with torch.no_grad():
         t_out = teacher(x)
+    if len(t_out.heads) < 2:
+        raise VisionError("RDD needs a teacher with a main and an auxiliary head (num_heads=2)")
     t_main, t_aux = t_out.heads[0], t_out.heads[1]
     torch.manual_seed(seed)
-    student = MLP(x.shape[1], t_main.shape[1], hidden)
+    student = MLP(x.shape[1], t_main.shape[1], hidden) if student is None else student
+    generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(student.parameters(), lr=lr)
     student.train()
     for step in range(steps):
+        batch = slice(None) if batch_size is None else torch.randperm(len(x), generator=generator)[:batch_size]
+        if poly_power is not None:
+            for group in optimiser.param_groups:
+                group["lr"] = lr * (1 - step / steps) ** poly_power
         optimiser.zero_grad()
-        logits = student(x).logits
-        if arm == "ce":
-            loss = F.cross_entropy(logits, y)
-        elif arm == "kd":
-            loss = F.cross_entropy(logits, y) + kd_loss(logits, t_main, 1.0)
-        else:
+        logits = student(x[batch]).logits
+        if arm == "rdd":
             stage = 1 if step < stage_one_fraction * steps else 2
-            loss = rdd_loss(logits, t_main, t_aux, y, stage=stage, min_kept=min_kept)
+            loss = rdd_loss(logits, t_main[batch], t_aux[batch], y[batch], stage=stage, min_kept=min_kept,
+                            ignore_index=ignore_index)
+        elif (y[batch] != ignore_index).any():
+            loss = F.cross_entropy(logits, y[batch], ignore_index=ignore_index)
+            if arm == "kd":
+                loss = loss + masked_kd(logits, t_main[batch], y[batch], ignore_index=ignore_index)
+        else:  # nothing labelled in this batch
+            loss = logits.sum() * 0
         loss.backward()
         optimiser.step()
     return student

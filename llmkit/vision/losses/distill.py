@@ -25,13 +25,17 @@ def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
                           f"and {tuple(teacher.shape)}")
 
 
+def class_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL( softmax(p/T) ‖ softmax(q/T) ) over the class dimension (dim 1), one value per row: [N, K] → [N],
+    [B, K, H, W] → [B, H, W] (computed in place along dim 1, so pixels need no reshaping)."""
+    log_p, log_q = F.log_softmax(p_logits / temperature, 1), F.log_softmax(q_logits / temperature, 1)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """Hinton KD: T²·KL( softmax(t/T) ‖ softmax(s/T) ), summed over classes, mean over the batch."""
     _check_pair(student, teacher)
-    log_p_teacher = F.log_softmax(teacher / temperature, 1)
-    log_p_student = F.log_softmax(student / temperature, 1)
-    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1)
-    return temperature ** 2 * kl.mean()
+    return temperature ** 2 * class_kl(teacher, student, temperature).mean()
 
 
 def binary_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
@@ -153,38 +157,95 @@ class BinaryKLNormLoss(nn.Module):
         return binary_kl_norm(outputs.heads[self.head], teacher_logits, self.temperature)
 
 
-# -- RDD (relative difficulty distillation; per-sample port of the per-pixel method) -------------------
+# -- RDD (relative difficulty distillation): per sample ([N, K] + [N]) or per pixel ([B, K, H, W] + [B, H, W]) ---
+# Pixels are rows: every per-row quantity is computed along the class dimension (dim 1) of either layout and has
+# the target's shape, so the per-pixel loss equals the per-sample loss on the valid pixels taken as rows.
+
+#: Label of pixels that no loss or metric sees (the segmentation convention, e.g. Pascal VOC's boundaries).
+IGNORE_INDEX = 255
+
+
+def valid_targets(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX):
+    """Check a (logits, target) pair and return (labels, valid), both shaped like target.
+
+    logits [N, K] need target [N]; logits [B, K, H, W] need target [B, H, W]. `valid` is target != ignore_index;
+    every valid label must lie in [0, K). `labels` is target with ignored rows set to 0 (so gathers and
+    `F.cross_entropy` stay in range): mask its results with `valid`.
+    """
+    if logits.dim() not in (2, 4):
+        raise VisionError(f"logits must be [N, K] or [B, K, H, W], got {tuple(logits.shape)}")
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != tuple(expected):
+        raise VisionError(f"target must be {'[N]' if logits.dim() == 2 else '[B, H, W]'} matching logits "
+                          f"{tuple(logits.shape)}, got {tuple(target.shape)}")
+    valid = target != ignore_index
+    labels = target.long().masked_fill(~valid, 0)
+    if valid.any() and (labels[valid].min() < 0 or labels[valid].max() >= logits.shape[1]):
+        raise VisionError(f"target labels must lie in [0, {logits.shape[1] - 1}] or equal ignore_index "
+                          f"{ignore_index}, got range [{int(labels[valid].min())}, {int(labels[valid].max())}]")
+    return labels, valid
+
+
+def _check_same(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise VisionError(f"{name} differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+
 
 def teacher_disagreement_weights(teacher_main: torch.Tensor, teacher_aux: torch.Tensor) -> torch.Tensor:
-    """RDD stage 1: w = exp(−KL(softmax(t_aux) ‖ softmax(t_main))) per example — examples the teacher's two
-    heads agree on (easy for the teacher) count more."""
-    _check_pair(teacher_aux, teacher_main)
-    log_aux, log_main = F.log_softmax(teacher_aux, 1), F.log_softmax(teacher_main, 1)
-    return torch.exp(-(log_aux.exp() * (log_aux - log_main)).sum(1))
+    """RDD stage 1: w = exp(−KL(softmax(t_aux) ‖ softmax(t_main))) per example ([N, K] → [N]) or per pixel
+    ([B, K, H, W] → [B, H, W]) — what the teacher's two heads agree on (easy for the teacher) counts more."""
+    _check_same("teacher heads", teacher_main, teacher_aux)
+    if teacher_main.dim() not in (2, 4):
+        raise VisionError(f"logits must be [N, K] or [B, K, H, W], got {tuple(teacher_main.shape)}")
+    return torch.exp(-class_kl(teacher_aux, teacher_main))
 
 
-def hard_example_mask(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7, min_kept: int = 0):
-    """OHEM-style: an example is hard if its true-class probability ≤ τ, where τ is raised to the
-    `min_kept`-th smallest true-class probability when that is larger (so at least min_kept are hard)."""
-    prob = torch.softmax(logits, 1).gather(1, target[:, None]).squeeze(1)
-    if min_kept > 0:
-        kth = prob.sort().values[min(min_kept, len(prob)) - 1]
-        threshold = max(threshold, float(kth))
-    return prob <= threshold
+def hard_example_mask(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7, min_kept: int = 0, *,
+                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """OHEM-style: an example / pixel is hard if its true-class probability ≤ τ, where τ is raised to the
+    `min_kept`-th smallest true-class probability among the *valid* rows when that is larger (so at least
+    min_kept valid rows are hard). Returns a bool mask shaped like target; ignored rows are never hard."""
+    labels, valid = valid_targets(logits, target, ignore_index)
+    prob = torch.softmax(logits, 1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    if min_kept > 0 and valid.any():
+        valid_prob = prob[valid]
+        threshold = max(threshold, float(valid_prob.kthvalue(min(min_kept, len(valid_prob))).values))
+    return valid & (prob <= threshold)
+
+
+def masked_kd(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *, temperature: float = 1.0,
+              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """`kd_loss` averaged over the valid rows only (target != ignore_index), for [N, K] or [B, K, H, W] logits;
+    0 when nothing is valid."""
+    _check_same("student and teacher logits", student, teacher)
+    _, valid = valid_targets(student, target, ignore_index)
+    if not valid.any():
+        return student.sum() * 0
+    return temperature ** 2 * class_kl(teacher, student, temperature)[valid].mean()
 
 
 def rdd_loss(student: torch.Tensor, teacher_main: torch.Tensor, teacher_aux: torch.Tensor, target: torch.Tensor, *,
-             stage: int, threshold: float = 0.7, min_kept: int = 0, kd_weight: float = 1.0) -> torch.Tensor:
-    """RDD student loss: KD (T = 1) always, plus
-    stage 1: CE weighted by `teacher_disagreement_weights` (mean over the batch);
-    stage 2: CE only on examples hard for exactly one of student / teacher (XOR), averaged over those."""
+             stage: int, threshold: float = 0.7, min_kept: int = 0, kd_weight: float = 1.0,
+             ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """RDD student loss over the valid examples / pixels (target != ignore_index): KD (T = 1, mean over valid
+    rows) always, plus
+    stage 1: CE weighted by `teacher_disagreement_weights` (mean over valid rows);
+    stage 2: CE only on rows hard for exactly one of student / teacher (XOR of `hard_example_mask`, min_kept
+             counted over valid rows), averaged over those.
+    Logits are [N, K] with target [N], or [B, K, H, W] with target [B, H, W]; per pixel it equals the per-sample
+    loss on the valid pixels taken as rows. With no valid rows the loss is 0 (still differentiable)."""
     if stage not in (1, 2):
         raise VisionError(f"RDD stage must be 1 or 2, got {stage!r}")
-    per_example = F.cross_entropy(student, target, reduction="none")
+    _check_same("student and teacher logits", student, teacher_main)
+    _check_same("teacher heads", teacher_main, teacher_aux)
+    labels, valid = valid_targets(student, target, ignore_index)
+    if not valid.any():
+        return student.sum() * 0
+    per_row = F.cross_entropy(student, labels, reduction="none")
     if stage == 1:
-        ce = (teacher_disagreement_weights(teacher_main, teacher_aux).detach() * per_example).mean()
+        ce = (teacher_disagreement_weights(teacher_main, teacher_aux).detach() * per_row)[valid].mean()
     else:
-        xor = hard_example_mask(student.detach(), target, threshold, min_kept) ^ hard_example_mask(
-            teacher_main, target, threshold, min_kept)
-        ce = per_example[xor].mean() if xor.any() else per_example.sum() * 0
-    return ce + kd_weight * kd_loss(student, teacher_main, 1.0)
+        hard = lambda logits: hard_example_mask(logits, target, threshold, min_kept, ignore_index=ignore_index)
+        xor = hard(student.detach()) ^ hard(teacher_main)
+        ce = per_row[xor].mean() if xor.any() else per_row.sum() * 0
+    return ce + kd_weight * masked_kd(student, teacher_main, target, ignore_index=ignore_index)

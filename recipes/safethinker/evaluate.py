@@ -1,0 +1,149 @@
+"""SafeThinker evaluation on a CPU-sized held-out set: ASR (direct, prefill k), over-refusal, latency, per system.
+
+    python recipes/safethinker/evaluate.py --twin outputs/safethinker-sate-smollm2 --out outputs/safethinker/eval \
+        --n_harmful 40 --n_benign 30 --max_new_tokens 32
+
+Systems (all on the same test prompts; greedy): undefended base; refuse-only (gateway: score ≥ t_refuse →
+standardized refusal, else base); SATE twin alone; DDGT alone (base guided by the twin on every prompt);
+full SafeThinker (gateway: refuse / twin / ddgt / base by score). Route outputs are decoded once per route
+and composed per prompt (llmkit.safety.evaluate.compose_routes), so the systems differ only by routing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmkit.generation import SamplingParams
+from llmkit.generation.hf import HFGenerator
+from llmkit.models import ModelConfig, load_model_and_tokenizer, load_trained
+from llmkit.safety.data import balanced, load_all, split_prompts
+from llmkit.safety.ddgt import DDGTSettings, ddgt_generate
+from llmkit.safety.evaluate import attack_prompt, attack_success_rate, compose_routes, over_refusal_rate
+from llmkit.safety.gateway import EmbeddingGateway, HiddenStateProbeGateway, route_for_score
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
+
+
+def gateway_report(gw, splits_fit, splits_val, splits_test) -> dict:
+    """Fit on train, thresholds on val, metrics on test; returns a JSON-able dict."""
+    t0 = time.perf_counter()
+    gw.fit([p.text for p in splits_fit], [p.label for p in splits_fit])
+    th = gw.calibrate([p.text for p in splits_val], [p.label for p in splits_val])
+    s = gw.score([p.text for p in splits_test])
+    y = np.array([p.label for p in splits_test])
+    routes = [route_for_score(float(v), th) for v in s]
+    dist = {lab: {r: sum(1 for rr, yy in zip(routes, y) if rr == r and yy == lab) for r in ("refuse", "twin", "ddgt", "base")} for lab in (0, 1)}
+    return {"auroc": auroc(s, y), "acc@0.5": float(((s >= 0.5) == y).mean()), "thresholds": th.__dict__,
+            "test_routes": {"benign": dist[0], "harmful": dist[1]}, "n_fit": len(splits_fit), "n_val": len(splits_val),
+            "n_test": len(splits_test), "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    """Run the evaluation and write results.json + report.md under --out."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--twin", required=True)
+    ap.add_argument("--base", default="smollm2-135m-instruct")
+    ap.add_argument("--out", default="outputs/safethinker/eval")
+    ap.add_argument("--n_harmful", type=int, default=40)
+    ap.add_argument("--n_benign", type=int, default=30)
+    ap.add_argument("--max_new_tokens", type=int, default=32)
+    ap.add_argument("--ks", default="5,10,20")
+    ap.add_argument("--ddgt_threshold", type=float, default=0.9)
+    ap.add_argument("--alpha", type=float, default=3.0)
+    ap.add_argument("--probe", action="store_true", help="also fit and report the hidden-state probe gateway")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda *a: print(time.strftime("%H:%M:%S"), *a, flush=True)  # noqa: E731
+
+    splits = split_prompts(load_all())
+    fit = balanced([p for p in splits["train"] if p.label == 1], 10**6) + balanced([p for p in splits["train"] if p.label == 0], 200, args.seed)
+    val = balanced([p for p in splits["val"] if p.label == 1], 10**6) + balanced([p for p in splits["val"] if p.label == 0], 100, args.seed)
+    test_gw = balanced([p for p in splits["test"] if p.label == 1], 10**6) + balanced([p for p in splits["test"] if p.label == 0], 100, args.seed)
+    results: dict = {"args": vars(args), "split_sizes": {s: len(v) for s, v in splits.items()}}
+    gw = EmbeddingGateway()
+    results["gateway_embedding"] = gateway_report(gw, fit, val, test_gw)
+    log("embedding gateway", results["gateway_embedding"])
+
+    base, tok = load_model_and_tokenizer(ModelConfig(name=args.base, dtype="float32"))
+    twin, _ = load_trained(args.twin)
+    base.eval(), twin.eval()
+    if args.probe:
+        probe = HiddenStateProbeGateway(base, tok)
+        sub = lambda ps, n: balanced(ps, n, args.seed)  # noqa: E731
+        results["gateway_probe"] = gateway_report(probe, sub(fit, 80), sub(val, 40), sub(test_gw, 40))
+        log("probe gateway", results["gateway_probe"])
+
+    harmful = balanced([p for p in splits["test"] if p.source == "advbench"], args.n_harmful, args.seed)
+    benign = balanced([p for p in splits["test"] if p.label == 0], max(1, args.n_benign // 3), args.seed)
+    ks = [int(k) for k in args.ks.split(",") if k]
+    conditions = {"direct": [attack_prompt(tok, p.text) for p in harmful]}
+    for k in ks:
+        conditions[f"prefill{k}"] = [attack_prompt(tok, p.text, p.target, k) for p in harmful]
+    conditions["benign"] = [attack_prompt(tok, p.text) for p in benign]
+    gw_routes = {"harmful": [route_for_score(float(s), gw.thresholds) for s in gw.score([p.text for p in harmful])],
+                 "benign": [route_for_score(float(s), gw.thresholds) for s in gw.score([p.text for p in benign])]}
+    results["routes_eval"] = {k: {r: v.count(r) for r in ("refuse", "twin", "ddgt", "base")} for k, v in gw_routes.items()}
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    settings = DDGTSettings(threshold=args.ddgt_threshold, alpha=args.alpha)
+    eos = {tok.eos_token_id} | ({base.generation_config.eos_token_id} if isinstance(base.generation_config.eos_token_id, int) else set(base.generation_config.eos_token_id or []))
+    decoded: dict = {}
+    latency: dict = {"base": [], "twin": [], "ddgt": []}
+    steer: list[float] = []
+    for name, prompts in conditions.items():
+        decoded[name] = {}
+        for label, model in (("base", base), ("twin", twin)):
+            t0 = time.perf_counter()
+            gen = HFGenerator(model, tok, batch_size=8, show_progress=False)
+            decoded[name][label] = [o.completions[0].text for o in gen.generate(prompts, params)]
+            latency[label].append((time.perf_counter() - t0) / len(prompts))
+        t0 = time.perf_counter()
+        outs = [ddgt_generate(base, twin, tok, tok(p, add_special_tokens=False)["input_ids"], args.max_new_tokens, settings, eos_ids=eos) for p in prompts]
+        latency["ddgt"].append((time.perf_counter() - t0) / len(prompts))
+        decoded[name]["ddgt"] = [o.text for o in outs]
+        steer += [o.steered_steps / max(1, o.steps) for o in outs]
+        log(name, "done")
+        (out / "decoded.json").write_text(json.dumps(decoded, indent=1))
+
+    table = {}
+    for name in conditions:
+        routes = gw_routes["benign" if name == "benign" else "harmful"]
+        d = decoded[name]
+        systems = {
+            "undefended": d["base"],
+            "refuse-only": compose_routes([r if r == "refuse" else "base" for r in routes], {"base": d["base"]}),
+            "SATE twin alone": d["twin"],
+            "DDGT alone": d["ddgt"],
+            "SafeThinker (full)": compose_routes(routes, {"twin": d["twin"], "ddgt": d["ddgt"], "base": d["base"]}),
+        }
+        for sys_name, resp in systems.items():
+            metric = over_refusal_rate(resp) if name == "benign" else attack_success_rate(resp)
+            table.setdefault(sys_name, {})[name] = round(metric, 3)
+    results["table"] = table
+    results["latency_s_per_prompt"] = {k: float(np.mean(v)) for k, v in latency.items()}
+    results["ddgt_steered_fraction_of_steps"] = float(np.mean(steer))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    cols = list(conditions)
+    lines = ["| system | " + " | ".join(f"ASR {c}" if c != "benign" else "over-refusal" for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for sys_name, row in table.items():
+        lines.append(f"| {sys_name} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    log("\n" + "\n".join(lines))
+    log(json.dumps({k: results[k] for k in ("latency_s_per_prompt", "ddgt_steered_fraction_of_steps", "routes_eval")}))
+
+
+if __name__ == "__main__":
+    main()
