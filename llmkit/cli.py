@@ -82,8 +82,33 @@ def run_select_command(argv: list[str]) -> int:
     return 0
 
 
+def run_safety_serve(args) -> int:
+    """`llmkit serve TWIN --safety safethinker --gateway G`: the routed system on an OpenAI-compatible endpoint."""
+    from llmkit.generation.server import GeneratorServer
+    from llmkit.safety.ddgt import DDGTSettings
+    from llmkit.safety.system import load_safethinker
+
+    if not args.gateway:
+        raise ConfigError("llmkit serve --safety safethinker needs --gateway FILE (written by recipes/safethinker/evaluate.py)")
+    settings = DDGTSettings(threshold=args.ddgt_threshold, alpha=args.ddgt_alpha)
+    print(f"llmkit serve: SafeThinker over twin {args.output_dir}, gateway {args.gateway} ({settings})",
+          file=sys.stderr, flush=True)
+    if args.dry_run:
+        return 0
+    system = load_safethinker(args.output_dir, args.gateway, base=args.base, settings=settings)
+    from pathlib import Path
+
+    server = GeneratorServer(system, args.name or Path(args.output_dir).resolve().name, args.host, args.port,
+                             max_batch=args.max_batch)
+    print(f"llmkit serve: listening on {server.url} as model {server.model!r} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    server.serve_forever()
+    return 0
+
+
 def run_serve_command(args) -> int:
     """Plan (adapter or merge), say which and why, then replace this process with the vLLM server."""
+    if args.safety:
+        return run_safety_serve(args)
     import importlib.util
     from pathlib import Path
 
@@ -149,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--name", help="model name clients send (default: the folder name)")
     serve.add_argument("--max_model_len", type=int, default=2048)
     serve.add_argument("--dry_run", action="store_true", help="print the plan and the command, start nothing")
+    serve.add_argument("--safety", choices=["safethinker"],
+                       help="serve OUTPUT_DIR (a SATE twin) behind SafeThinker's router instead of plain vLLM; "
+                            "the route taken comes back in each reply's 'safethinker' field")
+    serve.add_argument("--gateway", help="with --safety: the gateway JSON written by recipes/safethinker/evaluate.py")
+    serve.add_argument("--base", help="with --safety: the base model (default: the twin adapter's base)")
+    serve.add_argument("--ddgt_threshold", type=float, default=0.9, help="with --safety: DDGT steers when cos < this")
+    serve.add_argument("--ddgt_alpha", type=float, default=3.0, help="with --safety: SafeDecoding's alpha")
+    serve.add_argument("--max_batch", type=int, default=32, help="with --safety: most prompts per generate call")
     demo = sub.add_parser("demo", help="the end-to-end demo on embedded defaults (SmolLM2 + CodeAlpaca)")
     demo.add_argument("--output_dir", default="outputs/demo")
 

@@ -137,6 +137,9 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["llmkit eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else " ".join(sys.argv),
     }
+    routes = [o.metadata["safethinker"]["route"] for o in outputs if "safethinker" in o.metadata]
+    if routes:  # answers from `llmkit serve --safety safethinker`: how the router sent the problems
+        results["safethinker_routes"] = {r: routes.count(r) for r in sorted(set(routes))}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     with (out / "samples.jsonl").open("w") as fh:
         for problem, output, verdicts in zip(problems, outputs, scored.verdicts):
@@ -146,6 +149,7 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
                 "completions": [
                     {"text": c.text, "finish_reason": c.finish_reason, **v} for c, v in zip(output.completions, verdicts)
                 ],
+                **({"metadata": output.metadata} if output.metadata else {}),
             }) + "\n")
     write_report(out, results, problems, outputs, scored)
     return results

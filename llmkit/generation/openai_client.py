@@ -19,6 +19,8 @@ from llmkit.errors import LlmkitError
 from llmkit.generation.types import Completion, GenerationOutput, Generator, Prompt, SamplingParams
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+OPENAI_REPLY_KEYS = {"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "prompt_logprobs",
+                     "service_tier", "kv_transfer_params", "prompt_token_ids"}
 
 
 class GenerationError(LlmkitError):
@@ -85,7 +87,10 @@ class OpenAIGenerator(Generator):
                                           finish_reason=reason, logprobs=logprobs))
         if len(completions) != params.n:
             raise GenerationError(f"server returned {len(completions)} completions, asked for {params.n}")
-        return GenerationOutput(prompt_text=prompt if isinstance(prompt, str) else json.dumps(prompt), completions=completions)
+        # Keep what a server adds beyond the OpenAI schema (llmkit serve --safety: the route taken).
+        extras = {k: v for k, v in reply.items() if k not in OPENAI_REPLY_KEYS}
+        return GenerationOutput(prompt_text=prompt if isinstance(prompt, str) else json.dumps(prompt),
+                                completions=completions, metadata=extras)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body).encode()

@@ -55,6 +55,8 @@ class GenerationOutput:
 
     prompt_text: str
     completions: list[Completion]
+    # Server-side extras returned with the answer, e.g. {"safethinker": {"route": "twin", "score": 0.4}}
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class Generator(ABC):

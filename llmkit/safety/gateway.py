@@ -14,8 +14,11 @@ DDGT, which only intervenes on steps where base and twin disagree.
 
 from __future__ import annotations
 
+import json
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -221,3 +224,41 @@ class HiddenStateProbeGateway(Gateway):
             hs = self.model(**enc, output_hidden_states=True).hidden_states[self.layer]
             out.append(mean_pool(hs.float(), enc["attention_mask"]).double().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size))
+
+
+def save_gateway(gateway: Gateway, path: str | Path) -> Path:
+    """Write a fitted, calibrated gateway as JSON (head, thresholds, and what builds its features); atomic."""
+    state = gateway.state()
+    if isinstance(gateway, EmbeddingGateway):
+        state["model_name"] = gateway.model_name
+    elif isinstance(gateway, HiddenStateProbeGateway):
+        state.update(layer=gateway.layer, max_length=gateway.max_length)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+    return path
+
+
+def load_gateway(path: str | Path, model=None, tokenizer=None) -> Gateway:
+    """Rebuild a gateway saved by `save_gateway`. A hidden-state probe needs the LLM (`model`, `tokenizer`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"gateway file not found: {path}")
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a gateway JSON file ({e})") from None
+    kind = state.get("kind")
+    if kind == "EmbeddingGateway":
+        gw: Gateway = EmbeddingGateway(state.get("model_name", "all-MiniLM-L6-v2"))
+    elif kind == "HiddenStateProbeGateway":
+        if model is None or tokenizer is None:
+            raise ValueError(f"{path} is a hidden-state probe: it needs the base model and tokenizer to score")
+        gw = HiddenStateProbeGateway(model, tokenizer, layer=state.get("layer", -1), max_length=state.get("max_length", 256))
+    else:
+        raise ValueError(f"{path}: unknown gateway kind {kind!r} (expected EmbeddingGateway or HiddenStateProbeGateway)")
+    if state.get("w") is None or state.get("thresholds") is None:
+        raise ValueError(f"{path}: the gateway is not fitted and calibrated (w or thresholds missing)")
+    return gw.load_state(state)

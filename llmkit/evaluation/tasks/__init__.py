@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmkit.errors import ConfigError
 
-TASK_NAMES = ("humaneval", "mbpp", "gsm8k", "scienceqa", "scienceqa-text", "scienceqa-nocaption", "safety")
+TASK_NAMES = ("humaneval", "mbpp", "gsm8k", "scienceqa", "scienceqa-text", "scienceqa-nocaption", "safety", "safety-jailbreak")
 
 
 def task_names() -> list[str]:
@@ -30,8 +30,8 @@ def get_task(name: str, data_path: str | None = None, timeout_s: float = 10.0):
         from llmkit.evaluation.tasks.scienceqa import ScienceQA
 
         return ScienceQA(data_path=data_path, use_caption=name != "scienceqa-nocaption", text_only=name == "scienceqa-text")
-    if name == "safety":
+    if name in ("safety", "safety-jailbreak"):
         from llmkit.evaluation.tasks.safety import Safety
 
-        return Safety(data_path=data_path, timeout_s=timeout_s)
+        return Safety(data_path=data_path, timeout_s=timeout_s, jailbreak=name == "safety-jailbreak")
     raise ConfigError(f"unknown task '{name}'; available: {', '.join(TASK_NAMES)}")

