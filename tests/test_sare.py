@@ -348,3 +348,223 @@ def test_ddp_efuf_equals_one_process_and_sare_runs_under_ddp(tmp_path):
     sare = launch(tmp_path / "sare", "--method.unlearning.algorithm", "sare")
     assert sare.returncode == 0, sare.stderr[-3000:]
     assert len(read_metrics(tmp_path / "sare")) == 3
+
+
+# ----- image-text (LLaVA-style) models --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llava_parts():
+    """A tiny random LLaVA config (CLIP on 32×32 images, 8×8 patches → 16 image tokens; a 2-layer Llama) and a
+    LlavaProcessor around the SmolLM2 tokenizer plus an <image> token: built from configs, nothing downloaded."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
+
+    from llmkit.models import ModelConfig, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(name="tiny-random-llama"))  # a fresh copy; the session one stays text-only
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=1, num_attention_heads=2),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=1),
+        image_token_id=processor.image_token_id, vision_feature_layer=-1)
+    return config, processor
+
+
+def _llava(config, lora: bool = False):
+    from transformers import LlavaForConditionalGeneration
+
+    from llmkit.models import LoraSettings, apply_lora
+    from llmkit.unlearning.multimodal import language_model_lora_targets
+
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    if lora:
+        model = apply_lora(model, LoraSettings(r=4, dropout=0.0, target_modules=language_model_lora_targets(model, ["q_proj", "v_proj"])))
+    return model
+
+
+@pytest.fixture(scope="module")
+def llava_examples(llava_parts, tmp_path_factory):
+    """4 forget rows and 3 grounded rows, each with its own random image (one read from a file), plus 1
+    text-only gold row."""
+    import numpy as np
+    from PIL import Image
+
+    from llmkit.unlearning.multimodal import image_text_example
+    from llmkit.unlearning.proxy import ProxyRow, tokenize_rows
+
+    _, processor = llava_parts
+    rng = np.random.RandomState(0)
+
+    def image():
+        return Image.fromarray(rng.randint(0, 256, (40, 48, 3), dtype=np.uint8))
+
+    path = tmp_path_factory.mktemp("images") / "a.png"
+    image().save(path)
+
+    forget = [image_text_example(processor, image(), "USER: <image>\nWhat is next to the fork? ASSISTANT:", answer, KIND_NEG, 15.0, f"neg:{i}")
+              for i, answer in enumerate([" a giraffe.", " a kite on the table.", " a zebra.", " two skis."])]
+    retain = [image_text_example(processor, image(), "USER: <image>\nWhat is on the table? ASSISTANT:", answer, KIND_POS, 35.0, f"pos:{i}")
+              for i, answer in enumerate([" a fork.", " a cup and a fork.", " a bowl."])]
+    retain[0] = image_text_example(processor, str(path), "USER: <image>\nWhat is on the table? ASSISTANT:", " a fork.", KIND_POS, 35.0, "pos:0")
+    retain += tokenize_rows([ProxyRow("Q: Write one sentence.\nA:", " A fine film.", KIND_GOLD, "")], processor.tokenizer, {KIND_GOLD: 40.0})
+    return forget, retain
+
+
+def _image_batch(examples, pad_token_id):
+    from llmkit.data.packing import collate_examples
+    from llmkit.unlearning.multimodal import collate_image_inputs
+
+    batch = collate_examples(examples, pad_token_id, "none")
+    batch.update(collate_image_inputs(examples))
+    batch["kinds"] = torch.tensor([ex.kind for ex in examples])
+    batch["scores"] = torch.tensor([ex.score for ex in examples])
+    return batch
+
+
+def test_llava_per_example_ce_with_images_equals_a_manual_forward(llava_parts, llava_examples):
+    import torch.nn.functional as F
+
+    from llmkit.errors import DataError
+    from llmkit.unlearning.multimodal import image_text_example
+    from llmkit.unlearning.proxy import mean_token_ce
+    from llmkit.unlearning.trainer import batch_ce
+
+    config, processor = llava_parts
+    forget, retain = llava_examples
+    pad = processor.tokenizer.pad_token_id
+    examples = [forget[0], retain[-1], forget[1], retain[0]]  # a text-only row between image rows
+    assert forget[0].input_ids.count(config.image_token_id) == 16  # the processor expanded <image>
+    with pytest.raises(DataError, match="no image token"):
+        image_text_example(processor, "unused.png", "What is next to the fork?", " a kite.", KIND_NEG, 15.0, "bad")
+    batch = _image_batch(examples, pad)
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    model = _llava(config).eval()
+    with torch.no_grad():
+        ce, n = batch_ce(model, batch)
+        for i, ex in enumerate(examples):  # each row alone, unpadded, with its own image
+            extra = {} if ex.image_inputs is None else {"pixel_values": ex.image_inputs["pixel_values"]}
+            logits = model(input_ids=torch.tensor([ex.input_ids]), **extra).logits[0, :-1]
+            targets = torch.tensor(ex.labels[1:])
+            keep = targets != -100
+            assert ce[i].item() == pytest.approx(F.cross_entropy(logits[keep], targets[keep]).item(), abs=1e-5)
+            assert n[i].item() == int(keep.sum())
+        mean = mean_token_ce(model, examples, pad, batch_size=3)  # the probe's path carries the images too
+    assert mean.item() == pytest.approx(float((ce * n).sum() / n.sum()), abs=1e-5)
+
+
+def test_targeted_sam_step_on_llava_with_images(llava_parts, llava_examples):
+    from llmkit.unlearning.trainer import batch_ce
+
+    config, processor = llava_parts
+    forget, retain = llava_examples
+    model = _llava(config, lora=True)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    # LoRA on the language model only: the vision tower's q/v_proj and the projector stay frozen
+    assert trainable and all(".language_model." in n for n in trainable)
+    forget_batch, retain_batch = _image_batch(forget, processor.tokenizer.pad_token_id), _image_batch(retain, processor.tokenizer.pad_token_id)
+    weights = efuf_weights(0.0)
+
+    def losses(batch):
+        ce, _ = batch_ce(model, batch)
+        return efuf_loss(ce, batch["kinds"], batch["scores"], weights)
+
+    def forget_backward(scale, sync):
+        loss = losses(forget_batch)[0]
+        (loss * scale).backward()
+        return float(loss.detach())
+
+    def retain_backward(sync):
+        loss = losses(retain_batch)[1]
+        loss.backward()
+        return float(loss.detach())
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    for rho, retain_fn in ((0.5, retain_backward), (0.0, retain_backward), (0.0, None)):  # SARE, EFUF, GA-style
+        stats = targeted_sam_step(params, forget_backward, retain_fn, rho=rho)
+        assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))  # θ restored bit-exactly
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+        assert sum(float(p.grad.abs().sum()) for p in params) > 0
+        if rho > 0:
+            assert stats["forget_loss"] > stats["forget_loss_at_theta"]  # ε = ρ·g/‖g‖ raises L_neg
+        for p in params:
+            p.grad = None
+    with torch.no_grad():  # the image matters: other pixels, other loss
+        ce, _ = batch_ce(model, forget_batch)
+        ce_other, _ = batch_ce(model, {**forget_batch, "pixel_values": torch.zeros_like(forget_batch["pixel_values"])})
+    assert not torch.allclose(ce, ce_other)
+
+
+def _llava_trainer(tmp_path, llava_parts, forget, retain, **settings):
+    from llmkit.train import TrainerConfig
+    from llmkit.unlearning.trainer import UnlearningSettings, UnlearningTrainer
+
+    config, processor = llava_parts
+    cfg = TrainerConfig(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=2, learning_rate=1e-2,
+                        lr_scheduler="constant", save_final_model=False)
+    return UnlearningTrainer(cfg, UnlearningSettings(retain_batch_size=2, **settings), _llava(config, lora=True),
+                             processor.tokenizer, forget, retain)
+
+
+def test_unlearning_trainer_runs_on_llava_with_images(tmp_path, llava_parts, llava_examples, fresh_accelerate_state):
+    forget, retain = llava_examples
+    runs = {}
+    for name, settings in {"efuf": {"algorithm": "efuf"}, "sare0": {"algorithm": "sare", "rho": 0.0},
+                           "sare": {"algorithm": "sare", "rho": 0.5}, "ga": {"algorithm": "ga"}}.items():
+        trainer = _llava_trainer(tmp_path / name, llava_parts, forget, retain, **settings)
+        if name == "efuf":
+            batches = trainer.step_batches(0)
+            for b in batches:  # each micro-batch carries one image per image row
+                images = sum(1 for i in range(len(b["kinds"])) if (b["input_ids"][i] == llava_parts[0].image_token_id).any())
+                assert b.get("pixel_values", torch.zeros(0)).shape[0] == images
+        trainer.train()
+        runs[name] = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert all(torch.equal(a, b) for a, b in zip(runs["efuf"], runs["sare0"]))  # ρ = 0 is EFUF, bit for bit
+    assert not all(torch.equal(a, b) for a, b in zip(runs["efuf"], runs["sare"]))
+
+
+def test_text_only_batches_and_lora_targets_are_unchanged(tokenizer, proxy_examples):
+    from llmkit.data.packing import collate_examples, model_forward_inputs
+    from llmkit.models import ModelConfig, load_model
+    from llmkit.unlearning.multimodal import collate_image_inputs, forward_inputs, language_model_lora_targets
+
+    forget, _ = proxy_examples
+    batch = collate_examples(forget[:3], tokenizer.pad_token_id, "none")
+    assert collate_image_inputs(forget[:3]) == {}
+    assert forward_inputs(batch).keys() == model_forward_inputs(batch).keys()
+    names = ["q_proj", "v_proj"]
+    assert language_model_lora_targets(load_model(ModelConfig(name="tiny-random-llama"), len(tokenizer)), names) is names
+
+
+def test_recipe_runs_on_a_llava_checkpoint(tmp_path, llava_parts):
+    """`model.name` = an image-text folder: loaded as LLaVA, LoRA on its language model, the text proxy runs."""
+    import importlib.util
+
+    from llmkit.models import LoraSettings, ModelConfig
+
+    config, processor = llava_parts
+    folder = tmp_path / "llava"
+    _llava(config).save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    spec = importlib.util.spec_from_file_location("sare_train", SCRIPT)
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(recipe)
+    model = recipe.with_lora(recipe.load_base_model(ModelConfig(name=str(folder)), len(processor.tokenizer)),
+                             LoraSettings(r=4, dropout=0.0))
+    assert type(model.get_base_model()).__name__ == "LlavaForConditionalGeneration"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".language_model." in n for n in trainable)
+
+    proc = _run(tmp_path, "--model.name", str(folder), "--method.relearn.sizes", "[0]", "--method.probe.rhos", "[]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert math.isfinite(results["unlearned"]["forget_ce"]) and results["relearn"][0]["n"] == 0
+    assert json.loads((tmp_path / "taught" / "config.json").read_text())["model_type"] == "llava"  # merged, still LLaVA

@@ -22,6 +22,7 @@ from llmkit.data.loading import read_records
 from llmkit.data.sft import DataConfig, collate, tokenize_messages
 from llmkit.errors import DataError
 from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS, per_example_ce
+from llmkit.unlearning.multimodal import collate_image_inputs, image_inputs
 from llmkit.unlearning.trainer import ScoredExample
 
 # The 80 COCO object classes and their official supercategories (COCO 2014 annotations' "categories").
@@ -160,13 +161,18 @@ def emission_rate(model, tokenizer, rows: list[ProxyRow], max_new_tokens: int = 
 
 
 def mean_token_ce(model, examples, pad_token_id: int, batch_size: int = 32, grad: bool = False) -> torch.Tensor:
-    """Token-weighted mean cross-entropy of the examples' targets (differentiable when `grad`)."""
+    """Token-weighted mean cross-entropy of the examples' targets (differentiable when `grad`).
+
+    Examples with `image_inputs` (image-text models) have their images passed to the model.
+    """
     device = next(model.parameters()).device
     total, count = None, 0.0
     with torch.set_grad_enabled(grad):
         for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_token_id).items()}
-            ce, n = per_example_ce(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+            chunk = examples[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in {**collate(chunk, pad_token_id), **collate_image_inputs(chunk)}.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **image_inputs(batch)).logits
+            ce, n = per_example_ce(logits, batch["labels"])
             part = (ce * n).sum()
             total = part if total is None else total + part
             count += float(n.sum())

@@ -5,6 +5,9 @@ Every optimizer step holds a global batch of forget examples (the taught halluci
 sentences) drawn from their own seeded order. `training_step` builds the two backward closures and lets
 `sam.targeted_sam_step` combine them: ρ = 0 for EFUF (the plain step), ρ > 0 for SARE; GA has no
 retain term.
+
+Image-text models (LLaVA-style) work the same way: examples carry their image tensors in `image_inputs`
+(see `multimodal.py`), the micro-batches stack them and every forward passes them to the model.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from typing import Any, Literal
 
 import torch
 
-from llmkit.data.packing import collate_examples, model_forward_inputs
+from llmkit.data.packing import collate_examples
 from llmkit.data.sft import TokenizedExample
 from llmkit.errors import ConfigError, DataError
 from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
 from llmkit.train.trainer import Trainer, TrainerConfig, build_accelerator
 from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS, KIND_SENT, efuf_loss, gradient_ascent_loss, per_example_ce
+from llmkit.unlearning.multimodal import collate_image_inputs, forward_inputs
 from llmkit.unlearning.sam import targeted_sam_step
 from llmkit.unlearning.schedules import efuf_weights
 
@@ -54,10 +58,21 @@ class UnlearningSettings:
 
 @dataclass
 class ScoredExample(TokenizedExample):
-    """A tokenised example with its EFUF kind (KIND_NEG/POS/GOLD/SENT) and span score (CLIP-style, 0–100)."""
+    """A tokenised example with its EFUF kind (KIND_NEG/POS/GOLD/SENT) and span score (CLIP-style, 0–100).
+
+    `image_inputs`: for an image-text model, the processor's image tensors of this example (`pixel_values`,
+    and `image_sizes` / `image_grid_thw` where the family uses them; first dim = images), with the image
+    tokens already in `input_ids` (`multimodal.image_text_example` builds both); None for text.
+    """
 
     kind: int = KIND_NEG
     score: float = 0.0
+    image_inputs: dict[str, torch.Tensor] | None = None
+
+
+def batch_ce(model, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example CE (and target counts) of a collated micro-batch, image inputs passed to the model."""
+    return per_example_ce(model(**forward_inputs(batch)).logits, batch["labels"])
 
 
 class UnlearningTrainer(Trainer):
@@ -86,6 +101,9 @@ class UnlearningTrainer(Trainer):
         if cfg.packing != "none":
             # The EFUF terms are per-example means and scores; packed rows would mix examples.
             raise ConfigError(f"trainer.packing: {cfg.packing} is not supported for unlearning; use none")
+        if any(getattr(ex, "image_inputs", None) for ex in eval_data or []):
+            # The shared trainer's evaluate() feeds input_ids/attention_mask only; it would drop the images.
+            raise DataError("eval_data with images is not supported; evaluate them with proxy.mean_token_ce")
         self.settings = settings
         self.retain_data = retain
         self.method_name = settings.algorithm
@@ -126,6 +144,7 @@ class UnlearningTrainer(Trainer):
         for shard in shards:
             examples = [data[i] for i in shard]
             batch = collate_examples(examples, self.tokenizer.pad_token_id, "none")
+            batch.update(collate_image_inputs(examples))  # nothing for text-only examples
             batch["kinds"] = torch.tensor([ex.kind for ex in examples], dtype=torch.long)
             batch["scores"] = torch.tensor([ex.score for ex in examples], dtype=torch.float32)
             batch = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -144,7 +163,7 @@ class UnlearningTrainer(Trainer):
     # ----- the step ----------------------------------------------------------------------------------
 
     def _losses(self, model, batch, counts) -> tuple[torch.Tensor, torch.Tensor]:
-        ce, _ = per_example_ce(model(**model_forward_inputs(batch)).logits, batch["labels"])
+        ce, _ = batch_ce(model, batch)
         if self.settings.algorithm == "ga":
             return gradient_ascent_loss(ce, counts[KIND_NEG]), ce.sum() * 0.0
         s = self.settings

@@ -115,12 +115,12 @@ def main() -> None:
     for k in ks:  # the attacker prefills the assistant turn; the gateway still sees the plain request
         conditions[f"prefill{k}"] = (direct, [attack_prompt(tok, p.text, p.target, k) for p in harmful], "harmful", args.max_new_tokens)
     conditions["benign"] = ([p.text for p in benign], [attack_prompt(tok, p.text) for p in benign], "benign", args.max_new_tokens)
-    gsm8k_gold: list[str] = []
+    gsm8k_answers: list[str] = []
     if args.n_gsm8k:
         # GSM8K utility on test-split questions (never seen by the gateway's fit or the twin), the harness prompt
         gold_of = {r["question"]: gsm8k_gold(r["answer"]) for r in GSM8K().load()}
         qs = balanced([p for p in splits["test"] if p.source == "gsm8k"], args.n_gsm8k, args.seed)
-        gsm8k_gold = [gold_of[p.text] for p in qs]
+        gsm8k_answers = [gold_of[p.text] for p in qs]
         users = [p.text + GSM8K_CHAT_SUFFIX for p in qs]
         conditions["gsm8k"] = (users, [attack_prompt(tok, u) for u in users], "gsm8k", args.gsm8k_max_new_tokens)
     cond_routes = {name: [r for r, _ in gw.route(users)] for name, (users, _, _, _) in conditions.items()}
@@ -161,7 +161,7 @@ def main() -> None:
             if kind == "benign":
                 metric = over_refusal_rate(resp)
             elif kind == "gsm8k":
-                metric = sum(gsm8k_correct(r, g) for r, g in zip(resp, gsm8k_gold)) / len(resp)
+                metric = sum(gsm8k_correct(r, g) for r, g in zip(resp, gsm8k_answers)) / len(resp)
             else:
                 metric = attack_success_rate(resp)
             table.setdefault(sys_name, {})[name] = round(metric, 3)

@@ -11,6 +11,11 @@ shared trainer: `ga`, `efuf` or `sare`; (4) evaluate: emission rate, forget CE, 
 the sharpness probe; (5) relearning attack: fine-tune the unlearned adapter on N forget samples and
 measure the emission rate again (the adapter is restored between sizes). Everything lands in
 `results.json` in `trainer.output_dir`.
+
+`model.name` may also be an image-text checkpoint folder (LLaVA-style: its config has a `vision_config`);
+it is loaded with AutoModelForImageTextToText, the LoRA adapters go on its language model only, and the
+text proxy trains and measures the language side (no images). Unlearning on image data goes through
+`UnlearningTrainer` with `multimodal.image_text_example` rows (see README).
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from accelerate.utils import set_seed
 
 from llmkit.config import to_dict
 from llmkit.errors import ConfigError, exit_on_user_error
-from llmkit.models import LoraSettings, ModelConfig, apply_lora, load_model, load_tokenizer
+from llmkit.models import TINY_ALIAS, LoraSettings, ModelConfig, _torch_dtype, apply_lora, load_model, load_tokenizer, resolve_model_path
 from llmkit.recipe import parse_recipe_args, setup_logging
 from llmkit.train import Trainer, TrainerConfig, build_accelerator
 from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS
+from llmkit.unlearning.multimodal import language_model_lora_targets
 from llmkit.unlearning.proxy import (
     GOLD_PROMPT, ProxyRow, build_rows, emission_rate, hallucination_pairs, mean_token_ce, perplexity,
     pope_objects, read_sentences, tokenize_rows, write_json,
@@ -130,6 +136,32 @@ def build_data(cfg: SAREConfig, tokenizer) -> dict:
     }
 
 
+def load_base_model(model_cfg: ModelConfig, vocab_size: int):
+    """`load_model`, or AutoModelForImageTextToText for an image-text checkpoint (a config with a
+    `vision_config`, e.g. LLaVA), which AutoModelForCausalLM does not load."""
+    if model_cfg.name != TINY_ALIAS:
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        source = resolve_model_path(model_cfg.name)
+        try:
+            image_text = getattr(AutoConfig.from_pretrained(source), "vision_config", None) is not None
+        except OSError:
+            image_text = False  # load_model reports the missing model
+        if image_text:
+            model = AutoModelForImageTextToText.from_pretrained(
+                source, dtype=_torch_dtype(model_cfg.dtype), attn_implementation=model_cfg.attn_implementation)
+            if model_cfg.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.config.use_cache = False
+            return model
+    return load_model(model_cfg, vocab_size=vocab_size)
+
+
+def with_lora(model, lora: LoraSettings):
+    """`apply_lora`, with an image-text model's adapters on its language model only (not the vision tower)."""
+    return apply_lora(model, dataclasses.replace(lora, target_modules=language_model_lora_targets(model, lora.target_modules)))
+
+
 def teach(cfg: SAREConfig, accelerator, tokenizer, data: dict) -> str:
     """Teach the false (and true) statements with LoRA SFT, merge, save; reuse a complete folder."""
     t = cfg.method.teach
@@ -138,7 +170,7 @@ def teach(cfg: SAREConfig, accelerator, tokenizer, data: dict) -> str:
         logger.info("teach: reusing %s", final)
         return str(final)
     set_seed(cfg.trainer.seed)
-    model = apply_lora(load_model(dataclasses.replace(cfg.model, lora=None), vocab_size=len(tokenizer)), t.lora)
+    model = with_lora(load_base_model(dataclasses.replace(cfg.model, lora=None), len(tokenizer)), t.lora)
     run_cfg = dataclasses.replace(
         cfg.trainer, output_dir=f"{t.output_dir}-run", max_steps=t.max_steps, learning_rate=t.learning_rate,
         per_device_batch_size=t.batch_size, gradient_accumulation_steps=1, save_steps=0, eval_steps=0,
@@ -228,8 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     taught_dir = teach(cfg, accelerator, tokenizer, data)
 
     set_seed(cfg.trainer.seed)
-    model = load_model(dataclasses.replace(cfg.model, name=taught_dir, lora=None), vocab_size=len(tokenizer))
-    model = apply_lora(model, cfg.model.lora or LoraSettings(dropout=0.0))
+    model = load_base_model(dataclasses.replace(cfg.model, name=taught_dir, lora=None), len(tokenizer))
+    model = with_lora(model, cfg.model.lora or LoraSettings(dropout=0.0))
     results = {"algorithm": cfg.method.unlearning.algorithm, "config": to_dict(cfg),
                "pairs": data["pairs"], "taught": evaluate(cfg, model, tokenizer, data, probe=True)}
     logger.info("taught: %s", results["taught"])
