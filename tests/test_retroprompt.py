@@ -407,3 +407,102 @@ def test_recipe_tiny_run_refreshes_on_schedule(tmp_path, monkeypatch, fresh_acce
     for name in ("accuracy_lm", "accuracy_knn", "accuracy_interpolated"):
         assert 0.0 <= report["eval"][name] <= 1.0
     assert math.isfinite(report["eval"]["loss"])
+
+
+# ----- the second task: ScienceQA subject classification (text_hash split, 3 classes) --------------------
+
+SUBJECTS = ["natural science", "social science", "language science"]
+SEEDS = (13, 21, 42, 87, 100)
+
+
+@pytest.fixture(scope="module")
+def recipe_module():
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("retroprompt_train", REPO_ROOT / "recipes" / "retroprompt" / "train.py")
+    recipe = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, spec.name, recipe)  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(recipe)
+        yield recipe
+
+
+@pytest.fixture(scope="module")
+def scienceqa_rows():
+    from llmkit.data.loading import read_records
+
+    return read_records("scienceqa/test.jsonl")
+
+
+def test_scienceqa_subject_split_deterministic_k_per_class_and_disjoint(recipe_module, scienceqa_rows):
+    split = recipe_module.split_by_text_hash
+    pool_texts = {r["question"] for r in scienceqa_rows if recipe_module.text_in_pool(r["question"])}
+    train, evaluation = split(scienceqa_rows, "question", "subject", 16, 13)
+    # the fixed partition: 1 question text in 5 (SHA-256 mod 5) is pool, every other problem is evaluation
+    assert len(evaluation) == 3317 and len(scienceqa_rows) - len(evaluation) == 924
+    assert [r["subject"] for r in evaluation].count("social science") == 619
+    eval_pids, eval_texts = {r["pid"] for r in evaluation}, {r["question"] for r in evaluation}
+    assert not pool_texts & eval_texts
+    draws = {}
+    for seed in SEEDS:
+        rows, again = split(scienceqa_rows, "question", "subject", 16, seed)[0], split(scienceqa_rows, "question", "subject", 16, seed)
+        assert rows == again[0] and again[1] == evaluation  # deterministic; the evaluation part ignores the seed
+        assert sorted(r["subject"] for r in rows) == sorted(SUBJECTS * 16)  # k per class exactly
+        assert all(r["question"] in pool_texts for r in rows)  # from the pool part only
+        assert len({(r["question"], r["subject"]) for r in rows}) == 48  # distinct texts within a class
+        assert not {r["pid"] for r in rows} & eval_pids and not {r["question"] for r in rows} & eval_texts
+        # a smaller k is a subset of the same seed's larger draw (as 4-shot SST-2 is of its 16-shot file)
+        four = split(scienceqa_rows, "question", "subject", 4, seed)[0]
+        assert {r["pid"] for r in four} <= {r["pid"] for r in rows} and len(four) == 12
+        draws[seed] = frozenset(r["pid"] for r in rows)
+    assert len(set(draws.values())) == len(SEEDS)  # the seeds draw different sets
+    with pytest.raises(recipe_module.DataError, match="fewer than 100"):
+        split(scienceqa_rows, "question", "subject", 100, 13)
+
+
+def test_split_by_text_hash_hand_example(recipe_module):
+    texts = [f"q{i}" for i in range(40)]
+    rows = [{"t": t, "y": i % 2} for i, t in enumerate(texts)] + [{"t": "q0", "y": 0}]  # a duplicate text
+    train, evaluation = recipe_module.split_by_text_hash(rows, "t", "y", 2, seed=0, modulus=4)
+    in_pool = [t for t in texts if recipe_module.text_in_pool(t, 4)]
+    assert [r["t"] for r in evaluation] == [r["t"] for r in rows if r["t"] not in in_pool]
+    assert [r["y"] for r in train].count(0) == 2 and [r["y"] for r in train].count(1) == 2
+    assert all(r["t"] in in_pool for r in train)
+    assert train == sorted(train, key=rows.index)  # file order
+
+
+def test_scienceqa_subject_label_words_are_distinct_single_tokens(tokenizer):
+    ids = label_word_token_ids(tokenizer, [" nature", " society", " language"])
+    assert len(set(ids.tolist())) == 3
+
+
+def test_text_hash_settings_validation(recipe_module):
+    method = recipe_module.RetroPromptMethod
+    with pytest.raises(ValueError, match="label_values"):
+        method(label_values=["a"], label_words=[" x", " y"])
+    with pytest.raises(ValueError, match="text_hash"):
+        method(split="text_hash", train_path="scienceqa/test.jsonl", eval_path="scienceqa/test.jsonl")
+    with pytest.raises(ValueError, match="text_hash"):
+        method(split="text_hash", shots_per_class=16, train_path="a.jsonl", eval_path="b.jsonl")
+
+
+def test_recipe_tiny_run_scienceqa_subject(recipe_module, tmp_path, fresh_accelerate_state):
+    import json
+
+    from conftest import REPO_ROOT
+
+    recipe_module.main([
+        "--config", str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu_scienceqa_subject.yaml"),
+        "--trainer.output_dir", str(tmp_path / "run"), "--trainer.max_steps", "2", "--trainer.eval_steps", "0",
+        "--trainer.seed", "21", "--method.shots_per_class", "4", "--method.retroprompt.demo_topk", "2",
+        "--method.eval_limit", "24",
+    ])
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert report["train_examples"] == 12 and report["eval_examples"] == 24
+    assert report["split"] == "text_hash" and report["split_seed"] == 21 and len(report["train_rows"]) == 12
+    for name in ("accuracy", "accuracy_lm", "accuracy_knn", "accuracy_interpolated"):
+        assert 0.0 <= report["eval"][name] <= 1.0
+        assert report["eval"][name] * 24 == pytest.approx(round(report["eval"][name] * 24))  # a count of 24 rows
+    assert math.isfinite(report["eval"]["loss"])  # label-word CE over the three classes

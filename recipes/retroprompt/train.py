@@ -3,8 +3,12 @@
     python recipes/retroprompt/train.py --config recipes/retroprompt/configs/tiny_cpu.yaml
     python recipes/retroprompt/train.py --config recipes/retroprompt/configs/smollm2_sst2.yaml \
         --method.train_path sst2/k-shot/16-21/train.jsonl --trainer.seed 21
+    python recipes/retroprompt/train.py --config recipes/retroprompt/configs/smollm2_scienceqa_subject.yaml \
+        --trainer.seed 21
 
-The loop, top to bottom: (1) read the k-shot training file and the evaluation file; each example becomes
+The loop, top to bottom: (1) read the k-shot training file and the evaluation file (or, with
+`method.split: text_hash`, split one file into a k-shot pool and an evaluation part, `split_by_text_hash`,
+and draw k per class from the pool); each example becomes
 a causal-LM prompt whose last token predicts a label word ("{text} It was" → " great"/" terrible"),
 preceded, when demonstrations are on, by one reserved slot per class ("<slot> It was great."); (2) train
 on the shared trainer with `RetroPromptTrainer`, which rebuilds the knowledge store on the refresh
@@ -18,8 +22,10 @@ recipe's README ("Choices").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +74,12 @@ class RetroPromptMethod:
     shots_per_class: int | None = None
     text_column: str = "text"
     label_column: str = "label"
+    # when the label column holds names (ScienceQA's "natural science", ...): class i is label_values[i]
+    label_values: list[str] | None = None
+    # "files": train_path is a k-shot file, eval_path the test file (SST-2). "text_hash": train_path ==
+    # eval_path is split by `split_by_text_hash` and shots_per_class rows per class are drawn from its pool
+    split: Literal["files", "text_hash"] = "files"
+    split_seed: int | None = None  # seed of the text_hash k-shot draw (None: trainer.seed)
     # label word of class i; one token each, written as they follow the template (leading space)
     label_words: list[str] = field(default_factory=lambda: [" terrible", " great"])
     template: str = "{text} It was"
@@ -84,6 +96,11 @@ class RetroPromptMethod:
             raise ValueError("method.template must contain {text}")
         if self.demo_template.count("{slot}") != 1:
             raise ValueError("method.demo_template must contain {slot} exactly once")
+        if self.label_values is not None and len(self.label_values) != len(self.label_words):
+            raise ValueError("method.label_values needs one value per label word")
+        if self.split == "text_hash" and (self.shots_per_class is None or self.train_path != self.eval_path):
+            raise ValueError("method.split text_hash draws shots_per_class rows per class from the pool part of one "
+                             "file: set method.shots_per_class and the same train_path and eval_path")
 
 
 @dataclass
@@ -94,6 +111,48 @@ class RetroPromptConfig(RecipeConfig):
 
 
 # ----- data ----------------------------------------------------------------------------------------------
+
+POOL_MODULUS = 5  # text_hash split: 1 text in 5 goes to the k-shot pool
+
+
+def text_in_pool(text: str, modulus: int = POOL_MODULUS) -> bool:
+    """The text_hash rule: a text is in the k-shot pool when its UTF-8 SHA-256, as an integer, is 0 mod `modulus`."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16) % modulus == 0
+
+
+def split_by_text_hash(records: list[dict[str, Any]], text_column: str, label_column: str, shots_per_class: int,
+                       seed: int, modulus: int = POOL_MODULUS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A k-shot training set and a held-out evaluation set from one labelled file; a pure function.
+
+    Rows whose text is `text_in_pool` form the pool, all the others (in file order, duplicates kept) the
+    evaluation set; every copy of a text falls on the same side, so no evaluation text is a training text,
+    and the partition does not depend on the seed. The pool is deduplicated by (text, label), first row
+    kept; each label's rows (labels in sorted order) are shuffled by one random.Random(seed) and the first
+    `shots_per_class` taken, so a smaller k is a subset of a larger one. Training rows keep file order.
+    """
+    pool: dict[tuple[str, Any], int] = {}
+    evaluation = []
+    for i, row in enumerate(records):
+        text = row.get(text_column)
+        if not isinstance(text, str):
+            raise DataError(f"row {i} lacks a text '{text_column}'")
+        if text_in_pool(text, modulus):
+            pool.setdefault((text, row.get(label_column)), i)
+        else:
+            evaluation.append(row)
+    by_label: dict[Any, list[int]] = {}
+    for (_, label), i in pool.items():
+        by_label.setdefault(label, []).append(i)
+    rng = random.Random(seed)
+    chosen = []
+    for label in sorted(by_label, key=str):
+        members = sorted(by_label[label])
+        if len(members) < shots_per_class:
+            raise DataError(f"label {label!r} has {len(members)} distinct pool texts, fewer than {shots_per_class}")
+        rng.shuffle(members)
+        chosen += members[:shots_per_class]
+    return [records[i] for i in sorted(chosen)], evaluation
+
 
 
 @dataclass
@@ -130,9 +189,10 @@ def encode_prompt(tokenizer, method: RetroPromptMethod, text: str, with_slots: b
 
 
 def load_examples(path: str, method: RetroPromptMethod, tokenizer, label_word_ids: torch.Tensor,
-                  limit: int | None = None, shots_per_class: int | None = None) -> list[PromptExample]:
-    """Read a classification file into prompts; row i of the result is store row i."""
-    records = read_records(path, max_rows=None)
+                  limit: int | None = None, shots_per_class: int | None = None,
+                  records: list[dict[str, Any]] | None = None) -> list[PromptExample]:
+    """Read a classification file (or rows of it, `records`) into prompts; row i of the result is store row i."""
+    records = read_records(path, max_rows=None) if records is None else records
     num_classes = len(method.label_words)
     examples: list[PromptExample] = []
     taken = [0] * num_classes
@@ -142,6 +202,10 @@ def load_examples(path: str, method: RetroPromptMethod, tokenizer, label_word_id
         if limit is not None and len(examples) >= limit:
             break
         text, label = row.get(method.text_column), row.get(method.label_column)
+        if method.label_values is not None:
+            if label not in method.label_values:
+                raise DataError(f"{path}: label {label!r} is not one of method.label_values {method.label_values}")
+            label = method.label_values.index(label)
         if not isinstance(text, str) or not isinstance(label, int) or isinstance(label, bool):
             raise DataError(f"{path}: a row lacks a text '{method.text_column}' or an integer '{method.label_column}'")
         if not 0 <= label < num_classes:
@@ -345,8 +409,14 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     method = cfg.method
     label_word_ids = label_word_token_ids(tokenizer, method.label_words)
-    train = load_examples(method.train_path, method, tokenizer, label_word_ids, shots_per_class=method.shots_per_class)
-    test = load_examples(method.eval_path, method, tokenizer, label_word_ids, limit=method.eval_limit)
+    train_rows = eval_rows = None
+    split_seed = cfg.trainer.seed if method.split_seed is None else method.split_seed
+    if method.split == "text_hash":
+        train_rows, eval_rows = split_by_text_hash(read_records(method.eval_path), method.text_column,
+                                                   method.label_column, method.shots_per_class, split_seed)
+    train = load_examples(method.train_path, method, tokenizer, label_word_ids, shots_per_class=method.shots_per_class,
+                          records=train_rows)
+    test = load_examples(method.eval_path, method, tokenizer, label_word_ids, limit=method.eval_limit, records=eval_rows)
     logger.info("train: %d examples, eval: %d; arm: demonstrations %s, kNN train %s, kNN infer %s",
                 len(train), len(test), method.retroprompt.use_demonstrations, method.retroprompt.knn_train,
                 method.retroprompt.knn_infer)
@@ -361,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
         report = {"eval": scores, "train_examples": len(train), "eval_examples": len(test),
                   "settings": asdict(method.retroprompt), "train_path": method.train_path, "eval_path": method.eval_path,
                   "seed": cfg.trainer.seed, "refreshes": trainer.refreshes}
+        if method.split == "text_hash":
+            report.update(split="text_hash", split_seed=split_seed, train_rows=[r.get("_source") for r in train_rows])
         (out / "results.json").write_text(json.dumps(report, indent=2))
         print(f"done: {result}; eval {scores}; results.json, model and metrics.jsonl are in {out}")
 
