@@ -150,10 +150,18 @@ def test_load_safethinker_from_saved_twin_and_gateway(tmp_path):
     assert outs[0].metadata["safethinker"]["route"] == "refuse" and outs[0].completions[0].text == STANDARD_REFUSAL
     assert outs[1].metadata["safethinker"]["route"] in ("ddgt", "base")
 
+    from llmkit.errors import ConfigError, ModelError
+
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError, match="not a gateway"):
+    with pytest.raises(ConfigError, match="not a gateway"):
         load_gateway(tmp_path / "bad.json")
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(ConfigError, match="not found"):
+        load_gateway(tmp_path / "missing.json")
+    with pytest.raises(ModelError, match="twin folder not found"):
+        load_safethinker(str(tmp_path / "no-twin"), str(path))
+    with pytest.raises(ConfigError, match="gateway file not found"):
+        load_safethinker(str(tmp_path / "twin"), str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="not fitted"):
         (tmp_path / "unfit.json").write_text(json.dumps({"kind": "EmbeddingGateway", "w": None, "b": 0, "thresholds": None}))
         load_gateway(tmp_path / "unfit.json")
 

@@ -137,9 +137,12 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["llmkit eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else " ".join(sys.argv),
     }
-    routes = [o.metadata["safethinker"]["route"] for o in outputs if "safethinker" in o.metadata]
-    if routes:  # answers from `llmkit serve --safety safethinker`: how the router sent the problems
-        results["safethinker_routes"] = {r: routes.count(r) for r in sorted(set(routes))}
+    # Routed systems (e.g. `llmkit serve --safety safethinker`) return {system: {"route": ...}} per answer:
+    # count how each system's router sent the problems, as `<system>_routes`.
+    routed = sorted({k for o in outputs for k, v in o.metadata.items() if isinstance(v, dict) and "route" in v})
+    for system in routed:
+        routes = [o.metadata[system]["route"] for o in outputs if system in o.metadata]
+        results[f"{system}_routes"] = {r: routes.count(r) for r in sorted(set(routes))}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     with (out / "samples.jsonl").open("w") as fh:
         for problem, output, verdicts in zip(problems, outputs, scored.verdicts):

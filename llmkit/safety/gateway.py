@@ -16,7 +16,6 @@ DDGT, which only intervenes on steps where base and twin disagree.
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,32 +305,35 @@ def save_gateway(gateway: Gateway, path: str | Path) -> Path:
         state["model_name"] = gateway.model_name
     elif isinstance(gateway, HiddenStateProbeGateway):
         state.update(layer=gateway.layer, max_length=gateway.max_length)
+    from llmkit.train.checkpoint import write_json_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    write_json_atomic(path, state)
     return path
 
 
 def load_gateway(path: str | Path, model=None, tokenizer=None) -> Gateway:
-    """Rebuild a gateway saved by `save_gateway`. A hidden-state probe needs the LLM (`model`, `tokenizer`)."""
+    """Rebuild a gateway saved by `save_gateway`. A hidden-state probe needs the LLM (`model`, `tokenizer`).
+    A missing, malformed, unknown or unfitted file raises ConfigError naming it."""
+    from llmkit.errors import ConfigError
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"gateway file not found: {path}")
+        raise ConfigError(f"gateway file not found: {path}")
     try:
         state = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a gateway JSON file ({e})") from None
+        raise ConfigError(f"{path}: not a gateway JSON file ({e})") from None
     kind = state.get("kind")
     if kind == "EmbeddingGateway":
         gw: Gateway = EmbeddingGateway(state.get("model_name", "all-MiniLM-L6-v2"))
     elif kind == "HiddenStateProbeGateway":
         if model is None or tokenizer is None:
-            raise ValueError(f"{path} is a hidden-state probe: it needs the base model and tokenizer to score")
+            raise ConfigError(f"{path} is a hidden-state probe: it needs the base model and tokenizer to score")
         gw = HiddenStateProbeGateway(model, tokenizer, layer=state.get("layer", -1), max_length=state.get("max_length", 256))
     else:
-        raise ValueError(f"{path}: unknown gateway kind {kind!r} (expected EmbeddingGateway or HiddenStateProbeGateway)")
+        raise ConfigError(f"{path}: unknown gateway kind {kind!r} (expected EmbeddingGateway or HiddenStateProbeGateway)")
     if state.get("w") is None or state.get("thresholds") is None:
-        raise ValueError(f"{path}: the gateway is not fitted and calibrated (w or thresholds missing)")
+        raise ConfigError(f"{path}: the gateway is not fitted and calibrated (w or thresholds missing)")
     return gw.load_state(state)

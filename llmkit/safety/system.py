@@ -126,10 +126,17 @@ def load_safethinker(twin_dir: str, gateway_path: str, base: str | None = None,
     from llmkit.models import ModelConfig, load_model, load_trained
     from llmkit.safety.gateway import load_gateway
 
+    from llmkit.errors import ConfigError, ModelError
+
+    # Check the inputs before loading two models: a typo should cost a second, not a minute.
+    if not Path(twin_dir).is_dir():
+        raise ModelError(f"twin folder not found: {twin_dir}")
+    if not Path(gateway_path).is_file():
+        raise ConfigError(f"gateway file not found: {gateway_path}")
     adapter_cfg = Path(twin_dir) / "adapter_config.json"
     if base is None:
         if not adapter_cfg.is_file():
-            raise ValueError(f"{twin_dir} is a full model, not a LoRA twin: name the base model with --base")
+            raise ConfigError(f"{twin_dir} is a full model, not a LoRA twin: name the base model with --base")
         base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
     twin, tokenizer = load_trained(twin_dir)
     base_model = load_model(ModelConfig(name=base, dtype="float32"), vocab_size=len(tokenizer))
