@@ -18,6 +18,13 @@ from llmkit.data.sft import IGNORE_INDEX, TokenizedExample
 from llmkit.errors import ConfigError
 from llmkit.models import ModelConfig, load_model
 from llmkit.train.losses import count_target_tokens
+from llmkit.train.packed_attention import (
+    PER_EXAMPLE_SDPA,
+    per_example_attention_unsupported,
+    per_example_causal_attention,
+    segment_lengths,
+    use_per_example_attention,
+)
 
 PAD = 0
 
@@ -138,10 +145,22 @@ def padding_free_outputs(model, examples):
     return out_logits, out_losses
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def tiny_llama(tokenizer, attn):
+    """The tiny random Llama with `attn` ("sdpa", "eager", or llmkit's per-example SDPA)."""
+    model = load_model(
+        ModelConfig(name="tiny-random-llama", attn_implementation="sdpa" if attn == PER_EXAMPLE_SDPA else attn),
+        vocab_size=len(tokenizer),
+    )
+    if attn == PER_EXAMPLE_SDPA:
+        assert use_per_example_attention(model)
+    return model
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", PER_EXAMPLE_SDPA])
 @torch.no_grad()
 def test_padding_free_equals_unpacked_on_tiny_llama(varied_examples, tokenizer, attn):
-    model = load_model(ModelConfig(name="tiny-random-llama", attn_implementation=attn), vocab_size=len(tokenizer)).eval()
+    model = tiny_llama(tokenizer, attn).eval()
+    assert model.config._attn_implementation == attn
     examples = varied_examples[:6]
     ref_logits, ref_losses = per_example_outputs(model, examples)
     got_logits, got_losses = padding_free_outputs(model, examples)
@@ -151,6 +170,61 @@ def test_padding_free_equals_unpacked_on_tiny_llama(varied_examples, tokenizer, 
     # and the summation order follows the thread split, so allow a few ulps relative; a packing leak is ~1e-1.
     torch.testing.assert_close(torch.stack(got_losses), torch.stack(ref_losses), atol=1e-5, rtol=1e-6)
     assert check_packing_isolation(model) < 1e-5
+
+
+def test_segment_lengths_by_hand():
+    assert segment_lengths(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])) == [3, 2, 4]
+    assert segment_lengths(torch.tensor([0, 0, 0])) == [1, 1, 1]
+    assert segment_lengths(torch.tensor([[4, 5, 6]])) == [3]  # an offset row is one example (a cache continuation)
+    assert segment_lengths(torch.tensor([[0, 1, 5, 6]])) == [2, 2]  # any jump starts an example, as transformers
+    assert segment_lengths(torch.zeros(1, 0, dtype=torch.long)) == []
+
+
+def test_per_example_attention_equals_block_diagonal_sdpa():
+    """Per-slice causal SDPA == one SDPA call with the block-diagonal causal mask built by hand."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = [3, 1, 5, 2]
+    q, k, v = (torch.randn(1, 2, 11, 8, generator=gen) for _ in range(3))
+    mask = torch.zeros(11, 11, dtype=torch.bool)
+    start = 0
+    for n in lengths:
+        mask[start : start + n, start : start + n] = torch.ones(n, n).tril().bool()
+        start += n
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(per_example_causal_attention(q, k, v, lengths), reference, atol=1e-6, rtol=0)
+    # the first token of each example sees only itself: its output is its own value vector
+    torch.testing.assert_close(per_example_causal_attention(q, k, v, lengths)[0, :, 3], v[0, :, 3])
+    with pytest.raises(ValueError, match="sum to 10"):
+        per_example_causal_attention(q, k, v, [3, 7 - 1, 1])
+
+
+@torch.no_grad()
+def test_per_example_attention_leaves_padded_batches_and_generation_unchanged(tokenizer):
+    """Outside a packed row the model behaves exactly as with sdpa: padded batches, KV-cache decoding."""
+    reference = tiny_llama(tokenizer, "sdpa").eval()
+    model = tiny_llama(tokenizer, PER_EXAMPLE_SDPA).eval()
+    model.load_state_dict(reference.state_dict())
+    ids = torch.randint(3, 200, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]])
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits,
+                               reference(input_ids=ids, attention_mask=mask).logits, atol=0, rtol=0)
+    prompt = ids[:1]
+    assert model.generate(prompt, max_new_tokens=6, do_sample=False).tolist() == \
+        reference.generate(prompt, max_new_tokens=6, do_sample=False).tolist()
+
+
+def test_per_example_attention_refuses_unsuitable_models(tokenizer):
+    model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
+    assert per_example_attention_unsupported(model) is None
+    model.config.model_type = "gemma3"  # masks with image-token and sliding-window ingredients
+    assert "gemma3" in per_example_attention_unsupported(model)
+    assert use_per_example_attention(model) is False and model.config._attn_implementation == "sdpa"
+    model.config.model_type = "llama"
+    model.config._attn_implementation = "flash_attention_2"
+    assert "FlashAttention" in per_example_attention_unsupported(model)
+    model.config._attn_implementation = "sdpa"
+    model.config.sliding_window = 16
+    assert "sliding" in per_example_attention_unsupported(model)
 
 
 @torch.no_grad()
@@ -210,14 +284,17 @@ def test_trainer_padding_free_matches_unpacked_training(tmp_path, varied_example
 
     from llmkit.train import Trainer, TrainerConfig
 
-    def run(name, packing):
+    def run(name, packing, attention="per_example"):
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
         cfg = TrainerConfig(output_dir=str(tmp_path / name), max_steps=3, learning_rate=1e-3, lr_scheduler="constant",
                             per_device_batch_size=4, gradient_accumulation_steps=2, seed=5, group_by_length=False,
-                            save_final_model=False, packing=packing, packing_max_length=1024)
+                            save_final_model=False, packing=packing, packing_max_length=1024,
+                            padding_free_attention=attention)
         model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
         trainer = Trainer(cfg, model, tokenizer, varied_examples[:24])
+        expected = PER_EXAMPLE_SDPA if packing == "padding_free" and attention == "per_example" else "sdpa"
+        assert model.config._attn_implementation == expected
         trainer.train()
         rows = [r for r in trainer.history if "loss" in r]
         weights = {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
@@ -225,8 +302,10 @@ def test_trainer_padding_free_matches_unpacked_training(tmp_path, varied_example
 
     rows_none, w_none = run("none", "none")
     rows_free, w_free = run("free", "padding_free")
+    rows_masked, _ = run("free_masked", "padding_free", attention="model")
     rows_dyn, _ = run("dyn", "dynamic")
     assert [r["loss"] for r in rows_free] == pytest.approx([r["loss"] for r in rows_none], rel=1e-5)
+    assert [r["loss"] for r in rows_masked] == pytest.approx([r["loss"] for r in rows_none], rel=1e-5)
     # Adam divides by sqrt(v): float noise on near-zero gradients can move a weight by a fraction of lr;
     # 1e-4 is 3% of the 3e-3 a weight can move in 3 steps, while mixed examples would differ by ~lr everywhere
     for key in w_none:
@@ -248,8 +327,11 @@ def test_padding_free_equals_unpacked_on_smollm2(varied_examples):
     model, _ = load_model_and_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
     model.eval()
     examples = varied_examples[:4]
-    for dtype, atol in ((torch.float64, 1e-5), (torch.float32, 2e-4)):
+    for dtype, atol, per_example in ((torch.float64, 1e-5, False), (torch.float32, 2e-4, False),
+                                     (torch.float64, 1e-5, True)):
         model.to(dtype)
+        if per_example:
+            assert use_per_example_attention(model)
         ref_logits, ref_losses = per_example_outputs(model, examples)
         got_logits, got_losses = padding_free_outputs(model, examples)
         for r, g in zip(ref_logits, got_logits):

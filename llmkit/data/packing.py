@@ -15,7 +15,9 @@ Three ways to turn one micro-batch of tokenised examples into tensors (`TrainerC
   when no 2-D attention mask and no KV cache are passed (`model_forward_inputs` sets
   ``use_cache=False``; with a cache the detection is skipped and the examples silently mix).
   `check_packing_isolation` proves the isolation for a given model before training, and refuses a
-  model whose attention does not isolate the examples.
+  model whose attention does not isolate the examples. With sdpa/eager the block-diagonal mask spans
+  the whole row ((Σ Lᵢ)² work); the trainer therefore switches suitable models to llmkit's per-example
+  SDPA (`llmkit.train.packed_attention`, Σ Lᵢ² work, the CPU counterpart of FlashAttention varlen).
 
 In every mode the first label of each example is ignored (-100). Unpacked, the first token is never
 predicted (nothing precedes it); packed, it would be predicted from the previous example's last token.
@@ -37,7 +39,10 @@ from llmkit.errors import ConfigError
 PackingMode = Literal["none", "dynamic", "padding_free"]
 PACKING_MODES = ("none", "dynamic", "padding_free")
 # Attention implementations that honour restarting position ids without a 2-D mask (see module doc).
-ISOLATING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+# `llmkit_per_example_sdpa` is llmkit's CPU varlen path (`llmkit.train.packed_attention`).
+ISOLATING_ATTENTION = (
+    "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention", "llmkit_per_example_sdpa"
+)
 
 
 def next_fit_packs(lengths: Sequence[int], max_length: int) -> list[list[int]]:

@@ -38,6 +38,7 @@ from llmkit.errors import ConfigError
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
 from llmkit.train.losses import count_target_tokens, step_normalised_loss, token_cross_entropy_sum
+from llmkit.train.packed_attention import PER_EXAMPLE_SDPA, use_per_example_attention
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class TrainerConfig:
     # Pack (faithful: examples in a row see each other), or padding-free (examples isolated).
     packing: Literal["none", "dynamic", "padding_free"] = "none"
     packing_max_length: int = 2048
+    # padding_free with sdpa/eager: `per_example` runs attention on each example's slice
+    # (llmkit.train.packed_attention, Σ Lᵢ² work, like FlashAttention varlen); `model` keeps
+    # transformers' block-diagonal mask over the whole row ((Σ Lᵢ)² work). FlashAttention is used as is.
+    padding_free_attention: Literal["per_example", "model"] = "per_example"
     learning_rate: float = 2e-5
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -206,6 +211,9 @@ class Trainer:
             betas=tuple(cfg.adam_betas),
             eps=cfg.adam_epsilon,
         )
+        if cfg.packing == "padding_free" and cfg.padding_free_attention == "per_example":
+            if use_per_example_attention(model):
+                logger.info("padding-free packing: per-example attention (%s)", PER_EXAMPLE_SDPA)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if cfg.packing == "padding_free":
             gap = check_packing_isolation(acc.unwrap_model(self.model))

@@ -1,0 +1,185 @@
+"""Per-example attention for padding-free packed rows: a varlen kernel made of ordinary SDPA calls.
+
+Padding-free packing (`llmkit.data.packing`) puts a micro-batch in one row with position ids that
+restart at 0 for every example. With ``sdpa`` or ``eager``, transformers isolates the examples with a
+block-diagonal causal mask over the *whole* row, so attention still costs (Σ Lᵢ)² in time and the mask
+(Σ Lᵢ)² in memory, and SDPA's fused kernels give way to the masked path. FlashAttention's varlen
+kernel (GPU, ``flash_attention_2/3``) instead works on each example alone, Σ Lᵢ².
+
+`PER_EXAMPLE_SDPA` (``"llmkit_per_example_sdpa"``) does the same with plain PyTorch: the row is cut at
+the position-id restarts and each example runs causal SDPA on its own slice; the results are
+concatenated. It is registered with transformers' `AttentionInterface` and `AttentionMaskInterface`,
+so a model switched to it (`use_per_example_attention`) needs no other change. Anything that is not a
+padding-free row (a 2-D padding mask, a KV cache, decoding, one example per row) goes to transformers'
+own ``sdpa`` with the mask ``sdpa`` would have built, so the model stays usable for evaluation and
+generation.
+
+Only for models whose causal mask has no other ingredient (no sliding window, no bidirectional image
+tokens): `use_per_example_attention` checks the architecture against `PER_EXAMPLE_MODEL_TYPES` and the
+config, and the trainer's `check_packing_isolation` compares packed and separate logits before any step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+PER_EXAMPLE_SDPA = "llmkit_per_example_sdpa"
+# Decoder-only architectures whose attention mask is exactly "causal" (plus padding); for these the
+# mask can be rebuilt from position ids alone. Others keep the model's own block-diagonal mask.
+PER_EXAMPLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "granite")
+
+
+def segment_lengths(position_ids: torch.Tensor) -> list[int]:
+    """Lengths of the examples in one packed row: a new example starts wherever the position id does
+    not continue the previous one by exactly 1 (transformers' rule, `find_packed_sequence_indices`).
+
+    `position_ids` has shape (seq,) or (1, seq). The lengths sum to seq.
+
+    >>> segment_lengths(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]]))
+    [3, 2, 4]
+    """
+    positions = position_ids.reshape(-1)
+    if positions.numel() == 0:
+        return []
+    starts = torch.nonzero(positions[1:] - positions[:-1] != 1).reshape(-1) + 1
+    bounds = [0, *starts.tolist(), positions.numel()]
+    return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def per_example_causal_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: list[int], scaling: float | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Causal attention within each example of a packed row, never across examples.
+
+    query/key/value: (1, heads, seq, head_dim) with equal head counts (repeat grouped KV heads first);
+    `lengths` sums to seq. Returns (1, heads, seq, head_dim), equal to SDPA with a block-diagonal causal
+    mask but computing only Σ lengths² scores.
+    """
+    if sum(lengths) != query.shape[2]:
+        raise ValueError(f"segment lengths sum to {sum(lengths)}, the row has {query.shape[2]} tokens")
+    outputs = []
+    start = 0
+    for length in lengths:
+        end = start + length
+        outputs.append(
+            F.scaled_dot_product_attention(
+                query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+                dropout_p=dropout, is_causal=length > 1, scale=scaling,
+            )
+        )
+        start = end
+    return torch.cat(outputs, dim=2)
+
+
+def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """Grouped-query attention: repeat each KV head `groups` times (as transformers' `repeat_kv`)."""
+    if groups == 1:
+        return states
+    batch, heads, seq, dim = states.shape
+    return states[:, :, None].expand(batch, heads, groups, seq, dim).reshape(batch, heads * groups, seq, dim)
+
+
+def per_example_sdpa_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention-interface function: per-example SDPA on a packed row, else plain ``sdpa``.
+
+    Returns (batch, seq, heads, head_dim) as every transformers attention function does.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    packed = (
+        attention_mask is None
+        and position_ids is not None
+        and query.shape[0] == 1
+        and query.shape[2] == key.shape[2]
+        and getattr(module, "is_causal", True)
+    )
+    lengths = segment_lengths(position_ids) if packed else []
+    if len(lengths) < 2 or sum(lengths) != query.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    output = per_example_causal_attention(
+        query, _repeat_kv(key, groups), _repeat_kv(value, groups), lengths, scaling=scaling, dropout=dropout
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+def per_example_sdpa_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+):
+    """Mask-interface function: no mask for an unpadded single row without cache (the attention function
+    rebuilds the causal-per-example pattern from the position ids); otherwise what ``sdpa`` builds."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and batch_size == 1 and q_length == kv_length and q_offset == 0 and kv_offset == 0:
+        return None
+    return sdpa_mask(
+        batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
+        attention_mask=attention_mask, **kwargs,
+    )
+
+
+def register_per_example_attention() -> None:
+    """Register `PER_EXAMPLE_SDPA` with transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(PER_EXAMPLE_SDPA, per_example_sdpa_forward)
+    AttentionMaskInterface.register(PER_EXAMPLE_SDPA, per_example_sdpa_mask)
+
+
+def per_example_attention_unsupported(model) -> str | None:
+    """Why this model cannot use per-example attention (None when it can)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return "the model has no config"
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager", PER_EXAMPLE_SDPA):
+        return f"its attention is '{impl}' (FlashAttention and flex already work per example)"
+    model_type = getattr(config, "model_type", None)
+    if model_type not in PER_EXAMPLE_MODEL_TYPES:
+        return f"model type '{model_type}' is not among {list(PER_EXAMPLE_MODEL_TYPES)}"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "it uses sliding-window attention"
+    if not getattr(config, "is_causal", True):
+        return "its attention is not causal"
+    return None
+
+
+def use_per_example_attention(model) -> bool:
+    """Switch `model` (or the base model under a peft wrapper) to per-example SDPA when it qualifies.
+
+    Returns True when switched; otherwise logs why not and leaves the model as it is (the model's own
+    block-diagonal mask still isolates the examples, at (Σ Lᵢ)² cost).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    reason = per_example_attention_unsupported(base)
+    if reason is not None:
+        logger.info("padding-free packing keeps the model's own attention: %s", reason)
+        return False
+    register_per_example_attention()
+    if base.config._attn_implementation != PER_EXAMPLE_SDPA:
+        base.set_attn_implementation(PER_EXAMPLE_SDPA)
+    return base.config._attn_implementation == PER_EXAMPLE_SDPA
