@@ -7,6 +7,7 @@ weights, p_kNN and the loss against numbers worked out by hand, and clear errors
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -506,3 +507,71 @@ def test_recipe_tiny_run_scienceqa_subject(recipe_module, tmp_path, fresh_accele
         assert 0.0 <= report["eval"][name] <= 1.0
         assert report["eval"][name] * 24 == pytest.approx(round(report["eval"][name] * 24))  # a count of 24 rows
     assert math.isfinite(report["eval"]["loss"])  # label-word CE over the three classes
+
+
+# ----- the ablation grid driver (recipes/retroprompt/grid.py) --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grid_module():
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("retroprompt_grid", REPO_ROOT / "recipes" / "retroprompt" / "grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_overrides_select_split_shots_and_arm(grid_module):
+    args = grid_module.run_overrides("sst2", 4, 21, "knn_train", {16: 8, 4: 2})
+    pairs = dict(zip(args[::2], args[1::2]))
+    assert pairs["--trainer.seed"] == "21" and pairs["--method.shots_per_class"] == "4"
+    assert pairs["--method.retroprompt.demo_topk"] == "2"
+    assert pairs["--method.train_path"] == "sst2/k-shot/16-21/train.jsonl"
+    assert (pairs["--method.retroprompt.use_demonstrations"], pairs["--method.retroprompt.knn_train"],
+            pairs["--method.retroprompt.knn_infer"]) == ("false", "true", "false")
+    # ScienceQA draws its k-shot rows from the config's pool with the seed: no train_path override
+    assert "--method.train_path" not in grid_module.run_overrides("scienceqa", 16, 13, "full", {16: 8})
+
+
+def test_grid_summary_hand_computed(grid_module):
+    def run(lm, interp):
+        return {"accuracy_lm": lm, "accuracy_interpolated": interp}
+
+    results = {
+        (16, 13, "plain"): run(0.80, 0.84), (16, 21, "plain"): run(0.70, 0.76),
+        (16, 13, "full"): run(0.90, 0.60),
+        (4, 13, "plain"): run(0.50, 0.50),
+    }
+    table = grid_module.summarise(results, [16, 4], [13, 21])
+    plain = table["plain prompt tuning"][16]
+    assert plain["mean"] == pytest.approx(75.0) and plain["std"] == pytest.approx(math.sqrt(50.0))  # (80, 70), ddof 1
+    assert table["+ kNN inference"][16]["mean"] == pytest.approx(80.0)  # the plain runs' interpolated accuracy
+    assert table["full RetroPrompt"][16] == {"mean": pytest.approx(60.0), "std": 0.0, "n": 1, "values": [pytest.approx(60.0)]}
+    assert 16 not in table["+ neural demonstrations"]
+    text = grid_module.markdown(table, [16, 4], [13, 21])
+    assert "| plain prompt tuning | 75.0 ± 7.1 | 50.0 ± 0.0 (1/2) |" in text
+    assert "| + neural demonstrations | – | – |" in text
+
+
+def test_grid_runs_tabulates_and_resumes(grid_module, tmp_path, capsys):
+    from conftest import REPO_ROOT
+
+    config = str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu.yaml")
+    argv = ["--config", config, "--root", str(tmp_path), "--shots", "4", "--seeds", "13", "--arms", "plain", "full",
+            "--", "--trainer.max_steps", "2", "--trainer.eval_steps", "0", "--trainer.per_device_batch_size", "4",
+            "--trainer.gradient_accumulation_steps", "1", "--method.eval_limit", "8"]
+    assert grid_module.main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.count("[") >= 2 and "4shot-seed13-full" in first
+    report = json.loads((tmp_path / "4shot-seed13-full" / "results.json").read_text())
+    assert report["train_examples"] == 8 and report["settings"]["use_demonstrations"] is True
+    plain = json.loads((tmp_path / "4shot-seed13-plain" / "results.json").read_text())
+    assert plain["settings"]["knn_train"] is False and plain["settings"]["demo_topk"] == 2
+    table = (tmp_path / "grid.md").read_text()
+    assert f"| full RetroPrompt | {100 * report['eval']['accuracy_interpolated']:.1f} ± 0.0 |" in table
+    # a second call finds every results.json and trains nothing
+    assert grid_module.main(argv) == 0
+    assert "4shot-seed13" not in capsys.readouterr().out.split("| arm")[0]
