@@ -102,3 +102,87 @@ def test_hgivr_on_scienceqa_through_the_harness(tmp_path):
                                                     limit=20, output_dir=str(tmp_path / "sc")))
     assert sc["metrics"]["responses_per_question"] == 3.0
     assert sc["metrics"]["accuracy"] == 100.0 * sum(p["answer"] == 0 for p in problems) / 20
+
+
+def test_strategy_metrics_from_per_question_records():
+    from llmkit.evaluation.strategies import strategy_metrics
+
+    records = [{"calls": 2, "stopped_by": "repeat"}, {"calls": 10, "stopped_by": "cap"}, {"calls": 3, "stopped_by": "repeat"}]
+    assert strategy_metrics(records) == {"responses_per_question": 5.0, "stopped_at_cap": 1.0}
+    assert strategy_metrics([{"calls": 5}, {"calls": 5}]) == {"responses_per_question": 5.0}  # self-consistency
+    assert strategy_metrics([]) == {}
+
+
+class InterruptingGenerator(FakeGenerator):
+    """FakeGenerator that dies (KeyboardInterrupt) on its `fail_on`-th generate call."""
+
+    def __init__(self, fail_on):
+        super().__init__()
+        self.generate_calls, self.fail_on = 0, fail_on
+
+    def generate(self, prompts, params):
+        self.generate_calls += 1
+        if self.generate_calls == self.fail_on:
+            raise KeyboardInterrupt
+        return super().generate(prompts, params)
+
+
+def test_interrupted_hgivr_run_resumes_to_the_same_results(tmp_path):
+    """Chunks are journaled; a resumed run generates only the missing problems and scores like an uninterrupted one."""
+    import json
+
+    import pytest
+
+    from llmkit.errors import ConfigError
+    from llmkit.evaluation.harness import EvalConfig, run_eval
+    from llmkit.evaluation.tasks import get_task
+
+    task = get_task("scienceqa-text")
+    reference = run_eval(task, FakeGenerator(), EvalConfig(task="scienceqa-text", strategy="hgivr", limit=20,
+                                                            chunk_size=0, output_dir=str(tmp_path / "ref")))
+    cfg = EvalConfig(task="scienceqa-text", strategy="hgivr", limit=20, chunk_size=8, output_dir=str(tmp_path / "run"))
+    # chunk 1 (8 problems) takes 3 generate calls (rounds), chunk 2 dies in its second round
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(task, InterruptingGenerator(fail_on=5), cfg)
+    partial = tmp_path / "run" / "partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 1 + 8  # header + the first chunk
+    # without --resume the partial run is not overwritten
+    with pytest.raises(ConfigError, match="8 outputs of an interrupted run"):
+        run_eval(task, FakeGenerator(), cfg)
+    # other generation settings: refused, naming the setting
+    with pytest.raises(ConfigError, match="hgivr_max_rounds: 10 there, 4 now"):
+        run_eval(task, FakeGenerator(), EvalConfig(**{**cfg.__dict__, "resume": True, "hgivr_max_rounds": 4}))
+    # a torn last line (killed mid-write) is dropped and that problem is generated again
+    with partial.open("a") as fh:
+        fh.write('{"id": "half')
+    resumed_gen = FakeGenerator()
+    resumed = run_eval(task, resumed_gen, EvalConfig(**{**cfg.__dict__, "resume": True}))
+    assert resumed["resumed_problems"] == 8 and resumed_gen.calls == 12 * 3  # only the 12 missing problems, 3 rounds
+    assert resumed["metrics"] == reference["metrics"]
+    assert not partial.exists()  # the results are complete: samples.jsonl holds everything
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in samples] == [p["id"] for p in task.load(20)]
+    assert samples[0]["metadata"]["strategy"] == {"calls": 3, "stopped_by": "repeat"}
+
+
+def test_resume_refuses_a_partial_file_of_other_problems(tmp_path):
+    import pytest
+
+    from llmkit.errors import ConfigError
+    from llmkit.evaluation.harness import EvalConfig, run_eval
+    from llmkit.evaluation.tasks import get_task
+
+    out = tmp_path / "run"
+    out.mkdir()
+    settings = {k: getattr(EvalConfig(task="scienceqa-text"), k) for k in
+                ("task", "model", "backend", "data_path", "chat", "n", "temperature", "top_p", "max_new_tokens", "seed",
+                 "strategy", "hgivr_max_rounds", "hgivr_consecutive", "sc_samples", "sc_temperature")}
+    (out / "partial.jsonl").write_text(__import__("json").dumps({"settings": settings}) + "\n" +
+                                       '{"id": "not-a-problem", "output": {"prompt_text": "", "completions": []}}\n')
+    with pytest.raises(ConfigError, match="not in this task's problems"):
+        run_eval(get_task("scienceqa-text"), FakeGenerator(),
+                 EvalConfig(task="scienceqa-text", limit=5, resume=True, output_dir=str(out)))
+    (out / "partial.jsonl").write_text("garbage\n")
+    with pytest.raises(ConfigError, match="no settings header"):
+        run_eval(get_task("scienceqa-text"), FakeGenerator(),
+                 EvalConfig(task="scienceqa-text", limit=5, resume=True, output_dir=str(out)))

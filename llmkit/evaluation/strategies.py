@@ -97,3 +97,21 @@ def run_hgivr(
 def self_consistency(samples_per_question: Sequence[Sequence[Hashable | None]]) -> list[Hashable | None]:
     """Majority vote over each question's sampled answers (the baseline at matched call counts)."""
     return [vote(samples) for samples in samples_per_question]
+
+
+def strategy_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Run-level metrics of a strategy from its per-question records.
+
+    Each record is {"calls": answer calls made for the question, "stopped_by": "repeat" | "cap" (H-GIVR)}.
+    Returns responses_per_question (mean calls) and, when the records say how questions stopped,
+    stopped_at_cap (how many ran to the round cap).
+
+    >>> strategy_metrics([{"calls": 2, "stopped_by": "repeat"}, {"calls": 10, "stopped_by": "cap"}])
+    {'responses_per_question': 6.0, 'stopped_at_cap': 1.0}
+    """
+    if not records:
+        return {}
+    metrics = {"responses_per_question": sum(r["calls"] for r in records) / len(records)}
+    if any("stopped_by" in r for r in records):
+        metrics["stopped_at_cap"] = float(sum(r.get("stopped_by") == "cap" for r in records))
+    return metrics

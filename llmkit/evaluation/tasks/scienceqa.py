@@ -137,13 +137,17 @@ def hgivr_prompt(problem: dict[str, Any], descriptions: list[str], history: list
     return [{"role": "user", "content": "\n".join(lines) + "\n" + INSTRUCTION}]
 
 
-def _final_output(choice: int | None, calls: int) -> GenerationOutput:
+def _final_output(choice: int | None, calls: int, stopped_by: str | None = None) -> GenerationOutput:
+    """The strategy's answer as one output; its per-question record (calls, how it stopped) in metadata."""
     text = f"The answer is ({LETTERS[choice]})." if choice is not None else "(no answer)"
-    return GenerationOutput(prompt_text=f"[{calls} model calls]", completions=[Completion(text, [], "stop")])
+    record: dict[str, Any] = {"calls": calls, **({"stopped_by": stopped_by} if stopped_by else {})}
+    return GenerationOutput(prompt_text=f"[{calls} model calls]", completions=[Completion(text, [], "stop")],
+                            metadata={"strategy": record})
 
 
 def run_scienceqa_strategy(task: "ScienceQA", strategy: str, problems, generator, params: SamplingParams, cfg):
-    """H-GIVR or self-consistency on ScienceQA; returns (one final-answer output per problem, metrics, settings).
+    """H-GIVR or self-consistency on ScienceQA: one final-answer output per problem, each with its
+    per-question record in `metadata["strategy"]` (the harness turns those into metrics).
 
     Text-only models: the description is the problem's context (hint + caption), so describing costs
     no call and re-observation adds nothing new; the call count is answers only, as in the paper.
@@ -156,8 +160,7 @@ def run_scienceqa_strategy(task: "ScienceQA", strategy: str, problems, generator
         outs = generator.generate([task.prompt(p, chat=True) for p in problems], sampled)
         choices = [[extract_choice(c.text, p["choices"]) for c in o.completions] for p, o in zip(problems, outs)]
         finals = self_consistency(choices)
-        return ([_final_output(f, cfg.sc_samples) for f in finals], {"responses_per_question": float(cfg.sc_samples)},
-                {"samples": cfg.sc_samples, "temperature": cfg.sc_temperature})
+        return [_final_output(f, cfg.sc_samples) for f in finals]
     if strategy != "hgivr":
         raise ValueError(strategy)
     by_index = {i: p for i, p in enumerate(problems)}
@@ -171,7 +174,4 @@ def run_scienceqa_strategy(task: "ScienceQA", strategy: str, problems, generator
         return [extract_choice(o.completions[0].text, by_index[i]["choices"]) for i, o in zip(indices, outs)]
 
     traces = run_hgivr(list(by_index), describe, answer, cfg.hgivr_max_rounds, cfg.hgivr_consecutive, describe_is_call=False)
-    mean_calls = sum(t.answer_calls for t in traces) / len(traces)
-    metrics = {"responses_per_question": mean_calls, "stopped_at_cap": float(sum(t.stopped_by == "cap" for t in traces))}
-    settings = {"max_rounds": cfg.hgivr_max_rounds, "consecutive": cfg.hgivr_consecutive}
-    return [_final_output(t.final, t.answer_calls) for t in traces], metrics, settings
+    return [_final_output(t.final, t.answer_calls, t.stopped_by) for t in traces]
