@@ -3,6 +3,9 @@
     python benchmarks/sft_throughput.py                       # SmolLM2 LoRA and full fine-tuning, CPU fp32
     python benchmarks/sft_throughput.py --modes lora --steps 20 --batch 8 --max_length 512   # GPU (bf16 auto)
     python benchmarks/sft_throughput.py --modes lora --packings none,dynamic,padding_free --batch 16 --max_length 1024
+    # padding_free uses per-example attention on sdpa/eager models; padding_free_masked keeps the
+    # model's block-diagonal mask over the whole row (TrainerConfig.padding_free_attention: model)
+    python benchmarks/sft_throughput.py --modes lora --packings padding_free,padding_free_masked --batch 16
 
 Prints a table and appends it to benchmarks/RESULTS.md with the machine, the date and the command.
 """
@@ -44,6 +47,9 @@ def run_mode(mode: str, packing: str, args) -> dict:
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     set_seed(0)
+    label = packing
+    attention = "model" if packing == "padding_free_masked" else "per_example"
+    packing = "padding_free" if packing == "padding_free_masked" else packing
     model_cfg = ModelConfig(name=args.model, lora=LoraSettings(r=16, alpha=32, dropout=0.0) if mode == "lora" else None)
     model, tokenizer = load_model_and_tokenizer(model_cfg)
     data = load_sft_data(
@@ -55,7 +61,7 @@ def run_mode(mode: str, packing: str, args) -> dict:
         cfg = TrainerConfig(
             output_dir=out, max_steps=args.steps, per_device_batch_size=args.batch, gradient_accumulation_steps=1,
             learning_rate=2e-4 if mode == "lora" else 2e-5, lr_scheduler="constant", save_final_model=False,
-            packing=packing, packing_max_length=args.packing_max_length,
+            packing=packing, packing_max_length=args.packing_max_length, padding_free_attention=attention,
             # packing: random micro-batches as in the paper; otherwise the trainer's default length grouping
             group_by_length=packing == "none" and not args.no_group_by_length,
         )
@@ -72,7 +78,8 @@ def run_mode(mode: str, packing: str, args) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "mode": mode,
-        "packing": packing,
+        "packing": label,
+        "attention": model.config._attn_implementation if packing == "padding_free" else "sdpa",
         "group_by_length": cfg.group_by_length,
         "examples_per_row": sum(r["examples_per_row"] for r in rows) / len(rows),
         "trainable_params_M": trainable / 1e6,
@@ -97,7 +104,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--rows", type=int, default=512)
-    parser.add_argument("--packings", default="none", help="comma list of none, dynamic, padding_free")
+    parser.add_argument("--packings", default="none",
+                        help="comma list of none, dynamic, padding_free, padding_free_masked (block-diagonal mask)")
     parser.add_argument("--packing_max_length", type=int, default=2048)
     parser.add_argument("--no_group_by_length", action="store_true", help="packing none: random micro-batches")
     parser.add_argument("--no_append", action="store_true", help="print only; do not append to RESULTS.md")
@@ -117,12 +125,12 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.exit(f"{mode}/{packing} failed:\n{proc.stderr[-3000:]}")
             results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
-    header = ("| mode | packing | group by length | precision | trainable M | s/step | input tok/s | target tok/s | padding | "
+    header = ("| mode | packing | attention | group by length | precision | trainable M | s/step | input tok/s | target tok/s | padding | "
               "examples/row | peak GiB | loss (last) | wall s |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in results:
         lines.append(
-            f"| {r['mode']} | {r['packing']} | {r['group_by_length']} | {r['precision']} | {r['trainable_params_M']:.2f} | "
+            f"| {r['mode']} | {r['packing']} | {r.get('attention', 'sdpa')} | {r['group_by_length']} | {r['precision']} | {r['trainable_params_M']:.2f} | "
             f"{r['step_s']:.2f} | {r['input_tok_s']:.0f} | {r['target_tok_s']:.0f} | {r['padding']:.1%} | "
             f"{r['examples_per_row']:.2f} | {r['peak_GiB']:.2f} | {r['final_loss']:.3f} | {r['wall_s']:.0f} |"
         )
