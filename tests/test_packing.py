@@ -196,6 +196,11 @@ def test_per_example_attention_equals_block_diagonal_sdpa():
     torch.testing.assert_close(per_example_causal_attention(q, k, v, lengths)[0, :, 3], v[0, :, 3])
     with pytest.raises(ValueError, match="sum to 10"):
         per_example_causal_attention(q, k, v, [3, 7 - 1, 1])
+    # grouped-query attention: 4 query heads share 2 KV heads, as with the KV heads repeated
+    q4 = torch.randn(1, 4, 11, 8, generator=gen)
+    repeated = [t.repeat_interleave(2, dim=1) for t in (k, v)]
+    torch.testing.assert_close(per_example_causal_attention(q4, k, v, lengths),
+                               per_example_causal_attention(q4, *repeated, lengths), atol=1e-6, rtol=0)
 
 
 @torch.no_grad()
@@ -222,9 +227,26 @@ def test_per_example_attention_refuses_unsuitable_models(tokenizer):
     model.config.model_type = "llama"
     model.config._attn_implementation = "flash_attention_2"
     assert "FlashAttention" in per_example_attention_unsupported(model)
+    model.config._attn_implementation = "eager"
+    assert "eager" in per_example_attention_unsupported(model)
     model.config._attn_implementation = "sdpa"
+    model.config.layer_types = ["full_attention", "sliding_attention"]
+    assert "sliding_attention layers" in per_example_attention_unsupported(model)
+    model.config.layer_types = None
     model.config.sliding_window = 16
     assert "sliding" in per_example_attention_unsupported(model)
+
+
+def test_per_example_attention_refuses_a_row_it_cannot_split():
+    """No mask was built for a single row; without position ids the function must not fall back to plain SDPA."""
+    from llmkit.train.packed_attention import per_example_sdpa_forward
+
+    q = torch.randn(1, 2, 5, 8)
+    module = torch.nn.Module()
+    with pytest.raises(RuntimeError, match="without position ids"):
+        per_example_sdpa_forward(module, q, q, q, None)
+    out, _ = per_example_sdpa_forward(module, q, q, q, None, position_ids=torch.tensor([[0, 1, 0, 1, 2]]))
+    assert out.shape == (1, 5, 2, 8)
 
 
 @torch.no_grad()

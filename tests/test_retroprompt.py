@@ -525,7 +525,7 @@ def grid_module():
 
 
 def test_grid_overrides_select_split_shots_and_arm(grid_module):
-    args = grid_module.run_overrides("sst2", 4, 21, "knn_train", {16: 8, 4: 2})
+    args = grid_module.run_overrides("files", 4, 21, "knn_train")
     pairs = dict(zip(args[::2], args[1::2]))
     assert pairs["--trainer.seed"] == "21" and pairs["--method.shots_per_class"] == "4"
     assert pairs["--method.retroprompt.demo_topk"] == "2"
@@ -533,7 +533,13 @@ def test_grid_overrides_select_split_shots_and_arm(grid_module):
     assert (pairs["--method.retroprompt.use_demonstrations"], pairs["--method.retroprompt.knn_train"],
             pairs["--method.retroprompt.knn_infer"]) == ("false", "true", "false")
     # ScienceQA draws its k-shot rows from the config's pool with the seed: no train_path override
-    assert "--method.train_path" not in grid_module.run_overrides("scienceqa", 16, 13, "full", {16: 8})
+    assert "--method.train_path" not in grid_module.run_overrides("text_hash", 16, 13, "full")
+    assert dict(zip(*[iter(grid_module.run_overrides("text_hash", 16, 13, "full"))] * 2))["--method.retroprompt.demo_topk"] == "8"
+    from conftest import REPO_ROOT
+
+    configs = REPO_ROOT / "recipes" / "retroprompt" / "configs"
+    assert grid_module.task_split(str(configs / "smollm2_scienceqa_subject.yaml")) == "text_hash"
+    assert grid_module.task_split(str(configs / "smollm2_sst2.yaml")) == "files"
 
 
 def test_grid_summary_hand_computed(grid_module):
@@ -547,12 +553,12 @@ def test_grid_summary_hand_computed(grid_module):
     }
     table = grid_module.summarise(results, [16, 4], [13, 21])
     plain = table["plain prompt tuning"][16]
-    assert plain["mean"] == pytest.approx(75.0) and plain["std"] == pytest.approx(math.sqrt(50.0))  # (80, 70), ddof 1
+    assert plain["mean"] == pytest.approx(75.0) and plain["std"] == pytest.approx(5.0)  # (80, 70), ddof 0 as LM-BFF
     assert table["+ kNN inference"][16]["mean"] == pytest.approx(80.0)  # the plain runs' interpolated accuracy
     assert table["full RetroPrompt"][16] == {"mean": pytest.approx(60.0), "std": 0.0, "n": 1, "values": [pytest.approx(60.0)]}
     assert 16 not in table["+ neural demonstrations"]
     text = grid_module.markdown(table, [16, 4], [13, 21])
-    assert "| plain prompt tuning | 75.0 ± 7.1 | 50.0 ± 0.0 (1/2) |" in text
+    assert "| plain prompt tuning | 75.0 ± 5.0 | 50.0 ± 0.0 (1/2) |" in text
     assert "| + neural demonstrations | – | – |" in text
 
 
@@ -575,3 +581,9 @@ def test_grid_runs_tabulates_and_resumes(grid_module, tmp_path, capsys):
     # a second call finds every results.json and trains nothing
     assert grid_module.main(argv) == 0
     assert "4shot-seed13" not in capsys.readouterr().out.split("| arm")[0]
+    # the same root with another schedule is refused rather than mixed into the table
+    with pytest.raises(SystemExit, match="made by another command"):
+        grid_module.main([a if a != "2" else "3" for a in argv])
+    # overrides the grid sets per run are refused after `--`
+    with pytest.raises(SystemExit):
+        grid_module.main(argv + ["--trainer.seed", "5"])

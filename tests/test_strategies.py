@@ -152,12 +152,17 @@ def test_interrupted_hgivr_run_resumes_to_the_same_results(tmp_path):
     # other generation settings: refused, naming the setting
     with pytest.raises(ConfigError, match="hgivr_max_rounds: 10 there, 4 now"):
         run_eval(task, FakeGenerator(), EvalConfig(**{**cfg.__dict__, "resume": True, "hgivr_max_rounds": 4}))
-    # a torn last line (killed mid-write) is dropped and that problem is generated again
+    # a torn last line (killed mid-write) is dropped, and the file is cleaned so that the next chunks append
+    # on a line of their own: interrupted again in its last chunk, the journal still reads back
     with partial.open("a") as fh:
         fh.write('{"id": "half')
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(task, InterruptingGenerator(fail_on=4), EvalConfig(**{**cfg.__dict__, "resume": True}))
+    lines = partial.read_text().splitlines()
+    assert len(lines) == 1 + 16 and all(json.loads(line) for line in lines)
     resumed_gen = FakeGenerator()
     resumed = run_eval(task, resumed_gen, EvalConfig(**{**cfg.__dict__, "resume": True}))
-    assert resumed["resumed_problems"] == 8 and resumed_gen.calls == 12 * 3  # only the 12 missing problems, 3 rounds
+    assert resumed["resumed_problems"] == 16 and resumed_gen.calls == 4 * 3  # only the 4 missing problems, 3 rounds
     assert resumed["metrics"] == reference["metrics"]
     assert not partial.exists()  # the results are complete: samples.jsonl holds everything
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
@@ -174,9 +179,9 @@ def test_resume_refuses_a_partial_file_of_other_problems(tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    settings = {k: getattr(EvalConfig(task="scienceqa-text"), k) for k in
-                ("task", "model", "backend", "data_path", "chat", "n", "temperature", "top_p", "max_new_tokens", "seed",
-                 "strategy", "hgivr_max_rounds", "hgivr_consecutive", "sc_samples", "sc_temperature")}
+    from llmkit.evaluation.harness import GENERATION_FIELDS
+
+    settings = {k: getattr(EvalConfig(task="scienceqa-text", limit=5), k) for k in GENERATION_FIELDS}
     (out / "partial.jsonl").write_text(__import__("json").dumps({"settings": settings}) + "\n" +
                                        '{"id": "not-a-problem", "output": {"prompt_text": "", "completions": []}}\n')
     with pytest.raises(ConfigError, match="not in this task's problems"):
@@ -186,3 +191,35 @@ def test_resume_refuses_a_partial_file_of_other_problems(tmp_path):
     with pytest.raises(ConfigError, match="no settings header"):
         run_eval(get_task("scienceqa-text"), FakeGenerator(),
                  EvalConfig(task="scienceqa-text", limit=5, resume=True, output_dir=str(out)))
+
+
+def test_chunks_get_distinct_seeds_and_a_missing_strategy_record_is_an_error(tmp_path, monkeypatch):
+    import pytest
+
+    from llmkit.evaluation.harness import EvalConfig, clear_partial, run_eval
+    from llmkit.evaluation.tasks import get_task
+
+    class SeedRecorder(FakeGenerator):
+        def __init__(self):
+            super().__init__()
+            self.seeds = []
+
+        def generate(self, prompts, params):
+            self.seeds.append(params.seed)
+            return super().generate(prompts, params)
+
+    gen = SeedRecorder()
+    run_eval(get_task("scienceqa-text"), gen, EvalConfig(task="scienceqa-text", limit=10, chunk_size=4, seed=7,
+                                                         output_dir=str(tmp_path / "a")))
+    assert gen.seeds == [7, 11, 15]  # seed + the chunk's first problem position
+
+    class NoRecord(FakeGenerator):
+        pass
+
+    task = get_task("scienceqa-text")
+    monkeypatch.setattr(type(task), "run_strategy", lambda self, strategy, problems, generator, params, cfg:
+                        generator.generate([self.prompt(p, True) for p in problems], params))
+    with pytest.raises(RuntimeError, match="without their per-question record"):
+        run_eval(task, NoRecord(), EvalConfig(task="scienceqa-text", strategy="hgivr", limit=3,
+                                              output_dir=str(tmp_path / "b")))
+    assert clear_partial(tmp_path / "b") is True and clear_partial(tmp_path / "b") is False

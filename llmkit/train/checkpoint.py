@@ -19,15 +19,20 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to `path` via a temporary file, fsync and rename."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` via a temporary file, fsync and rename: readers see the old or the new file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w") as fh:
-        json.dump(data, fh, indent=2, default=str)
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to `path` via a temporary file, fsync and rename."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def complete_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:

@@ -14,9 +14,10 @@ padding-free row (a 2-D padding mask, a KV cache, decoding, one example per row)
 own ``sdpa`` with the mask ``sdpa`` would have built, so the model stays usable for evaluation and
 generation.
 
-Only for models whose causal mask has no other ingredient (no sliding window, no bidirectional image
-tokens): `use_per_example_attention` checks the architecture against `PER_EXAMPLE_MODEL_TYPES` and the
-config, and the trainer's `check_packing_isolation` compares packed and separate logits before any step.
+Only for ``sdpa`` models whose causal mask has no other ingredient (no sliding window, no bidirectional
+image tokens): `use_per_example_attention` checks the architecture against `PER_EXAMPLE_MODEL_TYPES` and
+the config (``eager`` is left alone: it is chosen for its attention weights), and the trainer's
+`check_packing_isolation` compares packed and separate logits before any step.
 """
 
 from __future__ import annotations
@@ -58,12 +59,13 @@ def per_example_causal_attention(
 ) -> torch.Tensor:
     """Causal attention within each example of a packed row, never across examples.
 
-    query/key/value: (1, heads, seq, head_dim) with equal head counts (repeat grouped KV heads first);
-    `lengths` sums to seq. Returns (1, heads, seq, head_dim), equal to SDPA with a block-diagonal causal
-    mask but computing only Σ lengths² scores.
+    query: (1, heads, seq, head_dim); key/value: (1, kv_heads, seq, head_dim) with kv_heads dividing heads
+    (grouped-query attention); `lengths` sums to seq. Returns (1, heads, seq, head_dim), equal to SDPA with
+    a block-diagonal causal mask but computing only Σ lengths² scores.
     """
     if sum(lengths) != query.shape[2]:
         raise ValueError(f"segment lengths sum to {sum(lengths)}, the row has {query.shape[2]} tokens")
+    gqa = key.shape[1] != query.shape[1]
     outputs = []
     start = 0
     for length in lengths:
@@ -71,19 +73,11 @@ def per_example_causal_attention(
         outputs.append(
             F.scaled_dot_product_attention(
                 query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-                dropout_p=dropout, is_causal=length > 1, scale=scaling,
+                dropout_p=dropout, is_causal=length > 1, scale=scaling, enable_gqa=gqa,
             )
         )
         start = end
     return torch.cat(outputs, dim=2)
-
-
-def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
-    """Grouped-query attention: repeat each KV head `groups` times (as transformers' `repeat_kv`)."""
-    if groups == 1:
-        return states
-    batch, heads, seq, dim = states.shape
-    return states[:, :, None].expand(batch, heads, groups, seq, dim).reshape(batch, heads * groups, seq, dim)
 
 
 def per_example_sdpa_forward(
@@ -103,20 +97,19 @@ def per_example_sdpa_forward(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
-    packed = (
-        attention_mask is None
-        and position_ids is not None
-        and query.shape[0] == 1
-        and query.shape[2] == key.shape[2]
-        and getattr(module, "is_causal", True)
-    )
-    lengths = segment_lengths(position_ids) if packed else []
+    single_row = attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
+    if single_row and (position_ids is None or not getattr(module, "is_causal", True)):
+        # `per_example_sdpa_mask` returned no mask for this row, trusting this function to split it; without
+        # position ids (or with a non-causal module) it cannot, and plain SDPA could mix packed examples.
+        raise RuntimeError(
+            f"{PER_EXAMPLE_SDPA}: a single unpadded row reached attention without position ids or with a non-causal "
+            f"module ({type(module).__name__}); this model does not suit per-example attention"
+        )
+    # (segment_lengths runs once per layer: a few microseconds on CPU; GPUs use FlashAttention varlen instead)
+    lengths = segment_lengths(position_ids) if single_row else []
     if len(lengths) < 2 or sum(lengths) != query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
-    output = per_example_causal_attention(
-        query, _repeat_kv(key, groups), _repeat_kv(value, groups), lengths, scaling=scaling, dropout=dropout
-    )
+    output = per_example_causal_attention(query, key, value, lengths, scaling=scaling, dropout=dropout)
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -156,13 +149,18 @@ def per_example_attention_unsupported(model) -> str | None:
     if config is None:
         return "the model has no config"
     impl = getattr(config, "_attn_implementation", None)
-    if impl not in ("sdpa", "eager", PER_EXAMPLE_SDPA):
+    if impl == "eager":
+        return "its attention is 'eager' (kept as chosen, e.g. for attention weights; sdpa switches)"
+    if impl not in ("sdpa", PER_EXAMPLE_SDPA):
         return f"its attention is '{impl}' (FlashAttention and flex already work per example)"
     model_type = getattr(config, "model_type", None)
     if model_type not in PER_EXAMPLE_MODEL_TYPES:
         return f"model type '{model_type}' is not among {list(PER_EXAMPLE_MODEL_TYPES)}"
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return "it uses sliding-window attention"
+    other_layers = sorted({t for t in getattr(config, "layer_types", None) or [] if t != "full_attention"})
+    if other_layers:
+        return f"it has {', '.join(other_layers)} layers"
     if not getattr(config, "is_causal", True):
         return "its attention is not causal"
     return None

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def evaluate_tasks(cfg: CodeSelectionConfig) -> str:
     """Greedy harness runs of the saved model on `method.eval_tasks`, into output_dir/eval-<task>/."""
-    from llmkit.evaluation.harness import EvalConfig, run_eval
+    from llmkit.evaluation.harness import EvalConfig, clear_partial, run_eval
     from llmkit.evaluation.tasks import get_task
     from llmkit.generation import build_generator
 
@@ -154,6 +154,7 @@ def evaluate_tasks(cfg: CodeSelectionConfig) -> str:
         ecfg = EvalConfig(task=name, model=cfg.trainer.output_dir, backend=cfg.method.eval_backend, output_dir=str(out),
                           limit=cfg.method.eval_limit, max_new_tokens=cfg.method.eval_max_new_tokens)
         task.load(ecfg.limit)
+        clear_partial(out)  # an interrupted evaluation here was of earlier weights: start it again
         results = run_eval(task, generator, ecfg)
         lines.append(f"{name} {results['metrics']}")
     return "; ".join(lines)

@@ -5,15 +5,18 @@
     # a shortened CPU schedule: any recipe override after `--` goes to every run
     python recipes/retroprompt/grid.py --config recipes/retroprompt/configs/smollm2_sst2.yaml --root outputs/retro-grid-cpu \\
         --seeds 13 21 42 --shots 16 -- --trainer.max_steps 40 --trainer.eval_steps 0 --method.eval_limit 300
-    # ScienceQA subject task (k-shot drawn per seed from the text-hash pool)
-    python recipes/retroprompt/grid.py --config recipes/retroprompt/configs/smollm2_scienceqa_subject.yaml --task scienceqa ...
+    # ScienceQA subject task (the config's text-hash split: k-shot rows drawn per seed from the pool)
+    python recipes/retroprompt/grid.py --config recipes/retroprompt/configs/smollm2_scienceqa_subject.yaml --root ...
 
 Arms (the issue's table): plain prompt tuning; + neural demonstrations; + kNN-guided training; + kNN
 inference (the plain run's kNN-interpolated accuracy: the same training, so no extra run); full RetroPrompt
 (all three). Each run is `recipes/retroprompt/train.py` in its own process, in
-`ROOT/<shots>shot-seed<seed>-<arm>/`; a run whose results.json exists is not repeated, so an interrupted
-grid resumes. The table (`ROOT/grid.md`, `ROOT/grid.json`) reports accuracy in %, mean ± sample std
-(ddof 1) over the seeds that finished, with the count when some are missing.
+`ROOT/<shots>shot-seed<seed>-<arm>/` with its command in `command.json`; a run whose results.json exists
+and whose command is the same is not repeated, so an interrupted grid resumes (a finished run made by
+another command is an error: use another --root). The table (`ROOT/grid.md`, `ROOT/grid.json`) reports
+accuracy in %, mean ± standard deviation over the seeds that finished (population std, ddof 0, as
+LM-BFF's `gather_result.py`, whose seeds and protocol the paper follows), with the count when some
+are missing.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+
+import yaml
 import subprocess
 import sys
 from pathlib import Path
@@ -45,11 +50,25 @@ TABLE_ROWS: dict[str, tuple[str, str]] = {
 }
 
 
-def run_overrides(task: str, shots: int, seed: int, arm: str, topk_per_shot: dict[int, int]) -> list[str]:
-    """Recipe command-line overrides of one run (task split, k, seed, arm switches)."""
+# Overrides the grid sets itself; passing them after `--` would contradict the run folders' names.
+GRID_KEYS = ("--trainer.seed", "--trainer.output_dir", "--method.shots_per_class", "--method.train_path",
+             "--method.retroprompt.demo_topk", "--method.retroprompt.use_demonstrations",
+             "--method.retroprompt.knn_train", "--method.retroprompt.knn_infer")
+DEMO_TOPK = {16: 8, 4: 2}  # demonstration neighbours per class: 8 at 16-shot (the configs), 2 at 4-shot
+
+
+def task_split(config_path: str) -> str:
+    """"text_hash" when the config draws its k-shot rows from a pool (ScienceQA subject), else "files"
+    (per-seed LM-BFF k-shot files, SST-2)."""
+    config = yaml.safe_load(Path(config_path).read_text()) or {}
+    return (config.get("method") or {}).get("split", "files")
+
+
+def run_overrides(split: str, shots: int, seed: int, arm: str) -> list[str]:
+    """Recipe command-line overrides of one run (k-shot data, k, seed, arm switches)."""
     args = ["--trainer.seed", str(seed), "--method.shots_per_class", str(shots),
-            "--method.retroprompt.demo_topk", str(topk_per_shot.get(shots, min(8, shots)))]
-    if task == "sst2":
+            "--method.retroprompt.demo_topk", str(DEMO_TOPK.get(shots, min(8, shots)))]
+    if split == "files":
         args += ["--method.train_path", f"sst2/k-shot/16-{seed}/train.jsonl"]  # 4-shot: the first 4 per class
     for switch, value in TRAINING_ARMS[arm].items():
         args += [f"--method.retroprompt.{switch}", value]
@@ -57,10 +76,10 @@ def run_overrides(task: str, shots: int, seed: int, arm: str, topk_per_shot: dic
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof 1; 0.0 for a single value)."""
+    """Mean and population standard deviation (ddof 0, as LM-BFF reports over its 5 seeds)."""
     if not values:
         raise ValueError("no values")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.pstdev(values)
 
 
 def summarise(results: dict[tuple[int, int, str], dict[str, Any]], shots: list[int], seeds: list[int]) -> dict[str, Any]:
@@ -105,26 +124,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--root", required=True, help="folder of the grid's runs and table")
-    parser.add_argument("--task", choices=("sst2", "scienceqa"), default="sst2",
-                        help="sst2: per-seed LM-BFF k-shot files; scienceqa: the config's text-hash split, drawn per seed")
     parser.add_argument("--shots", type=int, nargs="+", default=[16, 4])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--arms", nargs="+", default=list(TRAINING_ARMS), choices=list(TRAINING_ARMS))
     parser.add_argument("--summarise_only", action="store_true", help="only tabulate the runs already finished")
     args = parser.parse_args(argv)
+    clashing = [a for a in extra if a.split("=")[0] in GRID_KEYS]
+    if clashing:
+        parser.error(f"{', '.join(clashing)}: set by the grid for each run; use --seeds/--shots/--arms/--root")
+    split = task_split(args.config)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    topk = {16: 8, 4: 2}  # the config's 16-shot demo_topk 8; 4-shot uses 2 (see configs/smollm2_sst2.yaml)
     runs = [(k, s, a) for k in args.shots for s in args.seeds for a in args.arms]
     failed = []
     for i, (k, seed, arm) in enumerate(runs, 1):
         out = root / f"{k}shot-seed{seed}-{arm}"
+        recipe_args = ["--config", args.config, "--trainer.output_dir", str(out), *run_overrides(split, k, seed, arm), *extra]
+        if (out / "command.json").exists():
+            earlier = json.loads((out / "command.json").read_text())["recipe_args"]
+            if earlier != recipe_args:
+                sys.exit(f"{out} was made by another command ({' '.join(earlier)}); use another --root")
         if (out / "results.json").exists() or args.summarise_only:
             continue
-        cmd = [sys.executable, str(RECIPE), "--config", args.config, "--trainer.output_dir", str(out),
-               *run_overrides(args.task, k, seed, arm, topk), *extra]
+        cmd = [sys.executable, str(RECIPE), *recipe_args]
         print(f"[{i}/{len(runs)}] {' '.join(cmd)}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
+        (out / "command.json").write_text(json.dumps({"recipe_args": recipe_args}, indent=2))
         with open(out / "run.log", "w") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
         if code != 0:
@@ -138,10 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     table = summarise(results, args.shots, args.seeds)
     text = markdown(table, args.shots, args.seeds)
     (root / "grid.md").write_text(
-        f"config: `{args.config}`, task {args.task}, seeds {args.seeds}, overrides `{' '.join(extra)}`\n\n{text}\n"
+        f"config: `{args.config}` (k-shot data: {split}), seeds {args.seeds}, overrides `{' '.join(extra)}`; "
+        f"accuracy %, mean ± std (ddof 0)\n\n{text}\n"
     )
-    (root / "grid.json").write_text(json.dumps({str(r): {str(k): c for k, c in cells.items()} for r, cells in table.items()},
-                                               indent=2))
+    (root / "grid.json").write_text(json.dumps({
+        "config": args.config, "split": split, "seeds": args.seeds, "shots": args.shots, "overrides": extra,
+        "table": {r: {str(k): c for k, c in cells.items()} for r, cells in table.items()},
+    }, indent=2))
     print(text)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -57,6 +57,7 @@ from llmkit.prompting.retroprompt import (
 from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
 from llmkit.train import Trainer, build_accelerator
 from llmkit.train.batching import process_micro_batches, step_indices
+from llmkit.train.checkpoint import write_json_atomic
 
 logger = logging.getLogger("recipes.retroprompt")
 
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
                   "seed": cfg.trainer.seed, "refreshes": trainer.refreshes}
         if method.split == "text_hash":
             report.update(split="text_hash", split_seed=split_seed, train_rows=[r.get("_source") for r in train_rows])
-        (out / "results.json").write_text(json.dumps(report, indent=2))
+        write_json_atomic(out / "results.json", report)  # the grid driver treats an existing file as a finished run
         print(f"done: {result}; eval {scores}; results.json, model and metrics.jsonl are in {out}")
 
 
