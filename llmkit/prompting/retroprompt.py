@@ -472,6 +472,18 @@ def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions[None, :] * attention_mask.long()).argmax(dim=1)
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether the (unwrapped: DDP, peft) model's forward takes transformers' `logits_to_keep`."""
+    import inspect
+
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def label_position_forward(
     model, batch: dict[str, Any], label_word_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None
 ) -> LabelPositionOutput:
@@ -491,6 +503,10 @@ def label_position_forward(
         inputs = {"inputs_embeds": inputs_embeds}
     else:
         inputs = {"input_ids": batch["input_ids"]}
+    if _accepts_logits_to_keep(model):
+        # Only the label position's features are used: skip the vocabulary projection of every position
+        # (for SmolLM2, 49k × 576 multiply-adds per token, ~20% of the forward), keeping one position.
+        inputs["logits_to_keep"] = 1
     outputs = model(**inputs, attention_mask=attention_mask, output_hidden_states=True)
     final_hidden = outputs.hidden_states[-1]
     rows = torch.arange(final_hidden.shape[0], device=final_hidden.device)
