@@ -584,6 +584,9 @@ def test_grid_runs_tabulates_and_resumes(grid_module, tmp_path, capsys):
     # the same root with another schedule is refused rather than mixed into the table
     with pytest.raises(SystemExit, match="made by another command"):
         grid_module.main([a if a != "2" else "3" for a in argv])
+    with pytest.raises(SystemExit):  # a missing config is a one-line usage error, before any folder is made
+        grid_module.main(["--config", str(tmp_path / "missing.yaml"), "--root", str(tmp_path / "other")])
+    assert not (tmp_path / "other").exists()
     # overrides the grid sets per run are refused after `--`
     with pytest.raises(SystemExit):
         grid_module.main(argv + ["--trainer.seed", "5"])

@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     clashing = [a for a in extra if a.split("=")[0] in GRID_KEYS]
     if clashing:
         parser.error(f"{', '.join(clashing)}: set by the grid for each run; use --seeds/--shots/--arms/--root")
+    if not Path(args.config).is_file():
+        parser.error(f"--config {args.config}: no such file")
     split = task_split(args.config)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
