@@ -1,6 +1,6 @@
 """Code data selection (CodeACT CDAS or distribution-consistent selection) + SFT with Dynamic Pack.
 
-    accelerate launch recipes/code_selection/train.py --config recipes/code_selection/configs/smollm2_cdas.yaml
+    accelerate launch recipes/code_selection/train.py --config recipes/code_selection/configs/smollm2_codealpaca.yaml
     python recipes/code_selection/train.py --config recipes/code_selection/configs/tiny_cpu.yaml
 
 The loop, top to bottom: (1) select a subset of the pool named by `data` (main process; scores and
