@@ -525,7 +525,7 @@ def grid_module():
 
 
 def test_grid_overrides_select_split_shots_and_arm(grid_module):
-    args = grid_module.run_overrides("files", 4, 21, "knn_train")
+    args = grid_module.run_overrides("files", 4, 21, "knn_train", "sst2/k-shot/16-13/train.jsonl")
     pairs = dict(zip(args[::2], args[1::2]))
     assert pairs["--trainer.seed"] == "21" and pairs["--method.shots_per_class"] == "4"
     assert pairs["--method.retroprompt.demo_topk"] == "2"
@@ -535,11 +535,41 @@ def test_grid_overrides_select_split_shots_and_arm(grid_module):
     # ScienceQA draws its k-shot rows from the config's pool with the seed: no train_path override
     assert "--method.train_path" not in grid_module.run_overrides("text_hash", 16, 13, "full")
     assert dict(zip(*[iter(grid_module.run_overrides("text_hash", 16, 13, "full"))] * 2))["--method.retroprompt.demo_topk"] == "8"
-    from conftest import REPO_ROOT
 
-    configs = REPO_ROOT / "recipes" / "retroprompt" / "configs"
-    assert grid_module.task_split(str(configs / "smollm2_scienceqa_subject.yaml")) == "text_hash"
-    assert grid_module.task_split(str(configs / "smollm2_sst2.yaml")) == "files"
+
+def test_grid_seeded_train_path_follows_the_config(grid_module):
+    from llmkit.errors import ConfigError
+
+    # the seed is replaced in the config's own k-shot file, whatever the task's folder
+    assert grid_module.seeded_train_path("mr/k-shot/16-13/train.jsonl", 87) == "mr/k-shot/16-87/train.jsonl"
+    assert grid_module.seeded_train_path("/data/sst-2/16-100/train.tsv", 42) == "/data/sst-2/16-42/train.tsv"
+    with pytest.raises(ConfigError, match="not an LM-BFF k-shot file"):
+        grid_module.seeded_train_path("sst2/train.jsonl", 13)
+
+
+def test_grid_refuses_its_own_keys_in_any_spelling(grid_module):
+    from llmkit.errors import ConfigError
+
+    config_cls = grid_module.recipe_config_class()
+    grid_module.check_overrides(config_cls, ["--trainer.max_steps", "40", "--method.eval_limit=300"])  # allowed
+    for extra in (["--trainer.seed", "5"], ["--seed", "5"], ["--trainer.seed=5"], ["--output-dir", "x"],
+                  ["--shots_per_class", "16"], ["--method.train_path", "a/16-1/b"], ["--method.split", "files"],
+                  ["--method.retroprompt.knn_train", "true"], ["--trainer.resume"]):
+        with pytest.raises(ConfigError, match="set by the grid"):
+            grid_module.check_overrides(config_cls, extra)
+    with pytest.raises(ConfigError, match="--config"):
+        grid_module.check_overrides(config_cls, ["--config", "other.yaml"])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        grid_module.check_overrides(config_cls, ["--max_stepz", "40"])
+
+
+def test_grid_same_command_reads_paths_as_files(grid_module, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = ["--config", "recipes/x.yaml", "--trainer.output_dir", "runs/r1", "--trainer.seed", "13"]
+    b = ["--config", "./recipes/x.yaml", "--trainer.output_dir", str(tmp_path / "runs" / "r1"), "--trainer.seed", "13"]
+    assert grid_module.same_command(a, b)
+    assert not grid_module.same_command(a, [*b[:-1], "21"])
+    assert not grid_module.same_command(a, ["--config", "recipes/y.yaml", *b[2:]])
 
 
 def test_grid_summary_hand_computed(grid_module):
@@ -587,6 +617,27 @@ def test_grid_runs_tabulates_and_resumes(grid_module, tmp_path, capsys):
     with pytest.raises(SystemExit):  # a missing config is a one-line usage error, before any folder is made
         grid_module.main(["--config", str(tmp_path / "missing.yaml"), "--root", str(tmp_path / "other")])
     assert not (tmp_path / "other").exists()
-    # overrides the grid sets per run are refused after `--`
-    with pytest.raises(SystemExit):
-        grid_module.main(argv + ["--trainer.seed", "5"])
+    # overrides the grid sets per run are refused after `--`, in any spelling, before a run starts
+    # and so is a misspelled key (every run's config is loaded first), not found run by run
+    for clash in (["--trainer.seed", "5"], ["--seed=5"], ["--output_dir", str(tmp_path / "elsewhere")],
+                  ["--trainer.max_stepz", "3"]):
+        with pytest.raises(SystemExit):
+            grid_module.main([*argv[:2], "--root", str(tmp_path / "other"), *argv[4:], *clash])
+        assert not (tmp_path / "other").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_grid_continues_a_run_interrupted_after_a_checkpoint(grid_module, tmp_path):
+    from conftest import REPO_ROOT
+
+    config = str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu.yaml")
+    argv = ["--config", config, "--root", str(tmp_path), "--shots", "4", "--seeds", "13", "--arms", "plain",
+            "--", "--trainer.max_steps", "2", "--trainer.eval_steps", "0", "--trainer.save_steps", "1",
+            "--trainer.per_device_batch_size", "4", "--trainer.gradient_accumulation_steps", "1", "--method.eval_limit", "8"]
+    assert grid_module.main(argv) == 0
+    run = tmp_path / "4shot-seed13-plain"
+    assert sorted(p.name for p in run.glob("checkpoint-*"))  # the run saved checkpoints
+    # as if it had died after its checkpoints, before the end: the next call finishes it instead of failing
+    (run / "results.json").unlink()
+    assert grid_module.main(argv) == 0
+    assert (run / "results.json").exists()
+    assert "resum" in (run / "run.log").read_text().lower()

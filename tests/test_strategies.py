@@ -64,10 +64,12 @@ class FakeGenerator:
 
     def __init__(self):
         self.calls = 0
+        self.seeds = []
 
     def generate(self, prompts, params):
         from llmkit.generation.types import Completion, GenerationOutput
 
+        self.seeds.append(params.seed)
         outs = []
         for p in prompts:
             self.calls += 1
@@ -92,6 +94,10 @@ def test_hgivr_on_scienceqa_through_the_harness(tmp_path):
     results = run_eval(task, gen, cfg)
     # round 1 answers A, round 2 answers B (history present), round 3 B again: confirmed at 3 calls
     assert results["metrics"]["responses_per_question"] == 3.0 and gen.calls == 60
+    # each round samples with its own seed (the run's seed for the first), so sampled rounds are independent
+    from llmkit.evaluation.tasks.scienceqa import ROUND_SEED_STRIDE
+
+    assert gen.seeds == [cfg.seed, cfg.seed + ROUND_SEED_STRIDE, cfg.seed + 2 * ROUND_SEED_STRIDE]
     problems = task.load(20)
     expected = 100.0 * sum(p["answer"] == 1 for p in problems) / 20
     assert results["metrics"]["accuracy"] == expected
@@ -199,16 +205,7 @@ def test_chunks_get_distinct_seeds_and_a_missing_strategy_record_is_an_error(tmp
     from llmkit.evaluation.harness import EvalConfig, clear_partial, run_eval
     from llmkit.evaluation.tasks import get_task
 
-    class SeedRecorder(FakeGenerator):
-        def __init__(self):
-            super().__init__()
-            self.seeds = []
-
-        def generate(self, prompts, params):
-            self.seeds.append(params.seed)
-            return super().generate(prompts, params)
-
-    gen = SeedRecorder()
+    gen = FakeGenerator()  # records each call's seed
     run_eval(get_task("scienceqa-text"), gen, EvalConfig(task="scienceqa-text", limit=10, chunk_size=4, seed=7,
                                                          output_dir=str(tmp_path / "a")))
     assert gen.seeds == [7, 11, 15]  # seed + the chunk's first problem position
@@ -223,3 +220,46 @@ def test_chunks_get_distinct_seeds_and_a_missing_strategy_record_is_an_error(tmp
         run_eval(task, NoRecord(), EvalConfig(task="scienceqa-text", strategy="hgivr", limit=3,
                                               output_dir=str(tmp_path / "b")))
     assert clear_partial(tmp_path / "b") is True and clear_partial(tmp_path / "b") is False
+
+
+def test_resume_refuses_a_journal_of_other_weights_at_the_same_path(tmp_path):
+    """A local model retrained in place between an interrupted run and its resume is noticed (model_files)."""
+    import os
+
+    import pytest
+
+    from llmkit.errors import ConfigError
+    from llmkit.evaluation.harness import EvalConfig, generation_settings, model_fingerprint, run_eval
+    from llmkit.evaluation.tasks import get_task
+
+    model = tmp_path / "sft"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    (model / "eval").mkdir()  # an evaluation folder inside the model folder does not count
+    before = model_fingerprint(str(model))
+    (model / "eval" / "partial.jsonl").write_text("x\n")
+    (model / "metrics.jsonl").write_text("{}\n")
+    assert model_fingerprint(str(model)) == before and model_fingerprint("smollm2-135m-instruct") is None
+    assert "model_files" not in generation_settings(EvalConfig(model="smollm2-135m-instruct"))
+    assert generation_settings(EvalConfig(backend="openai", base_url="http://h:1/v1"))["base_url"] == "http://h:1/v1"
+
+    task = get_task("scienceqa-text")
+    cfg = EvalConfig(task="scienceqa-text", model=str(model), strategy="hgivr", limit=20, chunk_size=8,
+                     output_dir=str(model / "eval"))
+    (model / "eval" / "partial.jsonl").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(task, InterruptingGenerator(fail_on=5), cfg)
+    (model / "adapter_model.safetensors").write_bytes(b"\1" * 96)  # retrained: other weights, same path
+    with pytest.raises(ConfigError, match="model_files"):
+        run_eval(task, FakeGenerator(), EvalConfig(**{**cfg.__dict__, "resume": True}))
+
+
+def test_eval_config_rejects_counts_below_one():
+    import pytest
+
+    from llmkit.evaluation.harness import EvalConfig
+
+    for name in ("sc_samples", "hgivr_max_rounds", "n", "batch_size", "max_new_tokens"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 1"):
+            EvalConfig(**{name: 0, **({"k": []} if name == "n" else {})})

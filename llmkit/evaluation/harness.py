@@ -13,6 +13,7 @@ partial file is removed once the results are written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -103,6 +104,9 @@ class EvalConfig:
             raise ValueError(f"pass@k needs k <= n: k={self.k}, n={self.n}")
         if self.chunk_size < 0:
             raise ValueError(f"chunk_size must be >= 0, got {self.chunk_size}")
+        for name in ("n", "sc_samples", "hgivr_max_rounds", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 # EvalConfig fields that change what is generated: a partial run is resumed only when they all match.
@@ -111,6 +115,37 @@ GENERATION_FIELDS = ("task", "model", "backend", "data_path", "chat", "n", "temp
                      "seed", "strategy", "hgivr_max_rounds", "hgivr_consecutive", "sc_samples", "sc_temperature",
                      "batch_size", "chunk_size")
 PARTIAL_FILE = "partial.jsonl"
+# the files of a local model folder whose change means other weights (top level only: an evaluation's own
+# output folder may sit inside the model folder, and checkpoints/ are not what is loaded)
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+MODEL_FILE_NAMES = ("config.json", "adapter_config.json", "generation_config.json")
+
+
+def model_fingerprint(model: str) -> str | None:
+    """A digest of a local model's weight and config files (name, size, modification time), so that resuming
+    an evaluation notices weights retrained at the same path; None for a registry alias or hub id."""
+    path = Path(model)
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(
+        f for f in path.iterdir() if f.is_file() and (f.suffix in MODEL_FILE_SUFFIXES or f.name in MODEL_FILE_NAMES))
+    digest = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def generation_settings(cfg: EvalConfig) -> dict[str, Any]:
+    """What a partial run's journal must match to be resumed: the GENERATION_FIELDS, plus a fingerprint of a
+    local model's files (`model_files`) and, for the openai backend, the server's `base_url`."""
+    settings = {k: getattr(cfg, k) for k in GENERATION_FIELDS}
+    fingerprint = model_fingerprint(cfg.model)
+    if fingerprint is not None:
+        settings["model_files"] = fingerprint
+    if cfg.backend == "openai":
+        settings["base_url"] = cfg.base_url
+    return settings
 
 
 def strategy_settings(cfg: EvalConfig) -> dict[str, Any]:
@@ -198,7 +233,7 @@ def generate_in_chunks(task: Task, generator: Generator, cfg: EvalConfig, proble
     from llmkit.train.checkpoint import write_text_atomic  # lazy: llmkit.train imports the trainer stack
 
     path = out / PARTIAL_FILE
-    settings = {k: getattr(cfg, k) for k in GENERATION_FIELDS}
+    settings = generation_settings(cfg)
     ids = [str(p["id"]) for p in problems]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"task '{task.name}': problem ids are not unique ({len(ids) - len(set(ids))} repeated); "

@@ -64,7 +64,7 @@ class TrainerConfig:
     # Pack (faithful: examples in a row see each other), or padding-free (examples isolated).
     packing: Literal["none", "dynamic", "padding_free"] = "none"
     packing_max_length: int = 2048
-    # padding_free with sdpa/eager: `per_example` runs attention on each example's slice
+    # padding_free with sdpa: `per_example` runs attention on each example's slice
     # (llmkit.train.packed_attention, Σ Lᵢ² work, like FlashAttention varlen); `model` keeps
     # transformers' block-diagonal mask over the whole row ((Σ Lᵢ)² work). FlashAttention is used as is.
     padding_free_attention: Literal["per_example", "model"] = "per_example"

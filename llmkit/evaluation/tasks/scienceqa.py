@@ -6,8 +6,10 @@ has a text hint, IMG = has an image, NO = neither; TXT and IMG overlap), grade (
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
+from dataclasses import replace
 from typing import Any
 
 from llmkit.data.loading import read_records
@@ -16,6 +18,8 @@ from llmkit.generation.types import Completion, GenerationOutput, Prompt, Sampli
 
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 LETTERS = string.ascii_uppercase
+# H-GIVR round r samples with seed + r × this stride: far from the chunk seeds (seed + a problem position)
+ROUND_SEED_STRIDE = 100_003
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
@@ -168,9 +172,15 @@ def run_scienceqa_strategy(task: "ScienceQA", strategy: str, problems, generator
     def describe(indices, round_index):
         return [context_text(by_index[i], task.use_caption) for i in indices]
 
+    answer_rounds = itertools.count()
+
     def answer(indices, descriptions, histories):
         prompts = [hgivr_prompt(by_index[i], d, h) for i, d, h in zip(indices, descriptions, histories)]
-        outs = generator.generate(prompts, params)
+        # each round its own seed: with sampling, rounds sharing one random stream would agree more often
+        # than independent draws and stop the repeat rule early (greedy decoding is unaffected)
+        round_index = next(answer_rounds)
+        round_params = params if params.seed is None else replace(params, seed=params.seed + ROUND_SEED_STRIDE * round_index)
+        outs = generator.generate(prompts, round_params)
         return [extract_choice(o.completions[0].text, by_index[i]["choices"]) for i, o in zip(indices, outs)]
 
     traces = run_hgivr(list(by_index), describe, answer, cfg.hgivr_max_rounds, cfg.hgivr_consecutive, describe_is_call=False)
