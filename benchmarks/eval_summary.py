@@ -20,8 +20,11 @@ def row(results: dict) -> str:
     metrics = results["metrics"]
     head = HEADLINE.get(results["task"], next(iter(metrics)))
     shown = {k: round(v, 3) for k, v in metrics.items() if not k.startswith("n_")}
+    wall = str(results["wall_seconds"])
+    if results.get("resumed_problems"):  # the wall time is the last process's only
+        wall += f" (resumed: {results['resumed_problems']} problems from earlier runs)"
     return (f"| {results['task']} | {results['model']} | {results['generator'].get('backend')} | {results['num_problems']} | "
-            f"{head} = {metrics[head]:.4g} | {shown} | {results['wall_seconds']} | `{results.get('command', '-')}` |")
+            f"{head} = {metrics[head]:.4g} | {shown} | {wall} | `{results.get('command', '-')}` |")
 
 
 def main() -> None:
@@ -35,7 +38,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     with RESULTS.open("a") as fh:
-        fh.write(f"\n## Harness runs (greedy)\n\n- date: {dt.date.today().isoformat()}\n- machine: CPU {platform.machine()} (2 cores)\n"
+        fh.write(f"\n## Harness runs\n\n- date: {dt.date.today().isoformat()}\n- machine: CPU {platform.machine()} (2 cores)\n"
                  f"- command: `python {' '.join(sys.argv)}`; each run's own command is in the table\n\n{table}\n")
 
 

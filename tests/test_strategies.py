@@ -263,3 +263,21 @@ def test_eval_config_rejects_counts_below_one():
     for name in ("sc_samples", "hgivr_max_rounds", "n", "batch_size", "max_new_tokens"):
         with pytest.raises(ValueError, match=f"{name} must be >= 1"):
             EvalConfig(**{name: 0, **({"k": []} if name == "n" else {})})
+
+
+def test_eval_summary_row_says_when_a_run_was_resumed():
+    """benchmarks/eval_summary.py: a resumed run's wall time is its last process's, and the row says so."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("eval_summary", REPO_ROOT / "benchmarks" / "eval_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = {"task": "scienceqa", "model": "m", "generator": {"backend": "vllm"}, "num_problems": 4241,
+               "metrics": {"accuracy": 41.25, "responses_per_question": 5.0}, "wall_seconds": 812.5,
+               "command": "llmkit eval --task scienceqa", "resumed_problems": 0}
+    row = module.row(results)
+    assert "| accuracy = 41.25 |" in row and "| 812.5 |" in row
+    resumed = module.row({**results, "resumed_problems": 3000})
+    assert "| 812.5 (resumed: 3000 problems from earlier runs) |" in resumed
