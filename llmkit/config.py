@@ -189,7 +189,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _resolve_key(cls: type, key: str) -> list[str]:
+def resolve_key(cls: type, key: str) -> list[str]:
     """Turn `key` into a path of field names; a bare key may name a unique field of any section."""
     parts = key.split(".")
     hints = typing.get_type_hints(cls)
@@ -252,7 +252,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     """Load `cls` from the YAML file `path` (optional) and apply command-line `overrides`."""
     data = read_yaml(path) if path is not None else {}
     for key, value in parse_overrides(overrides or []):
-        _set_path(data, _resolve_key(cls, key), value)
+        _set_path(data, resolve_key(cls, key), value)
     return from_dict(cls, data)
 
 

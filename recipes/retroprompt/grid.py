@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmkit.config import _resolve_key, load_config, parse_overrides
+from llmkit.config import load_config, parse_overrides, resolve_key
 from llmkit.errors import ConfigError
 
 RECIPE = Path(__file__).with_name("train.py")
@@ -79,7 +79,7 @@ def check_overrides(config_cls: type, extra: list[str]) -> None:
     for key, _ in parse_overrides(extra):
         if key == "config":
             raise ConfigError("--config after `--`: give the recipe config once, as the grid's --config")
-        path = ".".join(_resolve_key(config_cls, key))
+        path = ".".join(resolve_key(config_cls, key))
         if path in GRID_KEYS:
             raise ConfigError(f"--{key} (= --{path}) is set by the grid for each run; use --seeds/--shots/--arms/--root")
 
