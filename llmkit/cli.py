@@ -112,18 +112,20 @@ def run_serve_command(args) -> int:
     import importlib.util
     from pathlib import Path
 
-    from llmkit.models import export_merged, resolve_model_path
+    import torch
+
+    from llmkit.models import MERGED_FOLDER, merged_for_serving, resolve_model_path
     from llmkit.serving import plan_serving, serve_command
 
     folder = Path(args.output_dir).resolve()
     name = args.name or folder.name
-    plan = plan_serving(folder)
+    plan = plan_serving(folder, on_cpu=not torch.cuda.is_available())
     print(f"llmkit serve: {plan.mode} — {plan.reason}", file=sys.stderr, flush=True)
     model_dir, base_path = str(folder), None
     if plan.mode == "merge":
-        merged = folder / "merged-for-serving"
+        merged = folder / MERGED_FOLDER
         if not args.dry_run:
-            export_merged(folder, merged)
+            merged = merged_for_serving(folder)  # reused while the adapter is unchanged
         model_dir = str(merged)
         print(f"llmkit serve: merged the adapter into {merged}", file=sys.stderr, flush=True)
     elif plan.mode == "lora":

@@ -12,6 +12,7 @@ Built-in aliases:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -273,8 +274,12 @@ def lora_rank(adapter_dir: str | os.PathLike) -> int:
     return max([int(cfg.get("r", 0))] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()])
 
 
-def export_merged(output_dir: str | os.PathLike, export_dir: str | os.PathLike) -> Path:
-    """Write a plain HF folder (LoRA merged into the base) that `vllm serve` and transformers load."""
+def export_merged(output_dir: str | os.PathLike, export_dir: str | os.PathLike,
+                  extra_files: dict[str, str] | None = None) -> Path:
+    """Write a plain HF folder (LoRA merged into the base) that `vllm serve` and transformers load.
+
+    The folder appears whole or not at all (written beside it, then renamed); `extra_files` (name → text)
+    are written into it before the rename."""
     model, tokenizer = load_trained(output_dir)
     export = Path(export_dir)
     export.parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +287,8 @@ def export_merged(output_dir: str | os.PathLike, export_dir: str | os.PathLike) 
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if export.exists():
             shutil.rmtree(export)
         os.replace(tmp, export)
@@ -289,3 +296,46 @@ def export_merged(output_dir: str | os.PathLike, export_dir: str | os.PathLike) 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return export
+
+
+# the files of a local model folder whose change means other weights (top level only: an evaluation's own
+# output folder or a merged copy may sit inside the model folder, and checkpoints/ are not what is loaded)
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+MODEL_FILE_NAMES = ("config.json", "adapter_config.json", "generation_config.json")
+
+
+def model_fingerprint(model: str) -> str | None:
+    """A digest of a local model's weight and config files (name, size, modification time), so that resuming
+    an evaluation notices weights retrained at the same path; None for a registry alias or hub id."""
+    path = Path(model)
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(
+        f for f in path.iterdir() if f.is_file() and (f.suffix in MODEL_FILE_SUFFIXES or f.name in MODEL_FILE_NAMES))
+    digest = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+
+MERGED_FOLDER = "merged-for-serving"
+MERGED_STAMP = "merged_from.json"
+
+
+def merged_for_serving(output_dir: str | os.PathLike) -> Path:
+    """The LoRA adapter in `output_dir` merged into its base, as a plain HF folder `output_dir/merged-for-serving`.
+
+    Exported once and reused while the adapter's files are unchanged: the copy keeps the adapter folder's
+    `model_fingerprint` in `merged_from.json`, so an adapter retrained at the same path is merged again.
+    Used where serving the adapter as LoRA is impossible or slow (vLLM on CPU runs LoRA ~5x slower)."""
+    folder = Path(output_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelError(f"{output_dir} holds no LoRA adapter (adapter_config.json) to merge")
+    merged = folder / MERGED_FOLDER
+    stamp = json.dumps({"adapter_files": model_fingerprint(str(folder))})
+    if (merged / "config.json").is_file() and (merged / MERGED_STAMP).is_file() \
+            and (merged / MERGED_STAMP).read_text() == stamp:
+        return merged
+    return export_merged(folder, merged, extra_files={MERGED_STAMP: stamp})

@@ -12,7 +12,8 @@ import torch
 
 from llmkit.errors import ConfigError, ModelError
 from llmkit.models import (
-    LoraSettings, ModelConfig, TinyModelSettings, apply_lora, export_merged, load_model, load_trained, resolve_model_path,
+    LoraSettings, ModelConfig, TinyModelSettings, apply_lora, export_merged, load_model, load_trained, merged_for_serving,
+    model_fingerprint, resolve_model_path,
 )
 
 
@@ -39,18 +40,24 @@ def test_missing_model_folder_is_named():
         resolve_model_path("./no/such/model")
 
 
-def test_lora_trains_only_adapters_and_export_merges_exactly(tmp_path, tokenizer):
+def saved_adapter(folder, tokenizer):
+    """A tiny Llama with a non-zero LoRA adapter (so merging matters), saved to `folder` as a recipe saves it."""
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
     peft_model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
-    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
-    with torch.no_grad():  # make the adapter non-zero so merging matters
+    with torch.no_grad():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
                 p.normal_(std=0.05)
     peft_model.peft_config["default"].base_model_name_or_path = "tiny-random-llama"
-    peft_model.save_pretrained(tmp_path / "adapter", save_embedding_layers=False)
-    tokenizer.save_pretrained(tmp_path / "adapter")
+    peft_model.save_pretrained(folder, save_embedding_layers=False)
+    tokenizer.save_pretrained(folder)
+    return peft_model
+
+
+def test_lora_trains_only_adapters_and_export_merges_exactly(tmp_path, tokenizer):
+    peft_model = saved_adapter(tmp_path / "adapter", tokenizer)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
     export = export_merged(tmp_path / "adapter", tmp_path / "merged")
     assert not (export / "adapter_config.json").exists()
     assert json.loads((export / "config.json").read_text())["model_type"] == "llama"
@@ -64,6 +71,40 @@ def test_lora_trains_only_adapters_and_export_merges_exactly(tmp_path, tokenizer
     reloaded, _ = load_trained(tmp_path / "adapter")
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, merged(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_merged_for_serving_is_made_once_and_remade_after_retraining(tmp_path, tokenizer):
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "run"
+    peft_model = saved_adapter(folder, tokenizer)
+    before = model_fingerprint(str(folder))
+    merged = merged_for_serving(folder)
+    # the copy sits inside the run folder without changing its fingerprint (an evaluation's resume check)
+    assert model_fingerprint(str(folder)) == before
+    assert merged == folder / "merged-for-serving" and not (merged / "adapter_config.json").exists()
+    ids = torch.tensor([tokenizer("def add(a, b): return a + b")["input_ids"]])
+    peft_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(merged)(ids).logits, peft_model(ids).logits,
+                                   atol=1e-4, rtol=1e-4)
+    weights = merged / "model.safetensors"
+    made = weights.stat().st_mtime_ns
+    assert merged_for_serving(folder) == merged and weights.stat().st_mtime_ns == made  # reused, not re-exported
+    stamp = (merged / "merged_from.json").read_text()
+    retrained = saved_adapter(folder, tokenizer)  # new adapter weights at the same path
+    adapter_file = folder / "adapter_model.safetensors"
+    os.utime(adapter_file, ns=(made + 10**9, made + 10**9))  # a distinct mtime even on a coarse clock
+    merged_for_serving(folder)
+    assert (merged / "merged_from.json").read_text() != stamp
+    retrained.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(merged)(ids).logits, retrained(ids).logits,
+                                   atol=1e-4, rtol=1e-4)
+    with pytest.raises(ModelError, match="no LoRA adapter"):
+        merged_for_serving(merged)
 
 
 @pytest.mark.integration

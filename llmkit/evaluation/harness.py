@@ -13,7 +13,6 @@ partial file is removed once the results are written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any, Literal
 
 from llmkit.errors import ConfigError
 from llmkit.generation.types import Completion, GenerationOutput, Generator, Prompt, SamplingParams
+from llmkit.models import model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -115,27 +115,6 @@ GENERATION_FIELDS = ("task", "model", "backend", "data_path", "chat", "n", "temp
                      "seed", "strategy", "hgivr_max_rounds", "hgivr_consecutive", "sc_samples", "sc_temperature",
                      "batch_size", "chunk_size")
 PARTIAL_FILE = "partial.jsonl"
-# the files of a local model folder whose change means other weights (top level only: an evaluation's own
-# output folder may sit inside the model folder, and checkpoints/ are not what is loaded)
-MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
-MODEL_FILE_NAMES = ("config.json", "adapter_config.json", "generation_config.json")
-
-
-def model_fingerprint(model: str) -> str | None:
-    """A digest of a local model's weight and config files (name, size, modification time), so that resuming
-    an evaluation notices weights retrained at the same path; None for a registry alias or hub id."""
-    path = Path(model)
-    if not path.exists():
-        return None
-    files = [path] if path.is_file() else sorted(
-        f for f in path.iterdir() if f.is_file() and (f.suffix in MODEL_FILE_SUFFIXES or f.name in MODEL_FILE_NAMES))
-    digest = hashlib.sha256()
-    for f in files:
-        stat = f.stat()
-        digest.update(f"{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def generation_settings(cfg: EvalConfig) -> dict[str, Any]:
     """What a partial run's journal must match to be resumed: the GENERATION_FIELDS, plus a fingerprint of a
     local model's files (`model_files`) and, for the openai backend, the server's `base_url`."""

