@@ -12,6 +12,7 @@ Built-in aliases:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -335,7 +336,11 @@ def merged_for_serving(output_dir: str | os.PathLike) -> Path:
         raise ModelError(f"{output_dir} holds no LoRA adapter (adapter_config.json) to merge")
     merged = folder / MERGED_FOLDER
     stamp = json.dumps({"adapter_files": model_fingerprint(str(folder))})
-    if (merged / "config.json").is_file() and (merged / MERGED_STAMP).is_file() \
-            and (merged / MERGED_STAMP).read_text() == stamp:
-        return merged
-    return export_merged(folder, merged, extra_files={MERGED_STAMP: stamp})
+    # one process merges at a time: a second evaluation of the same run (another task, another core) waits
+    # and reuses the copy, instead of replacing it while the first one's engine is loading it
+    with open(folder / ".merged-for-serving.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (merged / "config.json").is_file() and (merged / MERGED_STAMP).is_file() \
+                and (merged / MERGED_STAMP).read_text() == stamp:
+            return merged
+        return export_merged(folder, merged, extra_files={MERGED_STAMP: stamp})

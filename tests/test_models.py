@@ -107,6 +107,31 @@ def test_merged_for_serving_is_made_once_and_remade_after_retraining(tmp_path, t
         merged_for_serving(merged)
 
 
+def test_concurrent_merges_of_one_run_export_once(tmp_path, tokenizer, monkeypatch):
+    import threading
+
+    import llmkit.models as models
+
+    folder = tmp_path / "run"
+    saved_adapter(folder, tokenizer)
+    calls = []
+    real_export = models.export_merged
+
+    def slow_export(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # a second caller arrives while the first is still writing
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(models, "export_merged", slow_export)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(merged_for_serving(folder))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results == [folder / "merged-for-serving"] * 2
+
+
 @pytest.mark.integration
 def test_smollm2_loads_from_cache_fast_and_knows_paris():
     from llmkit.models import smollm2_path
