@@ -47,6 +47,22 @@ def test_chat_answers_are_extracted(task):
     assert extract_code("```py\nx = 1\n") == "x = 1\n"  # unclosed fence runs to the end
 
 
+@pytest.mark.parametrize("answer, code", [
+    # code first, then a fence it never opened (a model tuned on unfenced code): the code before the fence
+    ("def f():\n    return 1\n```", "def f():\n    return 1\n"),
+    ("def f():\n    return 1\n```\nThis returns one.\n```python\nprint(f())\n```", "def f():\n    return 1\n"),
+    ("import math\nx = math.pi\n   ```  \n", "import math\nx = math.pi\n"),
+    # prose, or a lone word, before a fence is not code: the fenced block is
+    ("Here it is:\n```python\nx = 1\n```", "x = 1\n"),
+    ("Solution\n```\nx = 1\n```", "x = 1\n"),
+    ("```\nx = 1\n```\nDone.", "x = 1\n"),
+    # broken code before a bare fence: not taken for code (the fenced text that follows is scored instead)
+    ("def f(:\n```\nx = 1\n```", "x = 1\n"),
+])
+def test_extract_code_cases(answer, code):
+    assert extract_code(answer) == code
+
+
 def test_pass_at_k_equals_closed_form():
     rng = random.Random(0)
     for _ in range(200):

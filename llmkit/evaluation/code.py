@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -10,10 +11,34 @@ _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re
 HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 
 
+# a fence line without a language tag: it closes a block, or opens one that names no language
+_BARE_FENCE = re.compile(r"^[ \t]*```[ \t]*$", re.MULTILINE)
+
+
+def _is_code(text: str) -> bool:
+    """Whether `text` parses as Python with at least one statement that is not a bare expression (so a
+    lone word such as "Solution" before a fence is not taken for code)."""
+    try:
+        body = ast.parse(text).body
+    except (SyntaxError, ValueError):
+        return False
+    return any(not isinstance(node, ast.Expr) for node in body)
+
+
 def extract_code(text: str) -> str:
-    """The first fenced code block of a chat answer (an unclosed fence runs to the end); else the text."""
-    match = _FENCE.search(text)
-    return match.group(1) if match else text
+    """The code of a chat answer.
+
+    - The first fenced code block (an unclosed fence runs to the end).
+    - An answer that starts with code and then closes a fence it never opened (how a model tuned on
+      unfenced code, e.g. CodeAlpaca's outputs, tends to answer: `def f(): ...` then a bare fence line and
+      prose): the code before that fence.
+    - No fence: the whole text.
+    """
+    fence = _FENCE.search(text)
+    bare = _BARE_FENCE.search(text)
+    if bare and (fence is None or bare.start() <= fence.start()) and _is_code(text[:bare.start()]):
+        return text[:bare.start()]
+    return fence.group(1) if fence else text
 
 
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str, chat: bool) -> str:
