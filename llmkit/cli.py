@@ -44,7 +44,7 @@ def launch_command(recipe: str, accelerate_config: str | None, num_processes: in
 def run_eval_command(argv: list[str]) -> int:
     """`llmkit eval [--config FILE] --task T --model M ...`: generate, score, write results."""
     from llmkit.config import load_config, options_help, split_config_arg, wants_help
-    from llmkit.evaluation.harness import EvalConfig, run_eval
+    from llmkit.evaluation.harness import EvalConfig, rescore_eval, run_eval
     from llmkit.evaluation.tasks import get_task, task_names
     from llmkit.generation import build_generator
 
@@ -55,6 +55,11 @@ def run_eval_command(argv: list[str]) -> int:
     path, overrides = split_config_arg(argv)
     cfg = load_config(EvalConfig, path, overrides)
     task = get_task(cfg.task, cfg.data_path, cfg.timeout_s)
+    if cfg.rescore:  # no model, no generation: the saved completions scored again
+        results = rescore_eval(task, cfg)
+        print(f"{cfg.task}: {results['metrics']} (rescored; before: {results['rescored']['previous_metrics']}); "
+              f"results.json, samples.jsonl and report.md in {cfg.output_dir} rewritten")
+        return 0
     task.load(cfg.limit)  # fail on missing data before an engine spends minutes starting
     generator = build_generator(cfg.backend, cfg.model, cfg.batch_size, cfg.base_url)
     results = run_eval(task, generator, cfg)

@@ -75,3 +75,57 @@ def test_pass_at_k_equals_closed_form():
     with pytest.raises(ValueError, match="needs at least 4 samples"):
         pass_at_k(3, 1, 4)
     assert mean_pass_at_k([[True, False], [False, False]], [1, 2, 5]) == {"pass@1": 0.25, "pass@2": 0.5}
+
+
+class ScriptedGenerator:
+    """Answers the i-th HumanEval prompt with `answers[i]`."""
+
+    backend_name = "scripted"
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def generate(self, prompts, params):
+        from llmkit.generation.types import Completion, GenerationOutput
+
+        return [GenerationOutput(str(p), [Completion(a, [], "stop")]) for p, a in zip(prompts, self.answers)]
+
+    def describe(self):
+        return {"backend": "scripted"}
+
+
+def test_rescore_scores_saved_completions_with_the_current_code(task, tmp_path, monkeypatch):
+    import json
+
+    import llmkit.evaluation.code as code
+    from llmkit.errors import ConfigError
+    from llmkit.evaluation.harness import EvalConfig, rescore_eval, run_eval
+
+    problems = task.load(limit=4)
+    # two answers as a model tuned on unfenced code writes them (code, then a fence it never opened), two fenced
+    answers = [p["prompt"] + p["canonical_solution"] + "```\nThis solves it." for p in problems[:2]]
+    answers += ["```python\n" + p["prompt"] + p["canonical_solution"] + "```" for p in problems[2:]]
+    cfg = EvalConfig(task="humaneval", limit=4, output_dir=str(tmp_path / "run"))
+    # scored first with the old extraction rule (first fenced block, else the whole text) ...
+    old_rule = lambda text: m.group(1) if (m := code._FENCE.search(text)) else text  # noqa: E731
+    monkeypatch.setattr(code, "extract_code", old_rule)
+    before = run_eval(task, ScriptedGenerator(answers), cfg)
+    assert before["metrics"]["pass@1"] == 0.5  # the unfenced two fail: the prose after the fence is taken as code
+    monkeypatch.undo()
+    # ... then rescored with the current one, without a generator
+    after = rescore_eval(task, EvalConfig(task="humaneval", output_dir=cfg.output_dir))
+    assert after["metrics"]["pass@1"] == 1.0
+    assert after["rescored"]["previous_metrics"] == {"pass@1": 0.5}
+    assert after["num_problems"] == 4 and after["generator"] == {"backend": "scripted"}
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["metrics"] == {"pass@1": 1.0} and saved["rescored"]["previous_metrics"] == {"pass@1": 0.5}
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [s["completions"][0]["passed"] for s in samples] == [True] * 4
+    assert [s["completions"][0]["text"] for s in samples] == answers  # the completions themselves are kept
+    # refusals: another task's run, no finished run
+    with pytest.raises(ConfigError, match="holds a 'humaneval' run, not 'mbpp'"):
+        from llmkit.evaluation.tasks import get_task
+
+        rescore_eval(get_task("mbpp"), EvalConfig(task="mbpp", output_dir=cfg.output_dir))
+    with pytest.raises(ConfigError, match="needs a finished run"):
+        rescore_eval(task, EvalConfig(task="humaneval", output_dir=str(tmp_path / "none")))

@@ -98,6 +98,10 @@ class EvalConfig:
     chunk_size: int = 500
     # continue an interrupted run from output_dir/partial.jsonl (same settings required)
     resume: bool = False
+    # score the completions already in output_dir/samples.jsonl again with the current scoring code (after a
+    # fix to code extraction, answer parsing or the sandbox), without generating; results.json keeps the
+    # earlier metrics under "rescored"
+    rescore: bool = False
 
     def __post_init__(self):
         if any(k > self.n for k in self.k):
@@ -313,6 +317,14 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
         routes = [o.metadata[system]["route"] for o in outputs if system in o.metadata]
         results[f"{system}_routes"] = {r: routes.count(r) for r in sorted(set(routes))}
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_samples(out, problems, outputs, scored)
+    write_report(out, results, problems, outputs, scored)
+    (out / PARTIAL_FILE).unlink(missing_ok=True)  # everything is in samples.jsonl now
+    return results
+
+
+def write_samples(out: Path, problems, outputs: list[GenerationOutput], scored: Scored) -> None:
+    """samples.jsonl: per problem its id, the prompt text, each completion with its verdict, and metadata."""
     with (out / "samples.jsonl").open("w") as fh:
         for problem, output, verdicts in zip(problems, outputs, scored.verdicts):
             fh.write(json.dumps({
@@ -323,8 +335,45 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
                 ],
                 **({"metadata": output.metadata} if output.metadata else {}),
             }) + "\n")
+
+
+def rescore_eval(task: Task, cfg: EvalConfig) -> dict[str, Any]:
+    """Score a finished run's saved completions (output_dir/samples.jsonl) again with the current code.
+
+    Nothing is generated: the completions, model and sampling settings stay as they were. The problems are
+    looked up by id in the task's data; results.json, samples.jsonl and report.md are rewritten, and
+    results.json keeps the earlier metrics, the date and the git hash under "rescored".
+    """
+    from llmkit.evaluation.strategies import strategy_metrics
+
+    out = Path(cfg.output_dir)
+    results_path, samples_path = out / "results.json", out / "samples.jsonl"
+    if not results_path.is_file() or not samples_path.is_file():
+        raise ConfigError(f"rescore needs a finished run in {out}: results.json and samples.jsonl")
+    previous = json.loads(results_path.read_text())
+    if previous.get("task") != task.name:
+        raise ConfigError(f"{out} holds a '{previous.get('task')}' run, not '{task.name}'")
+    rows = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
+    by_id = {p["id"]: p for p in task.load(None)}
+    unknown = [r["id"] for r in rows if r["id"] not in by_id]
+    if unknown:
+        raise ConfigError(f"{len(unknown)} sample id(s) of {samples_path} are not in the task's data (e.g. {unknown[0]!r}); "
+                          f"pass the run's --data_path")
+    n_min = min(len(r["completions"]) for r in rows) if rows else 0
+    if any(k > n_min for k in cfg.k):
+        raise ConfigError(f"pass@k needs k <= the completions per problem ({n_min}): k={cfg.k}")
+    problems = [by_id[r["id"]] for r in rows]
+    outputs = [GenerationOutput(r["prompt"], [Completion(c["text"], [], c["finish_reason"]) for c in r["completions"]],
+                                r.get("metadata") or {}) for r in rows]
+    scored = task.score(problems, outputs, previous["chat_template"], cfg.k)
+    if previous.get("strategy", {}).get("name", "standard") != "standard":
+        scored.metrics.update(strategy_metrics([o.metadata["strategy"] for o in outputs]))
+    rescored = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "git": git_hash(), "previous_metrics": previous["metrics"],
+                "previous_git": previous.get("git"), **({"earlier": previous["rescored"]} if "rescored" in previous else {})}
+    results = {**previous, "metrics": scored.metrics, **scored.extra, "rescored": rescored}
+    results_path.write_text(json.dumps(results, indent=2))
+    write_samples(out, problems, outputs, scored)
     write_report(out, results, problems, outputs, scored)
-    (out / PARTIAL_FILE).unlink(missing_ok=True)  # everything is in samples.jsonl now
     return results
 
 
