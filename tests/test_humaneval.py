@@ -129,3 +129,30 @@ def test_rescore_scores_saved_completions_with_the_current_code(task, tmp_path, 
         rescore_eval(get_task("mbpp"), EvalConfig(task="mbpp", output_dir=cfg.output_dir))
     with pytest.raises(ConfigError, match="needs a finished run"):
         rescore_eval(task, EvalConfig(task="humaneval", output_dir=str(tmp_path / "none")))
+
+
+def test_code_selection_evals_mcnemar_and_folders(tmp_path):
+    """benchmarks/code_selection_evals.py: the exact McNemar p by hand, and where it finds each arm's runs."""
+    import importlib.util
+    import json
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("cse", REPO_ROOT / "benchmarks" / "code_selection_evals.py")
+    cse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cse)
+    assert cse.mcnemar_exact(0, 0) == 1.0
+    assert cse.mcnemar_exact(5, 0) == 2 / 32           # all 5 discordant problems one way: 2 · (1/2)^5
+    assert cse.mcnemar_exact(3, 1) == 2 * (1 + 4) / 16  # 2 · P(X ≤ 1), X ~ Bin(4, 1/2)
+    assert cse.mcnemar_exact(1, 3) == cse.mcnemar_exact(3, 1)
+    run = tmp_path / "run"
+    (run / "eval-humaneval").mkdir(parents=True)
+    (run / "eval-humaneval" / "samples.jsonl").write_text(
+        json.dumps({"id": "a", "completions": [{"passed": True}]}) + "\n" + json.dumps({"id": "b", "completions": [{}]}) + "\n")
+    (tmp_path / "base-mbpp").mkdir()
+    (tmp_path / "base-mbpp" / "samples.jsonl").write_text("")
+    assert cse.task_folder(run, "humaneval") == run / "eval-humaneval" and cse.task_folder(run, "mbpp") is None
+    assert cse.task_folder(tmp_path / "base", "mbpp") == tmp_path / "base-mbpp"
+    assert cse.solved(run / "eval-humaneval") == {"a": True, "b": False}
+    (run / "metrics.jsonl").write_text('{"step": 1, "eval_loss": 0.9}\n{"step": 2, "loss": 0.5}\n{"step": 2, "eval_loss": 0.8}\n')
+    assert cse.held_out_loss(run) == 0.8 and cse.held_out_loss(tmp_path / "base") is None
