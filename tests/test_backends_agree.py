@@ -73,7 +73,7 @@ from llmkit.generation.types import SamplingParams
 from llmkit.models import LoraSettings, ModelConfig, apply_lora, load_model_and_tokenizer
 prompts, backend, folder = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 if __name__ == "__main__":
-    if backend == "save":  # a LoRA run folder as a recipe leaves it, with an adapter that changes the output
+    if backend == "save":  # a LoRA run folder as a recipe leaves it, with a non-zero adapter (so merging matters)
         torch.manual_seed(0)
         model, tok = load_model_and_tokenizer(ModelConfig())
         policy = apply_lora(model, LoraSettings(r=8, alpha=16, dropout=0.0))
