@@ -131,7 +131,7 @@ def train_centroids(
             part = features[start : start + slice_size]
             loss = centroid_loss(part, theta, tau, balance) * (len(part) / n)
             loss.backward()
-            total += float(loss)
+            total += loss.item()
         optimizer.step()
         curve.append(total)
     return F.normalize(theta.detach(), dim=1), curve
