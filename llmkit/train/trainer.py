@@ -12,7 +12,8 @@ Loop (see `Trainer.train`)::
 Hooks: `step_batches` (the collated micro-batches of a step; SFT packs them, RL builds them from
 rollouts), `compute_loss` (summed loss of one micro-batch), `training_step` (forward/backward over the
 step's micro-batches), `method_state_dict` / `load_method_state_dict` (per-method state saved in
-checkpoints). The loss is normalised by the target tokens of the whole optimizer step, so it does not
+checkpoints) and `process_state_dict` / `load_process_state_dict` (each process's own share, e.g. a
+rollout buffer that later optimizer steps reuse). The loss is normalised by the target tokens of the whole optimizer step, so it does not
 depend on the micro-batch split or the number of processes.
 """
 
@@ -259,6 +260,16 @@ class Trainer:
     def load_method_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `method_state_dict` returned (hook)."""
 
+    def process_state_dict(self) -> dict[str, Any]:
+        """This process's own state to store in checkpoints (hook; e.g. its share of a rollout buffer).
+
+        Unlike `method_state_dict` (written once, by the main process), every process writes its own file.
+        """
+        return {}
+
+    def load_process_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `process_state_dict` returned on this process (hook)."""
+
     # ----- the loop ----------------------------------------------------------------------------------
 
     def train(self) -> dict[str, Any]:
@@ -483,6 +494,9 @@ class Trainer:
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        process_state = self.process_state_dict()
+        if process_state:
+            torch.save(process_state, tmp / f"process_state_{acc.process_index}.pt")
         if acc.is_main_process:
             torch.save(self.method_state_dict(), tmp / "method_state.pt")
             ckpt.write_json_atomic(
@@ -523,6 +537,9 @@ class Trainer:
         method_state = path / "method_state.pt"
         if method_state.is_file():
             self.load_method_state_dict(torch.load(method_state, weights_only=False))
+        process_state = path / f"process_state_{self.accelerator.process_index}.pt"
+        if process_state.is_file():
+            self.load_process_state_dict(torch.load(process_state, weights_only=False))
         if self.accelerator.is_main_process:
             self._truncate_metrics(self.global_step)
             logger.info("resumed from %s at step %d", path, self.global_step)
