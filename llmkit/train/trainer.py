@@ -201,7 +201,7 @@ class Trainer:
                 f"{cfg.gradient_accumulation_steps} accumulation × {self.world_size} processes) is larger than "
                 f"the training set ({len(train_data)} examples)"
             )
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_epochs * self.steps_per_epoch
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else self.steps_for_epochs(cfg.num_epochs)
 
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
@@ -252,6 +252,10 @@ class Trainer:
     def step_metrics(self) -> dict[str, float]:
         """Extra values to log for the step just taken (hook; e.g. rollout rewards and lengths)."""
         return {}
+
+    def steps_for_epochs(self, num_epochs: int) -> int:
+        """Optimizer steps that `num_epochs` passes over the data take (hook; RL reuses each batch of rollouts)."""
+        return num_epochs * self.steps_per_epoch
 
     def method_state_dict(self) -> dict[str, Any]:
         """Per-method state to store in checkpoints (hook; e.g. per-prompt accuracy history)."""
