@@ -112,3 +112,68 @@ def test_ea_bonus_acts_only_on_hard_groups_with_mixed_rewards(tmp_path, tokenize
         rollout = Rollout(prompts, completion_ids, [False] * 4, np.array(rewards) >= 1, np.array(rewards), np.array(hard))
         _, metrics = trainer.grpo_loss(trainer.model, trainer._tensors(rollout))
         assert metrics["ea_bonus_fraction"] == pytest.approx(expected), name
+
+
+def rollout_view(trainer, step):
+    """(hard mask, advantages, rewards-per-completion) of a step's micro-batches, concatenated."""
+    batches = trainer.step_batches(step)
+    return (torch.cat([b["hard"] for b in batches]), torch.cat([b["advantages"] for b in batches]), batches)
+
+
+def test_state_is_frozen_for_the_whole_step(tmp_path, tokenizer, fresh_accelerate_state):
+    """2 micro-batches × 2 prompts give the same hard mask, advantages and loss as 1 × 4: every prompt of the
+    step is compared with the history from before the step, and the history moves once, after it."""
+    settings = GRPOSettings(max_new_tokens=12, num_generations=4, length_reward=True, entropy_mode="ea")
+    views, losses, states = [], [], []
+    for accum, batch in ((2, 2), (1, 4)):
+        torch.manual_seed(0)
+        trainer = make_trainer(tmp_path / f"a{accum}", tokenizer, settings, gradient_accumulation_steps=accum,
+                               per_device_batch_size=batch)
+        # a history whose mean (0.5) sits inside the range of this step's accuracies, and anchors that are set
+        trainer.accuracy_history[:] = 0.5
+        trainer.anchor[:] = 6.0
+        hard, advantages, batches = rollout_view(trainer, 0)
+        tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+        losses.append(trainer.training_step(trainer.model, batches, tokens)["loss_sum"] / tokens)
+        views.append((hard, advantages))
+        states.append((trainer.accuracy_history.copy(), trainer.anchor.copy(), trainer.step_metrics()["accuracy"]))
+    (hard_a, adv_a), (hard_b, adv_b) = views
+    assert torch.equal(hard_a, hard_b)
+    assert 0 < hard_a.float().mean() < 1  # the mask separates prompts, so an in-step update would show
+    torch.testing.assert_close(adv_a, adv_b)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
+    np.testing.assert_allclose(states[0][0], states[1][0])
+    np.testing.assert_allclose(states[0][1], states[1][1])
+
+
+def test_one_iteration_keeps_the_ratio_at_one_and_makes_no_old_policy_pass(tmp_path, tokenizer, fresh_accelerate_state):
+    trainer = make_trainer(tmp_path, tokenizer, GRPOSettings(max_new_tokens=8, num_generations=2), gradient_accumulation_steps=1)
+    trainer.train()
+    rows = [r for r in trainer.history if "loss" in r]
+    assert [r["ratio_deviation_max"] for r in rows] == [0.0, 0.0] and all(r["clip_fraction"] == 0 for r in rows)
+    assert all("reward" in r for r in rows)  # every step had its own rollout
+
+
+def test_rollout_reuse_schedule_and_clipping(tmp_path, tokenizer, fresh_accelerate_state):
+    """num_iterations 2 × 2 mini-batches: 4 optimizer steps per rollout, mini-batches 0, 1, 0, 1 of one rollout
+    (the prompts steps 0 and 1 would have with no reuse), π_old stored once; later passes move the ratio."""
+    settings = GRPOSettings(max_new_tokens=8, num_generations=2, num_iterations=2, rollout_mini_batches=2)
+    trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1, max_steps=4, learning_rate=0.05)
+    generated = []
+    original = trainer.make_rollout
+    trainer.make_rollout = lambda r: generated.append(r) or original(r)
+    trainer.train()
+    assert generated == [0]
+    rows = [r for r in trainer.history if "loss" in r]
+    assert [(r["iteration"], r["mini_batch"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert "reward" in rows[0] and "reward" not in rows[1]
+    assert rows[0]["ratio_deviation_max"] < 1e-5  # mini-batch 0 before any update
+    assert max(r["ratio_deviation_max"] for r in rows[1:]) > 0.01
+    assert (trainer.accuracy_history[10:18] >= 0).sum() == 4  # 2 mini-batches × 2 prompts, state updated once
+
+
+def test_settings_refuse_bad_values():
+    with pytest.raises(ValueError, match="temperature"):
+        GRPOSettings(temperature=0.0)
+    with pytest.raises(ValueError, match="num_iterations"):
+        GRPOSettings(num_iterations=0)

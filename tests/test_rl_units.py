@@ -181,3 +181,77 @@ def test_evaluate_policy_counts_avg_at_n_pass_at_k_and_nag():
     assert r["length"] == pytest.approx((3 + 3 + 3 + 5 + 5 * 4) / 8) and r["correct_length"] == 3
     assert with_nag(r, {"accuracy": 0.5, "length": 8.0})["nag"] == pytest.approx(100 * 0.5 * math.sqrt(1 - r["length"] / 8))
     assert math.isnan(with_nag(r, {"accuracy": 0.5, "length": 1.0})["nag"])
+
+
+# ----- the whole GRPO/CEEH objective on a hand-made toy ------------------------------------------
+# Two completions of one group (hard, easy), three token slots; the second completion has two tokens.
+# A = (0.5, −0.5), π_old = π_θ (ratio 1), so the policy term of each token is −Â.
+TOY_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+TOY_ENTROPY = torch.tensor([[1.0, 2.0, 0.5], [0.3, 0.8, 9.9]])  # 9.9 is masked out
+TOY_LOGP = torch.tensor([[-1.0, -0.5, -2.0], [-0.7, -0.2, -3.0]])
+TOY_ADV = torch.tensor([0.5, -0.5])
+TOY_HARD = torch.tensor([True, False])
+
+
+def toy_objective(**settings):
+    from llmkit.rl.grpo import GRPOSettings, grpo_objective
+
+    schedule = settings.pop("schedule", 1.0)
+    return grpo_objective(TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOSettings(**settings), schedule=schedule)
+
+
+def test_objective_plain_grpo_by_hand():
+    loss, metrics = toy_objective()
+    assert loss.item() == pytest.approx(-(3 * 0.5 - 2 * 0.5) / 5)  # token-mean of −A
+    assert metrics["entropy"] == pytest.approx((1 + 2 + 0.5 + 0.3 + 0.8) / 5)
+    assert metrics["entropy_hard"] == pytest.approx(3.5 / 3) and metrics["entropy_easy"] == pytest.approx(1.1 / 2)
+    assert metrics["ratio_deviation_max"] == 0.0 and metrics["clip_fraction"] == 0.0
+
+
+def test_objective_ea_by_hand():
+    # hard row: bonus min(0.4·H, |A|/κ = 0.25) = (0.25, 0.25, 0.2) → Â = (0.75, 0.75, 0.70); easy row unchanged
+    loss, metrics = toy_objective(entropy_mode="ea", ea_alpha=0.4, ea_kappa=2.0)
+    assert loss.item() == pytest.approx(-(0.75 + 0.75 + 0.70 - 0.5 - 0.5) / 5)
+    assert metrics["ea_bonus_fraction"] == pytest.approx(3 / 5)
+
+
+def test_objective_me_by_hand():
+    # weights 5 (hard) / 1 (easy), scale s(t) = 0.5: bonus = (5·3.5 + 1.1) / (5·3 + 2) = 18.6 / 17
+    loss, _ = toy_objective(entropy_mode="me", me_coef=0.001, me_factor=5.0, schedule=0.5)
+    assert loss.item() == pytest.approx(-0.1 - 0.001 * 0.5 * 18.6 / 17, rel=1e-6)
+    # retain: hard weight 1 + 4·0.5 = 3, no global scale: (3·3.5 + 1.1) / (3·3 + 2) = 11.6 / 11
+    loss, _ = toy_objective(entropy_mode="me", me_coef=0.001, me_factor=5.0, me_retain=True, schedule=0.5)
+    assert loss.item() == pytest.approx(-0.1 - 0.001 * 11.6 / 11, rel=1e-6)
+
+
+def test_objective_me_gradient_flows_to_entropy_with_its_weights():
+    from llmkit.rl.grpo import GRPOSettings, grpo_objective
+
+    entropy = TOY_ENTROPY.clone().requires_grad_(True)
+    loss, _ = grpo_objective(TOY_LOGP, entropy, TOY_MASK, TOY_ADV, TOY_HARD,
+                             GRPOSettings(entropy_mode="me", me_coef=0.001), schedule=0.5)
+    loss.backward()
+    expected = -0.001 * 0.5 * torch.tensor([[5.0, 5.0, 5.0], [1.0, 1.0, 0.0]]) / 17
+    torch.testing.assert_close(entropy.grad, expected)
+
+
+def test_objective_clips_against_stored_old_log_probs():
+    from llmkit.rl.grpo import GRPOSettings, grpo_objective
+
+    old = TOY_LOGP - torch.log(torch.tensor([[1.5, 1.0, 1.0], [1.0, 0.5, 1.0]]))  # ρ = 1.5 (A > 0), 0.5 (A < 0)
+    loss, metrics = grpo_objective(TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOSettings(), old_log_probs=old)
+    # row 0: −(1.28·0.5), −0.5, −0.5; row 1: −min(−0.5, −0.5) = 0.5, −min(0.5·−0.5, 0.8·−0.5) = 0.4
+    assert loss.item() == pytest.approx((-0.64 - 0.5 - 0.5 + 0.5 + 0.4) / 5, rel=1e-6)
+    assert metrics["clip_fraction"] == pytest.approx(2 / 5) and metrics["ratio_deviation_max"] == pytest.approx(0.5)
+
+
+def test_sampling_logits_scales_log_probs_and_entropy():
+    from llmkit.rl.core_algos import sampling_logits, token_log_probs_and_entropy
+
+    logits = torch.tensor([[[math.log(1.0), math.log(3.0)]]])  # p = (0.25, 0.75) at T = 1
+    logp, h = token_log_probs_and_entropy(sampling_logits(logits, 0.5), torch.tensor([[1]]))
+    # T = 0.5 squares the odds: p ∝ (1, 9)
+    assert logp.item() == pytest.approx(math.log(0.9))
+    assert h.item() == pytest.approx(-(0.1 * math.log(0.1) + 0.9 * math.log(0.9)))
+    with pytest.raises(ValueError, match="temperature"):
+        sampling_logits(logits, 0.0)

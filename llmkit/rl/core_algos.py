@@ -13,6 +13,7 @@ Every function is documented with its formula and unit-tested against hand-compu
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -135,3 +136,20 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(tokens) under `logits` at the same positions (callers shift: logits[:, t] scores tokens[:, t])."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def sampling_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z / T: the distribution the completions were sampled from (TRL and verl score log-probs and entropy on it)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score sampled tokens, got {temperature}")
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def token_log_probs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, entropy_grad: bool = True
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(tokens), H) from one log-softmax; H = −Σ p·log p, detached unless `entropy_grad` (a loss term uses it)."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    chosen = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+        entropy = -(log_p.exp() * log_p).sum(dim=-1)
+    return chosen, entropy

@@ -1,14 +1,20 @@
 """GRPO on the shared trainer, with CEEH's difficulty-aware entropy and length reward as options.
 
-One optimizer step, top to bottom (`GRPOTrainer.step_batches` then `training_step`):
+One rollout, top to bottom (`GRPOTrainer.make_rollout`, at the first optimizer step it feeds):
 
-1. take this process's prompts of the step (the trainer's deterministic batching over prompt records);
-2. sample n completions per prompt with the current policy through the generation interface (hf);
-3. score them: correctness reward (a verifier), then, with CEEH, the per-prompt accuracy, the hard mask
-   (against the history *before* this step), the dynamic length reward, and the history/anchor updates;
-4. group advantages (GRPO or Dr.GRPO) and, with a KL term, reference log-probs (no grad);
-5. loss per micro-batch: clipped policy loss (+ KL to the reference) aggregated by the configured mode,
-   minus the ME entropy bonus; EA mode adds its entropy bonus to the advantages instead.
+1. take this process's prompts of the rollout (`rollout_mini_batches` global batches of the trainer's
+   deterministic batching over prompt records);
+2. sample n completions per prompt with the current policy, all in one call of the generation interface;
+3. score them: reward (a verifier, or code execution), then, with CEEH, the per-prompt accuracy, the hard
+   mask and the dynamic length reward, all against the per-prompt state *before* this rollout; then the
+   history/anchor updates, once;
+4. group advantages (GRPO or Dr.GRPO); π_old log-probs when the rollout feeds more than one optimizer
+   step, and reference log-probs with a KL term (no grad, at the sampling temperature).
+
+Then each of the rollout's `num_iterations × rollout_mini_batches` optimizer steps (`training_step`)
+takes one mini-batch: clipped policy loss (+ KL to the reference) aggregated by the configured mode,
+minus the ME entropy bonus; EA mode adds its entropy bonus to the advantages instead. Log-probs and
+entropy are those of the sampling distribution, softmax(z / T), as in TRL and verl.
 
 The pure pieces live in `core_algos` and `ceeh`; this file is the plumbing.
 """
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 
 from llmkit.data.sft import IGNORE_INDEX
+from llmkit.errors import ConfigError
 from llmkit.generation.types import SamplingParams
 from llmkit.rl import ceeh
 from llmkit.rl.core_algos import (
@@ -32,9 +39,10 @@ from llmkit.rl.core_algos import (
     KL_PENALTIES,
     POLICY_LOSSES,
     aggregate,
-    entropy_from_logits,
     get,
+    sampling_logits,
     token_log_probs,
+    token_log_probs_and_entropy,
 )
 from llmkit.train.batching import process_micro_batches, step_indices
 from llmkit.train.losses import step_normalised_loss
@@ -49,7 +57,7 @@ class GRPOSettings:
     """GRPO and CEEH settings (the recipe's `method` section); defaults follow CEEH's train.sh where it sets them."""
 
     num_generations: int = 4
-    temperature: float = 0.6
+    temperature: float = 0.6  # sampling temperature; log-probs and entropy are scored at the same temperature
     top_p: float = 1.0
     max_new_tokens: int = 256
     advantage: Literal["grpo", "drgrpo"] = "drgrpo"
@@ -60,6 +68,13 @@ class GRPOSettings:
     kl_estimator: Literal["low_var_kl", "k1"] = "low_var_kl"
     entropy_coef: float = 0.0  # a plain entropy bonus on every token (TRL/verl `entropy_coeff`)
     mask_truncated: bool = False  # completions cut at max_new_tokens contribute no loss
+    # Reuse of each rollout (PPO-style). The rollout holds `rollout_mini_batches` global batches of prompts
+    # (verl: train_batch_size / ppo_mini_batch_size); each pass over it takes one optimizer step per
+    # mini-batch, and there are `num_iterations` passes (TRL's name; verl's ppo_epochs). With 1 × 1 every
+    # rollout feeds one step and π_old = π_θ (ratio 1); otherwise π_old's log-probs are stored at rollout
+    # time and the clipped objective acts.
+    num_iterations: int = 1
+    rollout_mini_batches: int = 1
     # CEEH
     entropy_mode: Literal["none", "me", "ea"] = "none"
     me_coef: float = 0.001
@@ -71,10 +86,22 @@ class GRPOSettings:
     length_beta: float = 0.1
     length_floor: float = -0.9
 
+    def __post_init__(self):
+        for name in ("num_generations", "max_new_tokens", "num_iterations", "rollout_mini_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (GRPO samples; log-probs are scored at it), got {self.temperature}")
+
+    @property
+    def steps_per_rollout(self) -> int:
+        """Optimizer steps fed by one rollout."""
+        return self.num_iterations * self.rollout_mini_batches
+
 
 @dataclass
 class Rollout:
-    """The scored completions of one micro-batch of prompts (n per prompt, grouped)."""
+    """Scored completions of a list of prompts (n per prompt, grouped contiguously)."""
 
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
@@ -83,21 +110,90 @@ class Rollout:
     rewards: np.ndarray
     hard: np.ndarray  # per completion
 
+    def slice(self, start: int, stop: int) -> "Rollout":
+        """Completions start..stop-1 (whole groups when the bounds are multiples of n)."""
+        return Rollout(self.prompt_ids[start:stop], self.completion_ids[start:stop], self.truncated[start:stop],
+                       self.correct[start:stop], self.rewards[start:stop], self.hard[start:stop])
+
+
+def grpo_objective(log_probs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
+                   hard: torch.Tensor, settings: GRPOSettings, old_log_probs: torch.Tensor | None = None,
+                   ref_log_probs: torch.Tensor | None = None, schedule: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO/CEEH loss of one micro-batch in its aggregated (mean) form, from per-token tensors; and metrics.
+
+    log_probs, entropy, mask: (B, T) at the sampling temperature; advantages (B,); hard (B,) bool.
+    old_log_probs None means π_old = π_θ (log_probs detached, ratio 1). Terms:
+
+        EA:   Â = A + hard · min(α·sg(H), |A|/κ)           (token-level advantages)
+        loss = agg(−min(ρÂ, clip(ρ, 1−ε_low, 1+ε_high)Â) + β·KL(π_θ‖π_ref))
+               − c_H · token-mean(H)                        (entropy_coef)
+               − c_ME · scale · Σ w·H / Σ w                 (ME; w, scale from the hard mask and s(t) = `schedule`)
+    """
+    s = settings
+    metrics: dict[str, float] = {}
+    mask = mask.to(log_probs.dtype)
+    if s.entropy_mode == "ea":
+        shaped = ceeh.ea_advantages(advantages, entropy, hard, s.ea_alpha, s.ea_kappa)
+        # EA acts only where a hard prompt's group has mixed rewards (A != 0): log how often that is.
+        changed = shaped != (advantages[:, None] if advantages.dim() == 1 else advantages)
+        metrics["ea_bonus_fraction"] = float((changed.float() * mask).sum() / mask.sum().clamp(min=1))
+        advantages = shaped
+    old = log_probs.detach() if old_log_probs is None else old_log_probs
+    per_token, clipped = get(POLICY_LOSSES, "clipped")(log_probs, old, advantages, s.clip_low, s.clip_high)
+    if s.kl_coef > 0:
+        kl = get(KL_PENALTIES, s.kl_estimator)(log_probs, ref_log_probs)
+        per_token = per_token + s.kl_coef * kl
+        metrics["kl"] = float(aggregate(kl.detach(), mask, "token-mean"))
+    loss = aggregate(per_token, mask, s.loss_aggregation, norm_length=s.max_new_tokens)
+    if s.entropy_coef > 0:
+        loss = loss - s.entropy_coef * aggregate(entropy, mask, "token-mean")
+    if s.entropy_mode == "me":
+        weights, scale = ceeh.me_entropy_weights(hard, schedule, s.me_factor, s.me_retain)
+        loss = loss - s.me_coef * scale * ceeh.me_entropy_bonus(entropy, mask, weights)
+    hard_tokens = hard.to(mask.dtype)[:, None] * mask
+    easy_tokens = mask - hard_tokens
+    tokens = mask.sum().clamp(min=1)
+    ratio = torch.exp(log_probs.detach() - old)
+    h = entropy.detach()
+    metrics.update({
+        "entropy": float((h * mask).sum() / tokens),
+        "entropy_hard": float((h * hard_tokens).sum() / hard_tokens.sum()) if hard_tokens.sum() > 0 else float("nan"),
+        "entropy_easy": float((h * easy_tokens).sum() / easy_tokens.sum()) if easy_tokens.sum() > 0 else float("nan"),
+        "clip_fraction": float((clipped * mask).sum() / tokens),
+        # |ρ − 1| over the loss tokens: exactly 0 with one update per rollout
+        "ratio_deviation_max": float(((ratio - 1).abs() * mask).max()) if mask.any() else 0.0,
+    })
+    return loss, metrics
+
+
+def score_completions(reward_fn: RewardFn, texts: list[str], records: list[dict[str, Any]]) -> list[float]:
+    """Rewards of (completion, record) pairs: one batched call when the reward has `score_batch` (e.g. code
+    execution in parallel), else one call per completion."""
+    batched = getattr(reward_fn, "score_batch", None)
+    if batched is not None:
+        return [float(x) for x in batched(texts, records)]
+    return [float(reward_fn(t, r)) for t, r in zip(texts, records)]
+
 
 class GRPOTrainer(Trainer):
     """The shared trainer with rollouts instead of a fixed dataset: `train_data` is a list of prompt records.
 
     Each record needs `prompt` (text or chat messages), `index` (a stable int, for per-prompt state) and
     whatever the reward function reads (e.g. `answer`). `per_device_batch_size` counts prompts; each
-    brings `num_generations` completions.
+    brings `num_generations` completions. Optimizer step t belongs to rollout t // steps_per_rollout.
     """
 
     method_name = "grpo"
 
     def __init__(self, cfg, settings: GRPOSettings, model, tokenizer, prompts: list[dict[str, Any]], reward_fn: RewardFn,
                  generator_factory: Callable | None = None, **kwargs):
+        self.settings = settings  # before the base class plans the steps (steps_for_epochs reads it)
+        if cfg.packing != "none":
+            raise ConfigError(f"trainer.packing: {cfg.packing} is not supported by GRPO (rollout rows are padded); use none")
         super().__init__(cfg, model, tokenizer, prompts, **kwargs)
-        self.settings = settings
+        if self.steps_per_epoch < settings.rollout_mini_batches:
+            raise ConfigError(f"method.grpo.rollout_mini_batches {settings.rollout_mini_batches} × the global batch "
+                              f"({self.global_batch} prompts) is more than the {len(prompts)} prompts")
         self.reward_fn = reward_fn
         size = max(int(p["index"]) for p in prompts) + 1
         self.accuracy_history = np.full(size, ceeh.UNSEEN)
@@ -106,14 +202,20 @@ class GRPOTrainer(Trainer):
         self._generator_factory = generator_factory
         self._generator_step: int | None = None  # the step whose weights the factory's generator holds
         self._generator = None
+        # The current rollout: {"index": r, "batches": [mini-batch][micro-batch] tensors, "metrics": {...}}
+        self._rollout: dict[str, Any] | None = None
+
+    def steps_for_epochs(self, num_epochs: int) -> int:
+        """Each epoch's prompts are rolled out once and each rollout is used `num_iterations` times."""
+        return num_epochs * self.steps_per_epoch * self.settings.num_iterations
 
     # ----- rollouts ----------------------------------------------------------------------------------
 
     def generator(self):
         """The generation backend over the current policy weights (hf by default).
 
-        A `generator_factory` (e.g. `VLLMRollouts`) is called once per optimizer step, since the weights
-        change only between steps; the hf generator reads the live model and costs nothing to build.
+        A `generator_factory` (e.g. `VLLMRollouts`) is called again once the weights have changed; the hf
+        generator reads the live model and costs nothing to build.
         """
         policy = self.accelerator.unwrap_model(self.model)
         if self._generator_factory is not None:
@@ -123,87 +225,127 @@ class GRPOTrainer(Trainer):
             return self._generator
         from llmkit.generation.hf import HFGenerator
 
-        # one generate call for all completions of a micro-batch: per-token Python overhead is paid once
-        batch = max(8, self.cfg.per_device_batch_size * self.settings.num_generations)
+        # one generate call for all completions of a rollout: per-token Python overhead is paid once
+        batch = max(8, self.global_batch * self.settings.rollout_mini_batches * self.settings.num_generations)
         return HFGenerator(policy, self.tokenizer, batch_size=batch, show_progress=False)
 
-    def rollout(self, records: list[dict[str, Any]], step: int) -> Rollout:
-        """Sample, verify and (CEEH) reward-shape the completions of `records`; updates per-prompt state."""
+    def rollout(self, records: list[dict[str, Any]], rollout_index: int) -> tuple[Rollout, dict[str, float], tuple]:
+        """Sample, verify and (CEEH) reward-shape the completions of `records`, against the per-prompt state as
+        it was before this rollout. Returns the scored rollout, its metrics and the arguments of `update_state`
+        (the state itself is not changed here)."""
         s = self.settings
         params = SamplingParams(n=s.num_generations, temperature=s.temperature, top_p=s.top_p,
-                                max_new_tokens=s.max_new_tokens, seed=self.cfg.seed * 100_003 + step)
+                                max_new_tokens=s.max_new_tokens, seed=self.cfg.seed * 100_003 + rollout_index)
         outputs = self.generator().generate([r["prompt"] for r in records], params)
-        prompt_ids, completion_ids, truncated, correct, lengths = [], [], [], [], []
+        prompt_ids, completion_ids, truncated, texts, owners, lengths = [], [], [], [], [], []
         for record, out in zip(records, outputs):
             ids = self.tokenizer(out.prompt_text, add_special_tokens=False)["input_ids"]
             for c in out.completions:
                 prompt_ids.append(ids)
                 completion_ids.append(list(c.token_ids))
                 truncated.append(c.finish_reason == "length")
-                correct.append(float(self.reward_fn(c.text, record)) >= 1.0)
+                texts.append(c.text)
+                owners.append(record)
                 lengths.append(len(c.token_ids))
         n = s.num_generations
-        correct_arr = np.array(correct, dtype=bool).reshape(-1, n)
+        scores = np.array(score_completions(self.reward_fn, texts, owners), dtype=np.float64).reshape(-1, n)
+        correct = scores >= 1.0
         length_arr = np.array(lengths, dtype=np.float64).reshape(-1, n)
-        accuracy = correct_arr.mean(axis=1)
+        accuracy = correct.mean(axis=1)
         idx = np.array([int(r["index"]) for r in records])
         hard = ceeh.hard_mask(accuracy, self.accuracy_history)
         r_len = np.zeros_like(length_arr)
         if s.length_reward:
             for g, i in enumerate(idx):
-                r_len[g] = ceeh.length_reward(length_arr[g], correct_arr[g], self.anchor[i], accuracy[g],
+                r_len[g] = ceeh.length_reward(length_arr[g], correct[g], self.anchor[i], accuracy[g],
                                               self.accuracy_history[i], s.length_beta, s.length_floor)
-        rewards = correct_arr.astype(np.float64) + r_len
-        self._update_state(idx, accuracy, length_arr, correct_arr)
-        self._metrics = {
+        rewards = scores + r_len
+        metrics = {
             "reward": float(rewards.mean()), "accuracy": float(accuracy.mean()),
             "length_reward": float(r_len.mean()), "completion_length": float(length_arr.mean()),
-            "correct_length": float(length_arr[correct_arr].mean()) if correct_arr.any() else float("nan"),
+            "correct_length": float(length_arr[correct].mean()) if correct.any() else float("nan"),
             "hard_fraction": float(hard.mean()), "truncated_fraction": float(np.mean(truncated)),
             # hard prompts whose group has right and wrong answers: the only ones EA's bonus can move
             "hard_mixed_fraction": float(np.mean(hard & (accuracy > 0) & (accuracy < 1))),
         }
-        return Rollout(prompt_ids, completion_ids, truncated, correct_arr.reshape(-1), rewards.reshape(-1), np.repeat(hard, n))
+        scored = Rollout(prompt_ids, completion_ids, truncated, correct.reshape(-1), rewards.reshape(-1), np.repeat(hard, n))
+        return scored, metrics, (idx, accuracy, length_arr, correct)
 
-    def _update_state(self, idx, accuracy, lengths, correct) -> None:
-        """History and anchor updates of every process's prompts (identical on all processes)."""
+    def update_state(self, idx, accuracy, lengths, correct) -> None:
+        """History and anchor updates from every process's prompts of one rollout (identical on all processes).
+
+        Called once per rollout, after all of its prompts are scored: every hard mask and length reward of the
+        rollout used the state from before it, however the prompts are split into micro-batches.
+        """
         from accelerate.utils import gather_object
 
         mine = [(int(i), float(a), lengths[g].tolist(), correct[g].tolist()) for g, (i, a) in enumerate(zip(idx, accuracy))]
         everyone = gather_object(mine) if self.world_size > 1 else mine
-        history = self.accuracy_history
         for i, a, ls, cs in everyone:
             self.anchor[i] = ceeh.update_anchor(self.anchor[i], np.array(ls), np.array(cs))
-        self.accuracy_history = ceeh.update_history(history, np.array([e[0] for e in everyone]), np.array([e[1] for e in everyone]))
+        self.accuracy_history = ceeh.update_history(self.accuracy_history, np.array([e[0] for e in everyone], dtype=int),
+                                                    np.array([e[1] for e in everyone]))
 
     @torch.no_grad()
     def _log_probs(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log π(completion tokens) at the sampling temperature, no graph (π_old and the reference)."""
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return token_log_probs(logits[:, :-1], batch["labels"][:, 1:].clamp(min=0))
+        return token_log_probs(sampling_logits(logits[:, :-1], self.settings.temperature), batch["labels"][:, 1:].clamp(min=0))
 
-    def step_batches(self, step: int) -> list[dict[str, Any]]:
-        """Roll out this process's prompts of `step` and turn each micro-batch into training tensors."""
-        acc = self.accelerator
-        indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, step, self.cfg.shuffle)
-        shards = process_micro_batches(indices, self.world_size, acc.process_index,
-                                       self.cfg.per_device_batch_size, self.cfg.gradient_accumulation_steps)
-        batches, metrics = [], []
-        for shard in shards:
-            rollout = self.rollout([self.train_data[i] for i in shard], step)
-            metrics.append(self._metrics)
-            batches.append(self._tensors(rollout))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            self._metrics = {k: float(np.nanmean([m[k] for m in metrics])) for k in metrics[0]}
-        # No separate "old policy" pass: every rollout feeds exactly one optimizer step and the weights do not
-        # change between its micro-batches, so π_old = π_θ and the loss uses log π_θ detached (ratio 1, as TRL
-        # and verl do with one update per batch). A batch that carries `old_log_probs` (reused rollouts) keeps them.
-        if self.settings.kl_coef > 0:
-            policy = acc.unwrap_model(self.model)
-            for batch in batches:
+    def _rollout_shards(self, rollout_index: int) -> list[list[list[int]]]:
+        """This process's prompt indices of a rollout: [mini-batch][micro-batch] → record indices.
+
+        Mini-batch m of rollout r holds the prompts that optimizer step r·M + m would hold with M = 1, so the
+        data order does not depend on how rollouts are reused.
+        """
+        m_count = self.settings.rollout_mini_batches
+        out = []
+        for m in range(m_count):
+            indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, rollout_index * m_count + m,
+                                   self.cfg.shuffle)
+            out.append(process_micro_batches(indices, self.world_size, self.accelerator.process_index,
+                                             self.cfg.per_device_batch_size, self.cfg.gradient_accumulation_steps))
+        return out
+
+    def make_rollout(self, rollout_index: int) -> dict[str, Any]:
+        """Roll out every prompt of a rollout in one generation call, update the per-prompt state once, and build
+        the training tensors of each micro-batch (with π_old and reference log-probs where they are needed)."""
+        s = self.settings
+        shards = self._rollout_shards(rollout_index)
+        records = [self.train_data[i] for mini in shards for shard in mini for i in shard]
+        scored, metrics, state_update = self.rollout(records, rollout_index)
+        self.update_state(*state_update)
+        n, start, batches = s.num_generations, 0, []
+        for mini in shards:
+            micro = []
+            for shard in mini:
+                micro.append(self._tensors(scored.slice(start, start + len(shard) * n)))
+                start += len(shard) * n
+            batches.append(micro)
+        policy = self.accelerator.unwrap_model(self.model)
+        for batch in (b for mini in batches for b in mini):
+            if s.steps_per_rollout > 1:
+                # π_old: the policy that sampled, stored before any update of this rollout (same mode as the loss)
+                batch["old_log_probs"] = self._log_probs(self.model, batch)
+            if s.kl_coef > 0:
                 with self._reference(policy):
                     batch["ref_log_probs"] = self._log_probs(policy, batch)
-        return batches
+        return {"index": rollout_index, "batches": batches, "metrics": metrics}
+
+    def step_batches(self, step: int) -> list[dict[str, Any]]:
+        """The micro-batches of optimizer step `step`: a new rollout at each rollout's first step, else its buffer."""
+        s = self.settings
+        rollout_index, within = divmod(step, s.steps_per_rollout)
+        iteration, mini = divmod(within, s.rollout_mini_batches)
+        if self._rollout is None or self._rollout["index"] != rollout_index:
+            self.model.train()  # π_old is scored in the mode the loss runs in
+            self._rollout = self.make_rollout(rollout_index)
+            self._metrics = dict(self._rollout["metrics"])  # rollout metrics are logged once, at its first step
+        else:
+            self._metrics = {}
+        if s.steps_per_rollout > 1:
+            self._metrics.update({"rollout": rollout_index, "iteration": iteration, "mini_batch": mini})
+        return self._rollout["batches"][mini]
 
     def _tensors(self, r: Rollout) -> dict[str, Any]:
         s = self.settings
@@ -235,43 +377,18 @@ class GRPOTrainer(Trainer):
     # ----- loss --------------------------------------------------------------------------------------
 
     def grpo_loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The micro-batch's loss in its aggregated (mean) form, and its metric values."""
+        """The micro-batch's loss in its aggregated (mean) form, and its metric values (see `grpo_objective`)."""
         s = self.settings
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]
         labels = batch["labels"][:, 1:]
-        mask = (labels != IGNORE_INDEX).float()
-        log_probs = token_log_probs(logits, labels.clamp(min=0))
-        entropy = entropy_from_logits(logits)
-        advantages = batch["advantages"]
-        metrics = {}
-        if s.entropy_mode == "ea":
-            shaped = ceeh.ea_advantages(advantages, entropy, batch["hard"], s.ea_alpha, s.ea_kappa)
-            # EA acts only where a hard prompt's group has mixed rewards (A != 0): log how often that is.
-            changed = shaped != (advantages[:, None] if advantages.dim() == 1 else advantages)
-            metrics["ea_bonus_fraction"] = float((changed.float() * mask).sum() / mask.sum().clamp(min=1))
-            advantages = shaped
-        old_log_probs = batch["old_log_probs"] if "old_log_probs" in batch else log_probs.detach()
-        per_token, clipped = get(POLICY_LOSSES, "clipped")(log_probs, old_log_probs, advantages, s.clip_low, s.clip_high)
-        if s.kl_coef > 0:
-            kl = get(KL_PENALTIES, s.kl_estimator)(log_probs, batch["ref_log_probs"])
-            per_token = per_token + s.kl_coef * kl
-            metrics["kl"] = float(aggregate(kl.detach(), mask, "token-mean"))
-        loss = aggregate(per_token, mask, s.loss_aggregation, norm_length=s.max_new_tokens)
-        if s.entropy_coef > 0:
-            loss = loss - s.entropy_coef * aggregate(entropy, mask, "token-mean")
-        if s.entropy_mode == "me":
-            schedule = ceeh.cosine_schedule(self.global_step, self.total_steps)
-            weights, scale = ceeh.me_entropy_weights(batch["hard"], schedule, s.me_factor, s.me_retain)
-            loss = loss - s.me_coef * scale * ceeh.me_entropy_bonus(entropy, mask, weights)
-        hard = batch["hard"].float()[:, None] * mask
-        easy = (1 - batch["hard"].float())[:, None] * mask
-        metrics.update({
-            "entropy": float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1)),
-            "entropy_hard": float((entropy.detach() * hard).sum() / hard.sum()) if hard.sum() > 0 else float("nan"),
-            "entropy_easy": float((entropy.detach() * easy).sum() / easy.sum()) if easy.sum() > 0 else float("nan"),
-            "clip_fraction": float((clipped * mask).sum() / mask.sum().clamp(min=1)),
-        })
-        return loss, metrics
+        # the entropy needs a graph only where a loss term uses it (EA uses sg(H))
+        entropy_grad = s.entropy_coef > 0 or s.entropy_mode == "me"
+        log_probs, entropy = token_log_probs_and_entropy(sampling_logits(logits, s.temperature), labels.clamp(min=0),
+                                                         entropy_grad=entropy_grad)
+        schedule = ceeh.cosine_schedule(self.global_step, self.total_steps)
+        return grpo_objective(log_probs, entropy, labels != IGNORE_INDEX, batch["advantages"], batch["hard"], s,
+                              old_log_probs=batch.get("old_log_probs"), ref_log_probs=batch.get("ref_log_probs"),
+                              schedule=schedule)
 
     def training_step(self, model, micro_batches, num_step_tokens: int) -> dict[str, float]:
         """Each micro-batch's mean-form loss weighted by its share of the step (tokens or completions)."""
@@ -289,7 +406,9 @@ class GRPOTrainer(Trainer):
             collected.append(metrics)
         with warnings.catch_warnings():  # a metric that is NaN in every micro-batch (no hard prompt) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            self._metrics.update({k: float(np.nanmean([m[k] for m in collected])) for k in collected[0]})
+            merged = {k: float(np.nanmean([m[k] for m in collected])) for k in collected[0]}
+        merged["ratio_deviation_max"] = max(m["ratio_deviation_max"] for m in collected)
+        self._metrics.update(merged)
         # the loop sums loss_sum over processes and divides by the step's target tokens: Σ_p total_p = the step's loss
         return {"loss_sum": total * num_step_tokens}
 
@@ -297,7 +416,7 @@ class GRPOTrainer(Trainer):
         """Rollout and loss metrics of the step just taken (this process's view)."""
         return dict(self._metrics)
 
-    # ----- per-prompt state in checkpoints -------------------------------------------------------------
+    # ----- per-prompt state and the rollout buffer in checkpoints -----------------------------------
 
     def method_state_dict(self) -> dict[str, Any]:
         """CEEH's accuracy history and length anchors, indexed by the prompt records' `index`."""
@@ -307,3 +426,22 @@ class GRPOTrainer(Trainer):
         """Restore the history and anchors saved by `method_state_dict`."""
         self.accuracy_history = np.array(state["history"], dtype=np.float64)
         self.anchor = np.array(state["anchor"], dtype=np.float64)
+
+    def process_state_dict(self) -> dict[str, Any]:
+        """This process's rollout buffer while later steps still use it (a run killed mid-rollout resumes on the
+        same completions, advantages and π_old log-probs); nothing once the rollout is used up."""
+        if self._rollout is None or self.global_step % self.settings.steps_per_rollout == 0:
+            return {}
+        cpu = [[{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in mini]
+               for mini in self._rollout["batches"]]
+        return {"rollout": {"index": self._rollout["index"], "batches": cpu, "metrics": self._rollout["metrics"]}}
+
+    def load_process_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the rollout buffer saved by `process_state_dict`."""
+        saved = state.get("rollout")
+        if saved is None:
+            return
+        device = self.accelerator.device
+        saved["batches"] = [[{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in mini]
+                            for mini in saved["batches"]]
+        self._rollout = saved
