@@ -45,3 +45,25 @@ def test_vllm_rollouts_with_the_in_memory_tiny_model_fail_in_one_line(tmp_path):
     assert proc.returncode == 2
     message = proc.stderr.strip().splitlines()[-1]
     assert "rollout_backend: vllm" in message and ("tiny-random-llama" in message or "pip install" in message)
+
+
+def test_run_killed_mid_rollout_resumes_on_the_same_rollout(tmp_path):
+    """num_iterations 2: step 2 reuses step 1's rollout. Killed after step 1, the run resumes from checkpoint-1's
+    rollout buffer (completions, advantages, π_old) and RNG, and matches the uninterrupted run step for step."""
+    extra = ("--method.grpo.num_iterations", "2", "--trainer.max_steps", "4", "--trainer.learning_rate", "0.02")
+    straight = run(tmp_path / "straight", *extra)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = run(tmp_path / "resumed", *extra, env=subprocess_env(LLMKIT_FAULT_KILL_AFTER_STEP="1"))
+    assert killed.returncode != 0
+    assert (tmp_path / "resumed" / "checkpoint-1" / "process_state_0.pt").is_file()  # mid-rollout: buffer saved
+    resumed = run(tmp_path / "resumed", *extra, "--trainer.resume", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows_a, rows_b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
+    assert [r["iteration"] for r in rows_a] == [0, 1, 0, 1]
+    for a, b in zip(rows_a, rows_b):
+        assert a["loss"] == b["loss"] and a["ratio_deviation_max"] == b["ratio_deviation_max"], a["step"]
+    assert rows_a[1]["ratio_deviation_max"] > 0  # the second pass is off-policy
+    state_a = json.loads((tmp_path / "straight" / "ceeh_state.json").read_text())
+    assert state_a == json.loads((tmp_path / "resumed" / "ceeh_state.json").read_text())
+    assert sum(h >= 0 for h in state_a["history"]) == 8  # 2 rollouts × 4 prompts
