@@ -10,7 +10,10 @@ import pytest
 
 from llmkit.evaluation.sandbox import SandboxLimits, run_program, run_programs
 
-LIMITS = SandboxLimits(timeout_s=4, cpu_s=2)
+# CPU time is the limit; hostile runs get a short wall-clock backstop (only `sleep forever` reaches it),
+# correct ones the default generous one, so a busy machine cannot turn them into timeouts.
+LIMITS = SandboxLimits(cpu_s=2, wall_s=5)
+CORRECT = SandboxLimits(cpu_s=2)
 
 HOSTILE = {
     "infinite loop": "while True:\n    pass\n",
@@ -34,10 +37,10 @@ HOSTILE = {
 
 
 def test_correct_program_passes_and_wrong_fails():
-    assert run_program("def f(x):\n    return x + 1\nassert f(1) == 2\n", LIMITS).passed
-    result = run_program("assert 1 == 2\n", LIMITS)
+    assert run_program("def f(x):\n    return x + 1\nassert f(1) == 2\n", CORRECT).passed
+    result = run_program("assert 1 == 2\n", CORRECT)
     assert result.status == "failed" and "AssertionError" in result.detail
-    assert run_program("", LIMITS).passed  # an empty program runs to completion (the tests make it fail)
+    assert run_program("", CORRECT).passed  # an empty program runs to completion (the tests make it fail)
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
@@ -60,8 +63,8 @@ def test_deleting_files_outside_the_temp_dir_is_refused(tmp_path):
         assert target.exists()
 
 
-def test_no_stray_processes_after_hostile_runs():
-    run_programs([HOSTILE["escape the session"], HOSTILE["fork bomb (ctypes)"]], LIMITS, workers=2, show_progress=False)
+def live_processes_of(uids: set[int]) -> list[str]:
+    """Live processes with any of `uids` as their real, effective, saved or filesystem uid."""
     alive = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -69,14 +72,35 @@ def test_no_stray_processes_after_hostile_runs():
                 status = Path(f"/proc/{entry}/status").read_text()
             except OSError:
                 continue
-            uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-            state = next(line for line in status.splitlines() if line.startswith("State:"))
-            if 200_000 <= uid < 1_200_000 and "Z" not in state.split()[1]:
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if uids & {int(u) for u in fields["Uid"].split()} and fields["State"].split()[0] not in ("Z", "X"):
                 alive.append(entry)
-    assert alive == []
+    return alive
+
+
+@pytest.fixture
+def sample_uids(monkeypatch):
+    """The private uids the runs of a test get (only this test's: other sandboxes may run on the machine)."""
+    from llmkit.evaluation import sandbox
+
+    used: set[int] = set()
+    next_uid = sandbox._next_uid
+
+    def recording():
+        uid = next_uid()
+        used.add(uid)
+        return uid
+
+    monkeypatch.setattr(sandbox, "_next_uid", recording)
+    return used
+
+
+def test_no_stray_processes_after_hostile_runs(sample_uids):
+    run_programs([HOSTILE["escape the session"], HOSTILE["fork bomb (ctypes)"]], LIMITS, workers=2, show_progress=False)
+    assert live_processes_of(sample_uids) == []
 
 
 def test_harness_keeps_going_in_parallel():
     programs = [HOSTILE["infinite loop"], "assert True\n", HOSTILE["kill the parent"], "x = 1\n"]
-    results = run_programs(programs, LIMITS, workers=2, show_progress=False)
+    results = run_programs(programs, SandboxLimits(cpu_s=2, wall_s=30), workers=2, show_progress=False)
     assert [r.passed for r in results] == [False, True, False, True]
