@@ -87,6 +87,35 @@ def run_select_command(argv: list[str]) -> int:
     return 0
 
 
+SERVER_LIMIT_HELP = {
+    "max_body_bytes": "largest request body (413 above)",
+    "max_prompt_tokens": "longest prompt after the chat template (400 above)",
+    "max_completion_tokens": "largest max_tokens a request may name (400 above)",
+    "max_n": "most samples per request (400 above)",
+    "max_queue": "most requests waiting for the model (503 + Retry-After above)",
+    "max_connections": "most open connections (503 above)",
+    "long_request_tokens": "requests estimated above this many decoding steps run in their own lane, "
+                           "so they never delay shorter ones",
+}
+
+
+def _add_server_limit_options(parser) -> None:
+    """`--max_n` etc.: the GeneratorServer limits, defaults from ServerLimits."""
+    from llmkit.generation.server import ServerLimits
+
+    defaults = ServerLimits()
+    for name, text in SERVER_LIMIT_HELP.items():
+        parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name),
+                            help=f"with --safety: {text}; default %(default)s")
+
+
+def _server_limits(args):
+    """ServerLimits from the parsed `llmkit serve` options (ConfigError naming a bad one)."""
+    from llmkit.generation.server import ServerLimits
+
+    return ServerLimits(**{name: getattr(args, name) for name in SERVER_LIMIT_HELP})
+
+
 def run_safety_serve(args) -> int:
     """`llmkit serve TWIN --safety safethinker --gateway G`: the routed system on an OpenAI-compatible endpoint."""
     from llmkit.generation.server import GeneratorServer
@@ -96,7 +125,8 @@ def run_safety_serve(args) -> int:
     if not args.gateway:
         raise ConfigError("llmkit serve --safety safethinker needs --gateway FILE (written by recipes/safethinker/evaluate.py)")
     settings = DDGTSettings(threshold=args.ddgt_threshold, alpha=args.ddgt_alpha)
-    print(f"llmkit serve: SafeThinker over twin {args.output_dir}, gateway {args.gateway} ({settings})",
+    limits = _server_limits(args)  # checked before the models load: a typo should cost a second
+    print(f"llmkit serve: SafeThinker over twin {args.output_dir}, gateway {args.gateway} ({settings}; {limits})",
           file=sys.stderr, flush=True)
     if args.dry_run:
         return 0
@@ -104,7 +134,7 @@ def run_safety_serve(args) -> int:
     from pathlib import Path
 
     server = GeneratorServer(system, args.name or Path(args.output_dir).resolve().name, args.host, args.port,
-                             max_batch=args.max_batch)
+                             max_batch=args.max_batch, limits=limits)
     print(f"llmkit serve: listening on {server.url} as model {server.model!r} (Ctrl-C stops)", file=sys.stderr, flush=True)
     server.serve_forever()
     return 0
@@ -189,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--ddgt_threshold", type=float, default=0.9, help="with --safety: DDGT steers when cos < this")
     serve.add_argument("--ddgt_alpha", type=float, default=3.0, help="with --safety: SafeDecoding's alpha")
     serve.add_argument("--max_batch", type=int, default=32, help="with --safety: most prompts per generate call")
+    _add_server_limit_options(serve)
     demo = sub.add_parser("demo", help="the end-to-end demo on embedded defaults (SmolLM2 + CodeAlpaca)")
     demo.add_argument("--output_dir", default="outputs/demo")
 
