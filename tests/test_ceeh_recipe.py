@@ -67,3 +67,20 @@ def test_run_killed_mid_rollout_resumes_on_the_same_rollout(tmp_path):
     state_a = json.loads((tmp_path / "straight" / "ceeh_state.json").read_text())
     assert state_a == json.loads((tmp_path / "resumed" / "ceeh_state.json").read_text())
     assert sum(h >= 0 for h in state_a["history"]) == 8  # 2 rollouts × 4 prompts
+
+
+def test_mbpp_prompts_with_the_code_reward_run_end_to_end(tmp_path):
+    """The tiny model on MBPP prompts with the execution reward: rollouts are run in the sandbox (the random
+    model writes no code, so every reward is 0) and the held-out pass rate is reported."""
+    proc = run(tmp_path / "out", "--method.prompts", "mbpp", "--method.reward", "code_tests", "--method.num_prompts", "8",
+               "--method.eval_prompts", "2", "--trainer.max_steps", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(tmp_path / "out")
+    assert rows[0]["reward"] <= 0 + 1e-9 and rows[0]["accuracy"] == 0.0
+    report = json.loads((tmp_path / "out" / "rl_eval.json").read_text())
+    assert report["base"]["accuracy"] == 0.0 and "pass@1" in report["final"]
+
+
+def test_code_reward_needs_problems_with_tests(tmp_path):
+    proc = run(tmp_path / "out", "--method.reward", "code_tests")
+    assert proc.returncode == 2 and "method.prompts: mbpp" in proc.stderr.strip().splitlines()[-1]

@@ -9,6 +9,7 @@ import numpy as np
 from llmkit.evaluation.metrics import mean_pass_at_k
 from llmkit.generation.types import Generator, SamplingParams
 from llmkit.rl.ceeh import nag
+from llmkit.rl.rewards import score_completions
 
 
 def evaluate_policy(generator: Generator, prompts: list[dict[str, Any]], reward_fn: Callable[[str, dict], float],
@@ -17,7 +18,10 @@ def evaluate_policy(generator: Generator, prompts: list[dict[str, Any]], reward_
     """Sample n completions per prompt; accuracy = mean over all samples (avg@n), pass@k (unbiased), lengths."""
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     outputs = generator.generate([p["prompt"] for p in prompts], params)
-    correct = [[reward_fn(c.text, p) >= 1.0 for c in out.completions] for p, out in zip(prompts, outputs)]
+    texts = [c.text for out in outputs for c in out.completions]
+    owners = [p for p, out in zip(prompts, outputs) for _ in out.completions]
+    flat = iter(score_completions(reward_fn, texts, owners))
+    correct = [[next(flat) >= 1.0 for _ in out.completions] for out in outputs]
     lengths = np.array([[len(c.token_ids) for c in out.completions] for out in outputs], dtype=np.float64)
     mask = np.array(correct, dtype=bool)
     result = {"accuracy": float(mask.mean()), "length": float(lengths.mean()),

@@ -34,6 +34,7 @@ from llmkit.data.sft import IGNORE_INDEX
 from llmkit.errors import ConfigError
 from llmkit.generation.types import SamplingParams
 from llmkit.rl import ceeh
+from llmkit.rl.rewards import score_completions
 from llmkit.rl.core_algos import (
     ADVANTAGE_ESTIMATORS,
     KL_PENALTIES,
@@ -164,15 +165,6 @@ def grpo_objective(log_probs: torch.Tensor, entropy: torch.Tensor, mask: torch.T
         "ratio_deviation_max": float(((ratio - 1).abs() * mask).max()) if mask.any() else 0.0,
     })
     return loss, metrics
-
-
-def score_completions(reward_fn: RewardFn, texts: list[str], records: list[dict[str, Any]]) -> list[float]:
-    """Rewards of (completion, record) pairs: one batched call when the reward has `score_batch` (e.g. code
-    execution in parallel), else one call per completion."""
-    batched = getattr(reward_fn, "score_batch", None)
-    if batched is not None:
-        return [float(x) for x in batched(texts, records)]
-    return [float(reward_fn(t, r)) for t, r in zip(texts, records)]
 
 
 class GRPOTrainer(Trainer):

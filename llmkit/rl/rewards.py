@@ -4,8 +4,13 @@
   number) against the record's `answer` (a GSM8K solution or a bare number).
 * `boxed`: the content of the last ``\\boxed{...}`` (nested braces allowed) must equal the answer, as a
   number when both parse, else as whitespace-normalised text.
+* `code_tests`: the completion's code is run against its problem's tests in the harness sandbox (the same
+  program builder, pass rule, limits and hostile-code guarantees as MBPP scoring), all completions of a
+  rollout in parallel: 1 if every test passes, else 0. `code_tests_fraction`: the fraction of the asserts
+  that pass (each assert its own sandboxed run), 1 only when all pass.
 * `toy_arithmetic_prompts`: seeded two-number additions and subtractions, for the CPU check of the
   paper (small numbers keep some prompts easy and some hard for a 135M model).
+* `mbpp_prompts`: MBPP problems as RL prompt records (by default the ids outside the test split 11–510).
 """
 
 from __future__ import annotations
@@ -55,7 +60,82 @@ def boxed_reward(completion: str, record: dict[str, Any]) -> float:
     return float(" ".join(got.split()) == " ".join(gold.split()))
 
 
-REWARDS = {"gsm8k": gsm8k_reward, "boxed": boxed_reward}
+def score_completions(reward_fn, texts: list[str], records: list[dict[str, Any]]) -> list[float]:
+    """Rewards of (completion, record) pairs: one batched call when the reward has `score_batch` (code execution
+    runs a whole rollout in parallel), else one call per completion."""
+    batched = getattr(reward_fn, "score_batch", None)
+    if batched is not None:
+        return [float(x) for x in batched(texts, records)]
+    return [float(reward_fn(t, r)) for t, r in zip(texts, records)]
+
+
+class CodeTestsReward:
+    """Execution reward for code problems: records carry MBPP's `test_list` (assert lines) and optionally
+    `test_setup_code`; the completion's code (extracted from a fenced block, as the harness does) runs with them.
+
+    `score_batch` runs every program of a rollout in the sandbox at once (`workers` at a time); calling the
+    object scores a single completion.
+    """
+
+    def __init__(self, fraction: bool = False, timeout_s: float = 10.0, workers: int | None = None):
+        from llmkit.evaluation.tasks.mbpp import MBPP
+
+        self.fraction = fraction
+        self.limits = MBPP(timeout_s=timeout_s).limits  # the harness's limits for MBPP
+        self.workers = workers
+
+    def programs(self, completion: str, record: dict[str, Any]) -> list[str]:
+        """The program(s) for one completion: all asserts together, or one program per assert (fraction)."""
+        from llmkit.evaluation.tasks.mbpp import mbpp_program
+
+        tests = list(record["test_list"])
+        if not tests:
+            raise ValueError(f"record {record.get('index')}: code_tests needs a non-empty test_list")
+        if not self.fraction:
+            return [mbpp_program(record, completion, chat=True)]
+        return [mbpp_program({**record, "test_list": [t]}, completion, chat=True) for t in tests]
+
+    def score_batch(self, completions: list[str], records: list[dict[str, Any]]) -> list[float]:
+        """One reward per (completion, record): 1/0, or the fraction of asserts passed."""
+        from llmkit.evaluation.sandbox import run_programs
+
+        per_completion = [self.programs(c, r) for c, r in zip(completions, records)]
+        flat = [p for progs in per_completion for p in progs]
+        results = iter(run_programs(flat, self.limits, workers=self.workers, show_progress=False))
+        scores = []
+        for progs in per_completion:
+            passed = [next(results).passed for _ in progs]
+            scores.append(sum(passed) / len(passed))
+        return scores
+
+    def __call__(self, completion: str, record: dict[str, Any]) -> float:
+        """The reward of one completion."""
+        return self.score_batch([completion], [record])[0]
+
+
+REWARDS = {"gsm8k": gsm8k_reward, "boxed": boxed_reward, "code_tests": CodeTestsReward(),
+           "code_tests_fraction": CodeTestsReward(fraction=True)}
+
+# MBPP ids outside the standard test split (11–510): the prompt split (1–10) and the train/validation ids.
+MBPP_TRAIN_IDS = tuple(range(601, 975)) + tuple(range(1, 11))
+
+
+def mbpp_prompts(path: str | None = None, task_ids=MBPP_TRAIN_IDS) -> list[dict[str, Any]]:
+    """MBPP problems as RL prompt records: the harness's chat prompt, the tests for `code_tests`, `index` = row.
+
+    Raises if any requested id overlaps the evaluation split, so RL never trains on what MBPP scores.
+    """
+    from llmkit.evaluation.tasks.mbpp import MBPP, TEST_IDS, read_mbpp
+
+    leaked = sorted(set(task_ids) & set(TEST_IDS))
+    if leaked:
+        raise ValueError(f"MBPP ids {leaked[:5]}... are in the evaluation split 11-510")
+    task = MBPP()
+    problems = read_mbpp(path, split_ids=task_ids)
+    order = {t: k for k, t in enumerate(task_ids)}
+    problems.sort(key=lambda p: order[p["task_id"]])
+    return [{"prompt": task.prompt(p, chat=True), "index": k, "task_id": p["task_id"], "test_list": p["test_list"],
+             "test_setup_code": p.get("test_setup_code") or ""} for k, p in enumerate(problems)]
 
 
 def toy_arithmetic_prompts(count: int, seed: int = 0, max_operand: int = 60) -> list[dict[str, Any]]:

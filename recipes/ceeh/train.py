@@ -29,7 +29,7 @@ from llmkit.models import TINY_ALIAS, load_model_and_tokenizer, resolve_model_pa
 from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
 from llmkit.rl.evaluate import evaluate_policy, with_nag
 from llmkit.rl.grpo import GRPOSettings, GRPOTrainer
-from llmkit.rl.rewards import INSTRUCTION, REWARDS, toy_arithmetic_prompts
+from llmkit.rl.rewards import INSTRUCTION, REWARDS, mbpp_prompts, toy_arithmetic_prompts
 from llmkit.rl.weight_sync import VLLMRollouts
 from llmkit.train import build_accelerator
 
@@ -41,9 +41,12 @@ class CEEHMethod:
     """Where the prompts come from, which verifier rewards them, and the GRPO/CEEH settings."""
 
     name: Literal["ceeh"] = "ceeh"
-    prompts: Literal["toy_arithmetic", "data"] = "toy_arithmetic"
-    num_prompts: int = 256  # toy arithmetic only
-    reward: Literal["gsm8k", "boxed"] = "boxed"
+    # toy arithmetic; a dataset named in `data`; or MBPP problems outside the test split (ids 601–974 and 1–10,
+    # from data.path or mbpp/mbpp.jsonl), scored by running their tests (reward code_tests)
+    prompts: Literal["toy_arithmetic", "data", "mbpp"] = "toy_arithmetic"
+    num_prompts: int = 256  # toy arithmetic; with mbpp, the first num_prompts + eval_prompts problems (0: all 384)
+    max_operand: int = 60  # toy arithmetic: operands 0..max_operand (smaller is easier)
+    reward: Literal["gsm8k", "boxed", "code_tests", "code_tests_fraction"] = "boxed"
     # held-out prompts (never trained on) for avg@n accuracy, pass@k, length and NAG, before and after training
     eval_prompts: int = 0
     eval_samples: int = 8
@@ -76,8 +79,18 @@ def build_prompts(cfg: CEEHConfig) -> tuple[list[dict], list[dict]]:
 
 
 def _records(cfg: CEEHConfig) -> list[dict]:
+    if cfg.method.reward.startswith("code_tests") and cfg.method.prompts != "mbpp":
+        raise ConfigError(f"method.reward: {cfg.method.reward} needs problems with tests (method.prompts: mbpp)")
     if cfg.method.prompts == "toy_arithmetic":
-        return toy_arithmetic_prompts(cfg.method.num_prompts + cfg.method.eval_prompts, seed=cfg.data.split_seed)
+        return toy_arithmetic_prompts(cfg.method.num_prompts + cfg.method.eval_prompts, seed=cfg.data.split_seed,
+                                      max_operand=cfg.method.max_operand)
+    if cfg.method.prompts == "mbpp":
+        if not cfg.method.reward.startswith("code_tests"):
+            raise ConfigError(f"method.prompts: mbpp needs method.reward code_tests or code_tests_fraction, not {cfg.method.reward}")
+        records = mbpp_prompts(cfg.data.path or None)
+        if cfg.method.num_prompts > 0:
+            records = records[: cfg.method.num_prompts + cfg.method.eval_prompts]
+        return records
     rows = read_records(cfg.data.path, cfg.data.split, cfg.data.format, max_rows=cfg.data.max_rows)
     if not rows:
         raise DataError(f"{cfg.data.path}: no prompts")
