@@ -114,9 +114,9 @@ def _prepare_imports(sys):
 
 def _fail(write, exc, _type=type, _str=str):
     try:
-        text = "program raised %s: %s\n" % (_type(exc).__name__, _str(exc)[:300])
+        text = "\nprogram raised %s: %s\n" % (_type(exc).__name__, _str(exc)[:300])
     except BaseException:
-        text = "program raised an exception\n"
+        text = "\nprogram raised an exception\n"  # the newline: its own line even after unterminated output
     write(2, text.encode("utf-8", "replace"))
 
 
