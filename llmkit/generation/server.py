@@ -432,7 +432,8 @@ class GeneratorServer:
     def start(self) -> "GeneratorServer":
         """Start the two lanes and the HTTP server in background threads; returns self."""
         self._start_lanes()
-        http = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # a short poll interval: stop() waits up to one interval for the accept loop to notice
+        http = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         http.start()
         self._threads.append(http)
         return self
