@@ -315,6 +315,7 @@ class GRPOTrainer(Trainer):
                 start += len(shard) * n
             batches.append(micro)
         policy = self.accelerator.unwrap_model(self.model)
+        self.model.train()  # π_old is scored in the mode the loss runs in (generation may have switched to eval)
         for batch in (b for mini in batches for b in mini):
             if s.steps_per_rollout > 1:
                 # π_old: the policy that sampled, stored before any update of this rollout (same mode as the loss)
@@ -330,7 +331,6 @@ class GRPOTrainer(Trainer):
         rollout_index, within = divmod(step, s.steps_per_rollout)
         iteration, mini = divmod(within, s.rollout_mini_batches)
         if self._rollout is None or self._rollout["index"] != rollout_index:
-            self.model.train()  # π_old is scored in the mode the loss runs in
             self._rollout = self.make_rollout(rollout_index)
             self._metrics = dict(self._rollout["metrics"])  # rollout metrics are logged once, at its first step
         else:
