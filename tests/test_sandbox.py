@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from llmkit.evaluation.sandbox import SandboxLimits, run_program, run_programs
 
 # CPU time is the limit; hostile runs get a short wall-clock backstop (only `sleep forever` reaches it),
 # correct ones the default generous one, so a busy machine cannot turn them into timeouts.
-LIMITS = SandboxLimits(cpu_s=2, wall_s=5)
+LIMITS = SandboxLimits(cpu_s=2, wall_s=3)
 CORRECT = SandboxLimits(cpu_s=2)
 
 HOSTILE = {
@@ -43,13 +43,14 @@ def test_correct_program_passes_and_wrong_fails():
     assert run_program("", CORRECT).passed  # an empty program runs to completion (the tests make it fail)
 
 
+@pytest.mark.parametrize("namespaces", [pytest.param(True, id="namespaces"), pytest.param(False, id="fallback")])
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_program_is_contained(name, tmp_path):
+def test_hostile_program_is_contained(name, namespaces, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     os.chmod(tmp_path, 0o777)
     program = HOSTILE[name] + f"\nimport os\nos.remove({str(victim)!r})\n"
-    result = run_program(program, LIMITS)
+    result = run_program(program, dataclasses.replace(LIMITS, namespaces=namespaces))
     assert result.status in ("failed", "timeout"), result
     assert victim.read_text() == "keep me"
 

@@ -142,6 +142,8 @@ def own_hook_added():
 attempts = {
     "settrace": lambda: sys.settrace(lambda *a: None),
     "setprofile": lambda: sys.setprofile(lambda *a: None),
+    "cProfile": lambda: __import__("cProfile").Profile().enable(),
+    "read /proc/self/mem": lambda: open("/proc/self/mem", "rb"),
     "threading.settrace": thread_traced,
     "swap __code__": lambda: setattr(f, "__code__", (lambda: 1).__code__),
     "gc.get_objects": gc.get_objects,
@@ -166,7 +168,7 @@ allowed = []
 for name, attempt in attempts.items():
     try:
         attempt()
-    except (RuntimeError, ImportError, ModuleNotFoundError):
+    except (RuntimeError, ImportError, PermissionError):
         continue
     allowed.append(name)
 assert allowed == [], allowed
