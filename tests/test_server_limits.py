@@ -361,3 +361,15 @@ def test_100_short_requests_are_answered_while_a_huge_request_runs(make_server):
     huge_req[0].join(BACKSTOP_S)
     status, _, body = huge_req[1][0]
     assert status == 200 and len(body["choices"]) == 2
+
+
+def test_cli_serve_exposes_the_limits(tmp_path, capsys):
+    from llmkit.cli import main
+
+    base = ["serve", str(tmp_path), "--safety", "safethinker", "--gateway", "g.json", "--dry_run"]
+    assert main(base + ["--max_n", "4", "--max_queue", "8", "--max_completion_tokens", "512"]) == 0
+    err = capsys.readouterr().err
+    assert "max_n=4" in err and "max_queue=8" in err and "max_completion_tokens=512" in err
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--max_prompt_tokens", "0"])
+    assert e.value.code == 2 and "max_prompt_tokens" in capsys.readouterr().err

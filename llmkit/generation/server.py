@@ -496,7 +496,7 @@ class GeneratorServer:
         return job.future.result()
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> GenerationOutput:
-        """Queue one prompt and wait for its output (in-process use; no limits are checked)."""
+        """Queue one prompt and wait for its output (in-process use: the request limits are the HTTP layer's)."""
         return self.wait(self.enqueue(prompt, params, count_prompt_tokens(prompt, self.tokenizer)))
 
     def _cancel(self, job: _Job) -> bool:
@@ -507,8 +507,14 @@ class GeneratorServer:
     def _lane(self, long_lane: bool) -> None:
         while (batch := self.scheduler.next_batch(long_lane)) is not None:
             live = [j for j in batch if j.future.set_running_or_notify_cancel()]
-            if live:
-                self._run(live)
+            try:
+                if live:
+                    self._run(live)
+            except Exception as e:  # noqa: BLE001 - a lane that dies would leave every later request waiting
+                print(f"llmkit serve: lane error {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                for j in live:
+                    if not j.future.done():
+                        j.future.set_exception(e)
 
     def _run(self, jobs: list[_Job]) -> None:
         """One generate call for `jobs`; when it fails, each job again alone (one bad prompt fails only itself)."""
