@@ -26,6 +26,7 @@ from llmkit.prompting.retroprompt import (
     knn_class_distribution,
     knn_distribution,
     knn_guided_loss,
+    knn_negative_log_likelihood,
     label_position_features,
     label_position_forward,
     label_word_logits,
@@ -33,6 +34,7 @@ from llmkit.prompting.retroprompt import (
     last_token_positions,
     match_norm,
     neural_demonstrations,
+    training_knn_distribution,
     zscore_softmax_weights,
 )
 
@@ -218,6 +220,81 @@ def test_knn_class_distribution_hand_computed():
         knn_class_distribution(torch.zeros(1, 2), torch.tensor([[0, 3]]), 3)
 
 
+BACKENDS = ["torch", pytest.param("faiss", marks=pytest.mark.skipif(
+    not faiss_available(), reason="faiss-cpu is not installed (optional)"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_knn_distribution_never_uses_the_query_itself(backend):
+    # Issue 25: a training query is its own store key. Row 0 is the only example of class 2, so any
+    # mass p_kNN puts on class 2 for query 0 could only come from its own entry.
+    gen = torch.Generator().manual_seed(5)
+    keys = torch.randn(13, 4, generator=gen)
+    keys[0] *= 10.0  # its own score ‖k_0‖² then dwarfs every other: the self-retrieval case
+    labels = torch.tensor([2] + [0, 1] * 6)
+    store = KnowledgeStore(keys, labels, 3, backend=backend)
+    rows = torch.arange(len(store))
+    assert float(knn_distribution(store, store.keys[:1], 4)[0, 2]) > 0.99  # without leave-one-out: itself
+    p = training_knn_distribution(store, rows, k=12)  # every other row is a neighbour
+    assert float(p[0, 2]) == 0.0
+    # Every query's p_kNN equals the one computed by brute force on the store without its own row.
+    for i in rows.tolist():
+        others = torch.tensor([j for j in rows.tolist() if j != i])
+        scores = keys[others] @ keys[i]
+        top = torch.topk(scores, 5).indices
+        expected = knn_class_distribution(scores[top][None], labels[others][top][None], 3)
+        torch.testing.assert_close(training_knn_distribution(store, torch.tensor([i]), k=5), expected)
+    # The authors' setting, kept behind the flag, is the plain search.
+    torch.testing.assert_close(training_knn_distribution(store, rows, k=4, leave_one_out=False),
+                               knn_distribution(store, store.keys, 4))
+    with pytest.raises(ValueError, match=r"k must be in \[1, 12\]"):
+        training_knn_distribution(store, rows, k=13)
+    with pytest.raises(ValueError, match="training row -1 is not a row"):
+        training_knn_distribution(store, torch.tensor([3, -1]), k=2)
+
+
+def loo_store():
+    # class 0: rows 0, 1; class 1: rows 2, 3. Inner products ⟨k_i, k_j⟩:
+    #        r0    r1    r2    r3
+    #   r0   4     2     1     0
+    #   r1   2     1.25  1.5   0.5
+    #   r2   1     1.5   4.25  2
+    #   r3   0     0.5   2     1
+    keys = torch.tensor([[2.0, 0.0], [1.0, 0.5], [0.5, 2.0], [0.0, 1.0]])
+    return KnowledgeStore(keys, torch.tensor([0, 0, 1, 1]), 2, "torch")
+
+
+def test_training_knn_nll_hand_computed():
+    # K = 2, T = 1, each row queried with its own key, its own row left out. p(gold) = σ(s_gold − s_other)
+    # for a (gold, other) pair of neighbours, so NLL = ln(1 + e^{−(s_gold − s_other)}):
+    #   row 0 (class 0): r1 2 (class 0), r2 1 (class 1) → NLL = ln(1 + e^{−1})   = 0.3132617
+    #   row 1 (class 0): r0 2 (class 0), r2 1.5 (cl. 1) → NLL = ln(1 + e^{−0.5}) = 0.4740770
+    #   row 2 (class 1): r3 2 (class 1), r1 1.5 (cl. 0) → NLL = ln(1 + e^{−0.5}) = 0.4740770
+    #   row 3 (class 1): r2 2 (class 1), r1 0.5 (cl. 0) → NLL = ln(1 + e^{−1.5}) = 0.2014133
+    # mean NLL_kNN = 1.4628290 / 4 = 0.3657072.
+    # Without leave-one-out rows 0, 2, 3 retrieve themselves (scores 4, 4.25, 1 rank in their top 2) with a
+    # same-class partner: p(gold) = 1, NLL = 0; row 1's own score 1.25 is outside its top 2, NLL unchanged.
+    store, rows, targets = loo_store(), torch.arange(4), torch.tensor([0, 0, 1, 1])
+    nll = knn_negative_log_likelihood(training_knn_distribution(store, rows, k=2), targets)
+    torch.testing.assert_close(nll, torch.tensor([0.3132617, 0.4740770, 0.4740770, 0.2014133]))
+    torch.testing.assert_close(nll.mean(), torch.tensor(0.3657072))
+    with_self = knn_negative_log_likelihood(training_knn_distribution(store, rows, k=2, leave_one_out=False), targets)
+    torch.testing.assert_close(with_self, torch.tensor([0.0, 0.4740770, 0.0, 0.0]))
+    # The loss factor now moves: zero logits (CE = ln 2), β = 1 → ln 2 · (1 + 0.3657072) = 0.9466361.
+    p_knn = training_knn_distribution(store, rows, k=2)
+    torch.testing.assert_close(knn_guided_loss(torch.zeros(4, 2), p_knn, targets, 1.0), torch.tensor(0.9466361))
+
+
+def test_inference_knn_keeps_every_store_entry():
+    # A test query is not a store row: p_kNN at inference searches the whole store, nothing excluded.
+    # q = (1, 1) scores r0 2, r1 1.5, r2 2.5, r3 1; K = 2 → r2 (class 1) 2.5, r0 (class 0) 2:
+    # p = (σ(−0.5), σ(0.5)) = (0.3775407, 0.6224593).
+    store = loo_store()
+    p = knn_distribution(store, torch.tensor([[1.0, 1.0]]), k=2)
+    torch.testing.assert_close(p, torch.tensor([[0.3775407, 0.6224593]]))
+    assert knn_distribution(store, torch.tensor([[1.0, 1.0]]), k=4).shape == (1, 2)  # K may be the whole store
+
+
 @pytest.mark.parametrize("form", ["batch_mean", "per_example"])
 def test_beta_zero_recovers_cross_entropy(form):
     gen = torch.Generator().manual_seed(0)
@@ -305,6 +382,7 @@ def test_settings_defaults_and_validation():
     settings = RetroPromptSettings()
     assert (settings.knn_k, settings.knn_beta, settings.knn_lambda, settings.demo_topk) == (16, 1e-4, 0.2, 8)
     assert settings.interpolation == "linear" and settings.loss_form == "batch_mean"
+    assert settings.knn_exclude_self  # the kNN loss is leave-one-out by default (issue 25)
     with pytest.raises(ValueError, match="knn_lambda"):
         RetroPromptSettings(knn_lambda=1.2)
     with pytest.raises(ValueError, match="knn_k"):
@@ -395,6 +473,20 @@ def test_recipe_tiny_run_refreshes_on_schedule(tmp_path, monkeypatch, fresh_acce
     recipe = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, recipe)  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(recipe)
+    # Record the kNN calls: training ones must leave the query's own row out after every refresh (issue 25);
+    # evaluation ones (test queries, not in the store) must exclude nothing and use the full K.
+    training_calls, inference_calls = [], []
+
+    def spy_training(store, rows, k, temperature=1.0, leave_one_out=True):
+        training_calls.append((store, leave_one_out, k, len(store)))  # holds the store: ids stay distinct
+        return training_knn_distribution(store, rows, k, temperature, leave_one_out)
+
+    def spy_inference(store, queries, k, temperature=1.0, exclude_ids=None):
+        inference_calls.append((exclude_ids, k))
+        return knn_distribution(store, queries, k, temperature, exclude_ids)
+
+    monkeypatch.setattr(recipe, "training_knn_distribution", spy_training)
+    monkeypatch.setattr(recipe, "knn_distribution", spy_inference)
     # 4 shots per class → 8 examples, batch 4: 2 steps per epoch; evaluation after every step.
     recipe.main([
         "--config", str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu.yaml"),
@@ -405,6 +497,11 @@ def test_recipe_tiny_run_refreshes_on_schedule(tmp_path, monkeypatch, fresh_acce
     report = json.loads((tmp_path / "run" / "results.json").read_text())
     assert report["train_examples"] == 8 and report["eval_examples"] == 8
     assert [(r["step"], r["reason"]) for r in report["refreshes"]] == [(0, "start"), (1, "evaluation"), (2, "epoch"), (3, "final")]
+    # one training call per step, each on that step's fresh store, leave-one-out with K = min(16, 8 − 1)
+    assert len(training_calls) == 3 and len({id(call[0]) for call in training_calls}) == 3
+    assert all(loo and k == 7 and size == 8 for _, loo, k, size in training_calls)
+    assert report["settings"]["knn_exclude_self"] is True
+    assert inference_calls and all(exclude is None and k == 8 for exclude, k in inference_calls)
     for name in ("accuracy_lm", "accuracy_knn", "accuracy_interpolated"):
         assert 0.0 <= report["eval"][name] <= 1.0
     assert math.isfinite(report["eval"]["loss"])

@@ -6,7 +6,8 @@ The method keeps an open-book *knowledge store* built from the training set and 
   weighted by a softmax over their z-normalised similarities, summed into one dense vector per class
   that replaces the input embedding at a reserved slot of the template;
 * training: **kNN-guided loss** CE · (1 + β · NLL_kNN), which scales the loss up where the
-  neighbourhood disagrees with the gold label (hard, atypical examples);
+  neighbourhood disagrees with the gold label (hard, atypical examples); the neighbourhood leaves the
+  example itself out (`training_knn_distribution`);
 * inference: **kNN interpolation** P = λ·p_kNN + (1 − λ)·p_LM.
 
 The store is rebuilt with the current encoder at the start of every epoch and after every evaluation
@@ -44,9 +45,11 @@ class RetroPromptSettings:
     knn_lambda: float = 0.2
     # p_kNN = softmax(⟨h_q, k_j⟩ / T) over the K neighbours; 1.0 for GLUE, 0.05 for RE.
     knn_temperature: float = 1.0
-    # The authors do not remove the query from the store when computing p_kNN in training (it can
-    # retrieve itself); True makes the kNN loss leave-one-out as well.
-    knn_exclude_self: bool = False
+    # p_kNN of the kNN-guided loss leaves each training example's own store row out, as the neural
+    # demonstrations do (issue 25). A training query is its own snapshot key, so without this its top
+    # neighbour is itself, p_kNN(gold) ≈ 1 and NLL_kNN ≈ 0 (SmolLM2, SST-2: 1e-5): the loss is plain CE
+    # for any β. False is the authors' code (the query stays in the store), kept for fidelity only.
+    knn_exclude_self: bool = True
     # Same-class neighbours per demonstration vector: 8 for 16-shot, 2 for 4-shot.
     demo_topk: int = 8
     # "keep": insert the demonstration vectors as they are (the paper). "match_embeddings": rescale each
@@ -336,6 +339,26 @@ def knn_distribution(
     """p_kNN [Q, C] of `queries` from their k nearest store entries (see `knn_class_distribution`)."""
     scores, ids = store.search(queries, k, exclude_ids)
     return knn_class_distribution(scores, store.labels[ids], store.num_classes, temperature)
+
+
+def training_knn_distribution(
+    store: KnowledgeStore, rows: torch.Tensor, k: int, temperature: float = 1.0, leave_one_out: bool = True
+) -> torch.Tensor:
+    """p_kNN [B, C] of training examples that are rows `rows` [B] of the store, for the kNN-guided loss.
+
+    A training query is its own snapshot key `store.keys[rows]`. With `leave_one_out` each query's own
+    row is excluded from its neighbours: by row index (the example's identity), not by score, through the
+    same `exclude_ids` search the neural demonstrations use, so another example with an identical key (a
+    duplicated text) still counts. Then k may be at most len(store) − 1. Without it (the authors' code)
+    the query's top neighbour is itself, with score ‖k_i‖² far above the rest, and NLL_kNN ≈ 0.
+    Test queries are not store rows: use `knn_distribution` for them.
+    """
+    rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1).cpu()
+    # −1 would mean "exclude nothing" to the search and index the last key here: refuse it.
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= len(store)):
+        bad = rows[(rows < 0) | (rows >= len(store))][0]
+        raise ValueError(f"training row {int(bad)} is not a row of a store of {len(store)} keys")
+    return knn_distribution(store, store.keys[rows], k, temperature, rows if leave_one_out else None)
 
 
 def knn_negative_log_likelihood(p_knn: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

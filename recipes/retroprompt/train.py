@@ -12,9 +12,10 @@ and draw k per class from the pool); each example becomes
 a causal-LM prompt whose last token predicts a label word ("{text} It was" → " great"/" terrible"),
 preceded, when demonstrations are on, by one reserved slot per class ("<slot> It was great."); (2) train
 on the shared trainer with `RetroPromptTrainer`, which rebuilds the knowledge store on the refresh
-schedule (every epoch, after every evaluation), fills the slots with neural demonstrations (leave-one-out)
-and uses the kNN-guided loss; (3) rebuild the store with the final model and classify the evaluation
-set with the LM alone and with the kNN interpolation; write `results.json`.
+schedule (every epoch, after every evaluation), fills the slots with neural demonstrations and uses the
+kNN-guided loss (both leave-one-out: an example is never its own neighbour); (3) rebuild the store with
+the final model and classify the evaluation set with the LM alone and with the kNN interpolation; write
+`results.json`.
 
 The pieces are in llmkit/prompting/retroprompt.py. Choices the spec leaves open are listed in this
 recipe's README ("Choices").
@@ -53,6 +54,7 @@ from llmkit.prompting.retroprompt import (
     label_word_token_ids,
     match_norm,
     neural_demonstrations,
+    training_knn_distribution,
 )
 from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
 from llmkit.train import Trainer, build_accelerator
@@ -292,6 +294,9 @@ class RetroPromptTrainer(Trainer):
 
     def refresh_store(self, reason: str) -> None:
         """Rebuild the knowledge store from the training set with the current encoder."""
+        # Leave-one-out names an example by its store row: row i must be training example i at every rebuild.
+        if any(ex.store_index != i for i, ex in enumerate(self.train_data)):
+            raise ValueError("training example i must carry store_index i (load_examples sets it)")
         keys = self.encode_plain(self.train_data)
         labels = torch.tensor([ex.class_id for ex in self.train_data])
         self.store = KnowledgeStore(keys, labels, self.num_classes, backend=self.settings.search_backend)
@@ -328,8 +333,10 @@ class RetroPromptTrainer(Trainer):
         out = self.class_forward(model, batch, queries, exclude=rows)
         targets = batch["class_ids"]
         if s.knn_train:
-            exclude = rows if s.knn_exclude_self else None
-            p_knn = knn_distribution(self.store, queries, self.knn_k(s.knn_exclude_self), s.knn_temperature, exclude)
+            # Leave-one-out by store row, as for the demonstrations: otherwise each example retrieves
+            # itself and NLL_kNN ≈ 0 (issue 25).
+            p_knn = training_knn_distribution(self.store, rows, self.knn_k(s.knn_exclude_self), s.knn_temperature,
+                                              leave_one_out=s.knn_exclude_self)
             loss = knn_guided_loss(out.label_logits, p_knn.to(targets.device), targets, s.knn_beta, s.loss_form)
         else:
             loss = F.cross_entropy(out.label_logits.float(), targets)
