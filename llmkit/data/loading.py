@@ -6,6 +6,8 @@ by file and line. Malformed rows are collected in a `BadRows` tally rather than 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -83,12 +85,41 @@ class BadRowPolicy:
         self.tally.add(where, reason)
 
 
+def _refuse_binary(path: Path, kind: str) -> None:
+    """Text formats never hold NUL bytes; one in the first 8 KiB means a binary file (gzip, parquet, ...)."""
+    with path.open("rb") as fh:
+        head = fh.read(8192)
+    at = head.find(b"\x00")
+    if at >= 0:
+        line = head.count(b"\n", 0, at) + 1
+        raise DataError(f"{path}:{line}: a binary file (NUL byte at offset {at}), not {kind} text; check data.path and data.format")
+
+
+def _read_text(path: Path, kind: str) -> str:
+    """The whole file as text; bytes that are not UTF-8 raise DataError naming file:line (a BOM is dropped)."""
+    _refuse_binary(path, kind)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from exc
+
+
 def _iter_jsonl(path: Path, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    _refuse_binary(path, "jsonl")
+    with path.open("rb") as fh:  # bytes: a line that is not UTF-8 is one bad row, not a traceback
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bad(where, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -108,7 +139,7 @@ def _tagged_object(row: Any, where: str, bad: BadRowPolicy) -> Iterator[dict[str
 
 def _iter_json(path: Path, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path, "json"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -119,13 +150,51 @@ def _iter_json(path: Path, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
         yield from _tagged_object(row, f"{path}[{i}]", bad)
 
 
-def _iter_table(path: Path, kind: str) -> Iterator[dict[str, Any]]:
+def _csv_header(fields: list[str], path: Path) -> list[str]:
+    duplicates = sorted({name for name in fields if fields.count(name) > 1})
+    if duplicates:
+        raise DataError(f"{path}: the CSV header repeats column(s) {duplicates}")
+    return fields
+
+
+def _iter_csv(path: Path, bad: BadRowPolicy) -> Iterator[dict[str, Any]]:
+    """CSV rows as dicts of strings, each tagged with the line its record starts on.
+
+    Python's csv module in strict mode, not pandas: pandas silently moves the first fields of rows that are
+    longer than the header into an index, and joins text around a stray quote; here a row whose field count
+    differs from the header's is a bad row, and broken quoting is an error naming the line.
+    """
+    reader = csv.reader(io.StringIO(_read_text(path, "csv"), newline=""), strict=True)
+    header: list[str] | None = None
+    start = 1  # the line the next record starts on (a quoted field may span lines)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, 1 << 30))  # the default (128 KiB) is below some long code answers
+    try:
+        for fields in reader:
+            where, start = f"{path}:{start}", reader.line_num + 1
+            if not fields:  # a blank line
+                continue
+            if header is None:
+                header = _csv_header(fields, path)
+            elif len(fields) != len(header):
+                bad(where, f"{len(fields)} fields, the header has {len(header)} (check the quoting)")
+            else:
+                yield {**dict(zip(header, fields)), SOURCE_KEY: where}
+    except csv.Error as exc:
+        raise DataError(f"{path}:{start}: malformed CSV ({exc}); check the quoting of this record") from exc
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
     import pandas as pd
 
-    frame = pd.read_csv(path, keep_default_na=False) if kind == "csv" else pd.read_parquet(path)
-    offset = 2 if kind == "csv" else 0  # csv: header is line 1
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
+        raise DataError(f"{path}: cannot read it as parquet ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
     for i, row in enumerate(frame.to_dict(orient="records")):
-        row[SOURCE_KEY] = f"{path}:{i + offset}" if kind == "csv" else f"{path}[{i}]"
+        row[SOURCE_KEY] = f"{path}[{i}]"
         yield row
 
 
@@ -155,8 +224,8 @@ def read_records(
         rows = {
             "jsonl": lambda: _iter_jsonl(resolved, bad),
             "json": lambda: _iter_json(resolved, bad),
-            "csv": lambda: _iter_table(resolved, "csv"),
-            "parquet": lambda: _iter_table(resolved, "parquet"),
+            "csv": lambda: _iter_csv(resolved, bad),
+            "parquet": lambda: _iter_parquet(resolved),
         }[kind]()
     else:
         rows = _iter_hub(resolved, split)

@@ -12,6 +12,7 @@ label -100.
 from __future__ import annotations
 
 import logging
+import numbers
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -102,26 +103,60 @@ def column_value(row: dict[str, Any], source: str | list[str]) -> Any:
     return "\n\n".join(str(p) for p in parts if p not in (None, ""))
 
 
+def as_text(value: Any, what: str) -> str | None:
+    """`value` as training text: a string as is, a number as written, None or NaN (a missing value) as None.
+
+    A list or mapping raises ValueError naming `what`: its Python repr would otherwise be trained on.
+    """
+    if value is None or (isinstance(value, numbers.Number) and value != value):  # NaN != NaN
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Number):
+        return str(value)
+    raise ValueError(f"{what} holds a {type(value).__name__}, not text")
+
+
+def column_text(row: dict[str, Any], source: str | list[str]) -> str | None:
+    """A record's text for a mapped column (a list of columns joined with blank lines); None if all absent.
+
+    Unlike `column_value`, a value that is not text (a list, a mapping) raises ValueError naming its column.
+    """
+    parts = [as_text(row.get(col), f"column '{col}'") for col in ([source] if isinstance(source, str) else source)]
+    if all(p is None for p in parts):
+        return None
+    return "\n\n".join(p for p in parts if p)
+
+
+def _chat_messages(messages: Any) -> list[dict[str, str]]:
+    """Validate a `messages` value: a non-empty list of {"role", "content"} with text, one assistant turn or more."""
+    if not isinstance(messages, (list, str, dict)) and hasattr(messages, "tolist"):
+        messages = messages.tolist()  # parquet gives a numpy array for a list column
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' is not a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError("a message lacks 'role' or 'content'")
+        role, content = as_text(m["role"], f"message {i}'s role"), as_text(m["content"], f"message {i}'s content")
+        out.append({"role": role or "", "content": content or ""})
+    if not any(m["role"] == "assistant" for m in out):
+        raise ValueError("no assistant message to train on")
+    return out
+
+
 def to_messages(row: dict[str, Any], cfg: DataConfig) -> list[dict[str, str]]:
     """Canonical chat messages for one record; raises ValueError with the reason for a bad row."""
     if "messages" in cfg.columns:
-        messages = column_value(row, cfg.columns["messages"])
-        if not isinstance(messages, list) or not messages:
-            raise ValueError("'messages' is not a non-empty list")
-        for m in messages:
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise ValueError("a message lacks 'role' or 'content'")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise ValueError("no assistant message to train on")
-        return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-    prompt = column_value(row, cfg.columns["prompt"])
-    response = column_value(row, cfg.columns["response"])
-    if prompt is None or str(prompt).strip() == "":
+        return _chat_messages(column_value(row, cfg.columns["messages"]))
+    prompt = column_text(row, cfg.columns["prompt"])
+    response = column_text(row, cfg.columns["response"])
+    if prompt is None or prompt.strip() == "":
         raise ValueError("empty prompt")
-    if response is None or str(response).strip() == "":
+    if response is None or response.strip() == "":
         raise ValueError("empty response")
     messages = []
-    system = column_value(row, cfg.columns["system"]) if "system" in cfg.columns else cfg.system_prompt
+    system = column_text(row, cfg.columns["system"]) if "system" in cfg.columns else cfg.system_prompt
     if system:
         messages.append({"role": "system", "content": str(system)})
     messages += [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(response)}]
