@@ -23,6 +23,14 @@ class ModelError(LlmkitError):
     """A model or tokenizer cannot be found or loaded; the message names it."""
 
 
+class CheckpointError(DataError):
+    """A checkpoint folder is damaged (a file changed, missing or unreadable); the message names the file."""
+
+
+class TrainingError(LlmkitError):
+    """Training cannot go on (e.g. the loss became NaN); the message names the step and the last good checkpoint."""
+
+
 F = TypeVar("F", bound=Callable[..., object])
 
 

@@ -108,6 +108,8 @@ class EvalConfig:
             raise ValueError(f"pass@k needs k <= n: k={self.k}, n={self.n}")
         if self.chunk_size < 0:
             raise ValueError(f"chunk_size must be >= 0, got {self.chunk_size}")
+        if self.limit is not None and self.limit < 1:  # a slice [:-1] would silently drop the last problem
+            raise ValueError(f"limit must be >= 1 (or null for every problem), got {self.limit}")
         for name in ("n", "sc_samples", "hgivr_max_rounds", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -7,6 +7,7 @@ Loop (see `Trainer.train`)::
         n = target tokens in the whole step, summed over every process
         training_step(micro_batches, n)          # hook: forward + backward on each micro-batch
         clip, optimizer.step, scheduler.step, zero_grad
+        (a NaN/inf loss or gradient norm skips optimizer.step; past trainer.max_nonfinite_steps it stops)
         log / evaluate / checkpoint
 
 Hooks: `step_batches` (the collated micro-batches of a step; SFT packs them, RL builds them from
@@ -24,6 +25,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import signal
 import time
@@ -35,7 +37,7 @@ import torch
 
 from llmkit.data.packing import PackingStats, check_packing_isolation, collate_examples, model_forward_inputs
 from llmkit.data.sft import TokenizedExample, collate
-from llmkit.errors import ConfigError
+from llmkit.errors import CheckpointError, ConfigError, TrainingError
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
 from llmkit.train.losses import count_target_tokens, step_normalised_loss, token_cross_entropy_sum
@@ -87,13 +89,34 @@ class TrainerConfig:
     overwrite_output_dir: bool = False
     report_to: list[str] = field(default_factory=list)
     save_final_model: bool = True
+    # Consecutive optimizer steps with a non-finite loss or gradient norm that are skipped (weights left
+    # unchanged) before the run stops; 0 stops at the first. A stopped run exits non-zero and publishes no model.
+    max_nonfinite_steps: int = 0
 
     def __post_init__(self):
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "num_epochs", "logging_steps", "packing_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # -1 is the documented "train for num_epochs"; any other value below 1 is a typo, not a request.
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1, or -1 to train for num_epochs; got {self.max_steps}")
+        for name in ("save_steps", "eval_steps", "warmup_steps", "max_nonfinite_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Optimizer settings must be finite and in range (torch would raise a traceback, or train on NaN)."""
+        for name in ("learning_rate", "weight_decay", "adam_epsilon", "max_grad_norm", "warmup_ratio"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.learning_rate < 0 or self.weight_decay < 0 or self.adam_epsilon < 0:
+            name = next(n for n in ("learning_rate", "weight_decay", "adam_epsilon") if getattr(self, n) < 0)
+            raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if len(self.adam_betas) != 2:
             raise ValueError("adam_betas must have two values")
+        if not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be in [0, 1), got {self.adam_betas}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -164,6 +187,22 @@ def flatten_for_trackers(config: dict[str, Any], prefix: str = "") -> dict[str, 
 
 def _is_peft(model) -> bool:
     return hasattr(model, "peft_config")
+
+
+@contextlib.contextmanager
+def _unreadable_checkpoint(path: Path):
+    """Turn a failure to read a checkpoint's files into one CheckpointError line naming the folder.
+
+    Checksums catch damage to checkpoints that have them; this covers older checkpoints without a
+    manifest (a truncated or missing file) and files that do not fit this model (wrong keys or shapes).
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"cannot load checkpoint {path}: {exc.__class__.__name__}: {detail}") from exc
 
 
 class Trainer:
@@ -297,6 +336,7 @@ class Trainer:
         if self.eval_data and self.cfg.eval_on_start and self.global_step == 0:
             self._log({"step": 0, "eval_loss": self.evaluate()})
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=not acc.is_main_process)
+        self._nonfinite_run = 0  # consecutive skipped steps (non-finite loss or gradient norm)
         window_start, window_tokens, window_inputs = time.time(), 0, 0
         while self.global_step < self.total_steps:
             micro_batches = self.step_batches(self.global_step)
@@ -313,17 +353,24 @@ class Trainer:
             self.model.train()
             stats = self.training_step(self.model, micro_batches, num_step_tokens)
             grad_norm = self._clip_gradients()
-            self.optimizer.step()
+            # One reduce gives every process the step's loss and whether any saw a non-finite gradient,
+            # so all of them take (or skip) the optimizer step and stop together.
+            loss_sum, nonfinite_grads = self._sum_over_processes(stats.pop("loss_sum"), self._nonfinite_gradients(grad_norm))
+            loss = loss_sum / num_step_tokens
+            finite = math.isfinite(loss) and nonfinite_grads == 0
+            if finite:
+                self.optimizer.step()  # skipped otherwise: a NaN update would poison every later step
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.global_step += 1
+            self._nonfinite_run = 0 if finite else self._nonfinite_run + 1
 
             window_tokens += num_step_tokens
             window_inputs += int(real_tokens)
             record = {
                 "step": self.global_step,
                 "epoch": round(self.global_step / self.steps_per_epoch, 4),
-                "loss": self._sum_over_processes(stats.pop("loss_sum"))[0] / num_step_tokens,
+                "loss": loss,
                 "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
                 "num_tokens": num_step_tokens,
@@ -343,6 +390,8 @@ class Trainer:
             else:
                 self._log(record, console=False)
             bar.update(1)
+            if not finite:
+                self._on_nonfinite_step(loss, grad_norm, bar)
 
             if self.eval_data and self.cfg.eval_steps > 0 and self.global_step % self.cfg.eval_steps == 0:
                 self._log({"step": self.global_step, "eval_loss": self.evaluate()})
@@ -419,6 +468,47 @@ class Trainer:
         norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
         return float(torch.stack(norms).norm()) if norms else 0.0
 
+    def _nonfinite_gradients(self, grad_norm: float | None) -> float:
+        """1.0 when this process's gradient norm is NaN/inf, else 0.0 (summed over processes by the loop).
+
+        Under fp16 loss scaling (torch's GradScaler or DeepSpeed's) an infinite gradient is routine: the
+        scaler skips that step and lowers the scale itself, so only the loss is checked there.
+        """
+        if grad_norm is None or self.accelerator.mixed_precision == "fp16":
+            return 0.0
+        return 0.0 if math.isfinite(grad_norm) else 1.0
+
+    def _on_nonfinite_step(self, loss: float, grad_norm: float | None, bar) -> None:
+        """After a skipped step: warn while within `max_nonfinite_steps`, else close `bar` (so the error
+        starts its own line) and stop with TrainingError."""
+        norm = "unknown" if grad_norm is None else f"{grad_norm:.4g}"
+        what = f"loss or gradient norm (loss {loss:.4g}, gradient norm {norm})"
+        if self._nonfinite_run <= self.cfg.max_nonfinite_steps:
+            if self.accelerator.is_main_process:
+                logger.warning("step %d: non-finite %s; the optimizer step was skipped (%d of %d allowed in a row)",
+                               self.global_step, what, self._nonfinite_run, self.cfg.max_nonfinite_steps)
+            return
+        bar.close()
+        raise TrainingError(
+            f"training stopped at step {self.global_step}: non-finite {what} "
+            f"({self._nonfinite_run} step(s) in a row, trainer.max_nonfinite_steps={self.cfg.max_nonfinite_steps}); "
+            f"{self._last_good_checkpoint()}, no final model was saved; lower trainer.learning_rate or check the data"
+        )
+
+    def _last_good_checkpoint(self) -> str:
+        latest = ckpt.latest_checkpoint(self.output_dir)
+        return f"the last good checkpoint is {latest}" if latest else "there is no checkpoint"
+
+    def _check_weights_finite(self, what: str) -> None:
+        """Refuse to write `what` when a trainable weight is NaN/inf on any process (it would be published)."""
+        params = [p for p in self.model.parameters() if p.requires_grad and p.numel() > 0]
+        local_ok = bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()) if params else True
+        if self._sum_over_processes(0.0 if local_ok else 1.0)[0] > 0:
+            raise TrainingError(
+                f"the weights hold NaN/inf values at step {self.global_step}, so {what} was not written; "
+                f"{self._last_good_checkpoint()}; lower trainer.learning_rate or check the data"
+            )
+
     def _build_scheduler(self, optimizer):
         from transformers import get_scheduler
 
@@ -476,6 +566,7 @@ class Trainer:
                     )
                 for _, path in existing:
                     shutil.rmtree(path)
+            self._refuse_to_replace_a_finished_model(existing)
             if not self.cfg.resume:
                 (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
         acc.wait_for_everyone()
@@ -489,10 +580,22 @@ class Trainer:
                 self.load_checkpoint(latest)
         acc.wait_for_everyone()
 
+    def _refuse_to_replace_a_finished_model(self, checkpoints: list) -> None:
+        """A folder that holds a trained model (and no checkpoints) is only replaced when asked to be."""
+        if checkpoints or self.cfg.resume or self.cfg.overwrite_output_dir:
+            return
+        found = ckpt.final_model_files(self.output_dir)
+        if found:
+            raise ConfigError(
+                f"{self.output_dir} already holds a trained model ({found[0]}); pass --trainer.overwrite_output_dir "
+                "to replace it, or set another trainer.output_dir"
+            )
+
     def save_checkpoint(self) -> Path:
         """Write checkpoint-<step> atomically (all processes take part) and rotate old ones."""
         acc = self.accelerator
         final = self.output_dir / f"checkpoint-{self.global_step}"
+        self._check_weights_finite(final.name)
         tmp = self.output_dir / f"{ckpt.TMP_PREFIX}{self.global_step}"
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
@@ -526,27 +629,37 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore model, optimizer, scheduler, RNG and method state, and the step, from `path`."""
-        state = json.loads((path / "trainer_state.json").read_text())
+        """Restore model, optimizer, scheduler, RNG and method state, and the step, from `path`.
+
+        The files are checked against the checkpoint's checksums first; a damaged checkpoint raises
+        CheckpointError naming the file instead of loading changed weights or failing with a traceback.
+        """
+        ckpt.verify_checksums(path)
+        state = ckpt.read_trainer_state(path)
         if state["global_batch"] != self.global_batch or state["steps_per_epoch"] != self.steps_per_epoch:
             raise ConfigError(
                 f"cannot resume from {path}: it used a global batch of {state['global_batch']} "
                 f"({state['steps_per_epoch']} steps/epoch), this run uses {self.global_batch} ({self.steps_per_epoch})"
             )
+        with _unreadable_checkpoint(path):
+            self._load_checkpoint_files(path)
+        self.global_step = int(state["global_step"])
+        if self.accelerator.is_main_process:
+            self._truncate_metrics(self.global_step)
+            logger.info("resumed from %s at step %d", path, self.global_step)
+
+    def _load_checkpoint_files(self, path: Path) -> None:
+        """accelerate's state (model, optimizer, scheduler, RNG), then the method and process state."""
         kwargs = {}
         if self.accelerator.distributed_type.value != "DEEPSPEED" and _is_peft(self.accelerator.unwrap_model(self.model)):
             kwargs["strict"] = False  # LoRA checkpoints hold only the trainable weights
         self.accelerator.load_state(str(path), **kwargs)
-        self.global_step = int(state["global_step"])
         method_state = path / "method_state.pt"
         if method_state.is_file():
             self.load_method_state_dict(torch.load(method_state, weights_only=False))
         process_state = path / f"process_state_{self.accelerator.process_index}.pt"
         if process_state.is_file():
             self.load_process_state_dict(torch.load(process_state, weights_only=False))
-        if self.accelerator.is_main_process:
-            self._truncate_metrics(self.global_step)
-            logger.info("resumed from %s at step %d", path, self.global_step)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop logged rows after `step` (written by the run that crashed) so the log has no duplicates."""
@@ -582,6 +695,7 @@ class Trainer:
         from llmkit.train.card import write_model_card, write_loss_plot
 
         acc = self.accelerator
+        self._check_weights_finite("the final model")
         acc.wait_for_everyone()
         state_dict = acc.get_state_dict(self.model)
         if acc.is_main_process:
