@@ -537,6 +537,15 @@ class GeneratorServer:
         return _make_handler(self)
 
 
+def _readable(sock: socket.socket) -> bool:
+    """Whether `sock` has data or an end of stream to read now (poll: select() fails on descriptors >= 1024)."""
+    if not hasattr(select, "poll"):
+        return bool(select.select([sock], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
 
 
@@ -573,8 +582,7 @@ def _make_handler(server: GeneratorServer):
         def _client_gone(self) -> bool:
             """True once the client closed its side (readable with nothing to read) or the socket failed."""
             try:
-                readable, _, _ = select.select([self.connection], [], [], 0)
-                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+                return _readable(self.connection) and self.connection.recv(1, socket.MSG_PEEK) == b""
             except BlockingIOError:
                 return False
             except OSError:
