@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+import dis
+
 from llmkit.evaluation.tasks.mbpp import TEST_IDS, read_mbpp
+from llmkit.rl.code_reward import _CHECKER, strict_test_program, top_level_names
 from llmkit.rl.rewards import MBPP_TRAIN_IDS, REWARDS, CodeTestsReward, mbpp_prompts
 
 
@@ -59,3 +62,86 @@ def test_hostile_completions_earn_nothing(attack):
 def test_empty_tests_are_refused():
     with pytest.raises(ValueError, match="test_list"):
         REWARDS["code_tests"](fenced("x = 1"), {"test_list": [], "index": 3})
+
+
+def test_every_reference_solution_passes_the_strict_program():
+    """No false negatives: MBPP's own solutions, train ids and a slice of the test split, all pass."""
+    problems = read_mbpp(split_ids=list(MBPP_TRAIN_IDS)[::4]) + read_mbpp()[::10]
+    records = [{"test_list": p["test_list"], "test_setup_code": p.get("test_setup_code") or "", "index": i,
+                "solution_names": top_level_names(p["code"])} for i, p in enumerate(problems)]
+    scores = REWARDS["code_tests"].score_batch([fenced(p["code"]) for p in problems], records)
+    assert [p["task_id"] for p, s in zip(problems, scores) if s < 1] == []
+
+
+def one_assert(test: str) -> dict:
+    return {"test_list": [test], "test_setup_code": "", "index": 0}
+
+
+# Completions that solve nothing but make the assert pass in the harness's plain MBPP program (code, then
+# the asserts, in one module): each is a way a policy trained on the reward could learn to cheat.
+ALWAYS_EQUAL = "class E:\n    def __eq__(self, other): return True\n    __hash__ = None\n"
+ATTACKS = {
+    "always-equal object": ("assert f(3) == [3, 3, 3]", ALWAYS_EQUAL + "def f(x): return E()"),
+    "list subclass that lies": ("assert f(3) == [3, 3, 3]",
+                                "class L(list):\n    def __eq__(self, o): return True\n    __hash__ = None\ndef f(x): return L()"),
+    "int subclass that lies": ("assert h() == 7", "class I(int):\n    def __eq__(self, o): return True\n"
+                               "    __hash__ = int.__hash__\ndef h(): return I(0)"),
+    "dict subclass that lies": ("assert d() == {'a': 1}", "class D(dict):\n    def __eq__(self, o): return True\n"
+                                "    __hash__ = None\ndef d(): return D()"),
+    "shadowed built-in": ("assert sorted(g()) == [1, 2]", "sorted = lambda x: [1, 2]\ndef g(): return None"),
+    "patched module attribute": ("assert math.isclose(h(), 0.5)",
+                                 "import math\nmath.isclose = lambda *a, **k: True\ndef h(): return 9.0"),
+    "self-restoring patch inside the assert": ("assert g() == sorted([2, 1])",
+                                               "_m = [9]\ndef _fake(x):\n    globals().pop('sorted', None)\n    return _m\n"
+                                               "def g():\n    globals()['sorted'] = _fake\n    return _m"),
+    "checker rebound through frames": ("assert f(3) == [3, 3, 3]", ALWAYS_EQUAL + "import sys\ndef _yes(*a): return True\n"
+                                       "def f(x):\n    fr = sys._getframe(1)\n    fr.f_globals['__llmkit_same'] = _yes\n"
+                                       "    fr.f_globals['__same'] = _yes\n    fr.f_locals['__same'] = _yes\n    return E()"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attacks_pass_the_plain_program_and_earn_nothing_here(name):
+    from llmkit.evaluation.sandbox import run_program
+    from llmkit.evaluation.tasks.mbpp import mbpp_program
+
+    test, code = ATTACKS[name]
+    assert run_program(mbpp_program(one_assert(test), fenced(code), chat=True)).passed  # the weakness is real
+    assert REWARDS["code_tests"](fenced(code), one_assert(test)) == 0.0, name
+
+
+def test_honest_solutions_of_the_attacked_asserts_pass():
+    honest = {"assert f(3) == [3, 3, 3]": "def f(x): return [x] * x", "assert h() == 7": "def h(): return 7",
+              "assert d() == {'a': 1}": "import collections\ndef d(): return collections.Counter(a=1)",
+              "assert sorted(g()) == [1, 2]": "def g(): return {2, 1}", "assert math.isclose(h(), 0.5)": "def h(): return 0.5",
+              "assert g() == sorted([2, 1])": "def g(): return (1, 2) and [1, 2]"}
+    records = [one_assert(t) for t in honest]
+    assert REWARDS["code_tests"].score_batch([fenced(c) for c in honest.values()], records) == [1.0] * len(honest)
+
+
+def test_completion_cannot_change_how_the_tests_parse():
+    record = one_assert("assert f(1) == 1")
+    assert REWARDS["code_tests"](fenced('def f(x): return None\nx = """'), record) == 0.0
+    assert REWARDS["code_tests"](fenced("def f(x):\n    return x\nif True:"), record) == 0.0
+
+
+def test_builtin_names_the_task_asks_for_are_the_completions():
+    """MBPP 126 asks for a function called `sum`: with `solution_names` the tests call the completion's."""
+    record = {"test_list": ["assert sum(10, 15) == 6"], "test_setup_code": "", "index": 0, "solution_names": ["sum"]}
+    code = fenced("def sum(a, b):\n    return a + b - 19")
+    assert REWARDS["code_tests"](code, record) == 1.0
+    assert REWARDS["code_tests"](code, {**record, "solution_names": []}) == 0.0  # else the built-in sum is called
+
+
+def test_checker_reads_no_global_name():
+    """The checker and the runner take everything from arguments: a rebound global cannot change them."""
+    namespace: dict = {}
+    exec(compile(_CHECKER, "<checker>", "exec"), namespace)
+    for name in ("__llmkit_same", "__llmkit_scalar_key"):
+        ops = {ins.opname for ins in dis.get_instructions(namespace[name])}
+        assert not ops & {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF"}, name
+
+
+def test_rewritten_tests_use_pristine_builtins_and_module_attributes():
+    program = strict_test_program("x = 1", ["assert sorted(f()) == [1]", "assert math.isclose(g(), 1.0)"])
+    assert "__same(__b[0](f()), [1], __env)" in program and "__m[0](g(), 1.0)" in program

@@ -4,10 +4,10 @@
   number) against the record's `answer` (a GSM8K solution or a bare number).
 * `boxed`: the content of the last ``\\boxed{...}`` (nested braces allowed) must equal the answer, as a
   number when both parse, else as whitespace-normalised text.
-* `code_tests`: the completion's code is run against its problem's tests in the harness sandbox (the same
-  program builder, pass rule, limits and hostile-code guarantees as MBPP scoring), all completions of a
-  rollout in parallel: 1 if every test passes, else 0. `code_tests_fraction`: the fraction of the asserts
-  that pass (each assert its own sandboxed run), 1 only when all pass.
+* `code_tests`: the completion's code is run against its problem's tests in the harness sandbox (the
+  harness's code extraction, pass rule and limits), all completions of a rollout in parallel, in a program
+  built so the completion cannot make a test pass without solving it (`llmkit.rl.code_reward`): 1 if every
+  test passes, else 0. `code_tests_fraction`: the fraction of the asserts that pass (each its own run).
 * `toy_arithmetic_prompts`: seeded two-number additions and subtractions, for the CPU check of the
   paper (small numbers keep some prompts easy and some hard for a 135M model).
 * `mbpp_prompts`: MBPP problems as RL prompt records (by default the ids outside the test split 11–510).
@@ -19,6 +19,7 @@ import random
 from typing import Any
 
 from llmkit.evaluation.answers import gsm8k_correct, gsm8k_gold, normalize_number
+from llmkit.rl.code_reward import CodeTestsReward, top_level_names
 
 INSTRUCTION = "Solve the problem. Think step by step, then give the final answer as \\boxed{{N}}.\n\n{question}"
 
@@ -69,50 +70,6 @@ def score_completions(reward_fn, texts: list[str], records: list[dict[str, Any]]
     return [float(reward_fn(t, r)) for t, r in zip(texts, records)]
 
 
-class CodeTestsReward:
-    """Execution reward for code problems: records carry MBPP's `test_list` (assert lines) and optionally
-    `test_setup_code`; the completion's code (extracted from a fenced block, as the harness does) runs with them.
-
-    `score_batch` runs every program of a rollout in the sandbox at once (`workers` at a time); calling the
-    object scores a single completion.
-    """
-
-    def __init__(self, fraction: bool = False, timeout_s: float = 10.0, workers: int | None = None):
-        from llmkit.evaluation.tasks.mbpp import MBPP
-
-        self.fraction = fraction
-        self.limits = MBPP(timeout_s=timeout_s).limits  # the harness's limits for MBPP
-        self.workers = workers
-
-    def programs(self, completion: str, record: dict[str, Any]) -> list[str]:
-        """The program(s) for one completion: all asserts together, or one program per assert (fraction)."""
-        from llmkit.evaluation.tasks.mbpp import mbpp_program
-
-        tests = list(record["test_list"])
-        if not tests:
-            raise ValueError(f"record {record.get('index')}: code_tests needs a non-empty test_list")
-        if not self.fraction:
-            return [mbpp_program(record, completion, chat=True)]
-        return [mbpp_program({**record, "test_list": [t]}, completion, chat=True) for t in tests]
-
-    def score_batch(self, completions: list[str], records: list[dict[str, Any]]) -> list[float]:
-        """One reward per (completion, record): 1/0, or the fraction of asserts passed."""
-        from llmkit.evaluation.sandbox import run_programs
-
-        per_completion = [self.programs(c, r) for c, r in zip(completions, records)]
-        flat = [p for progs in per_completion for p in progs]
-        results = iter(run_programs(flat, self.limits, workers=self.workers, show_progress=False))
-        scores = []
-        for progs in per_completion:
-            passed = [next(results).passed for _ in progs]
-            scores.append(sum(passed) / len(passed))
-        return scores
-
-    def __call__(self, completion: str, record: dict[str, Any]) -> float:
-        """The reward of one completion."""
-        return self.score_batch([completion], [record])[0]
-
-
 REWARDS = {"gsm8k": gsm8k_reward, "boxed": boxed_reward, "code_tests": CodeTestsReward(),
            "code_tests_fraction": CodeTestsReward(fraction=True)}
 
@@ -135,7 +92,8 @@ def mbpp_prompts(path: str | None = None, task_ids=MBPP_TRAIN_IDS) -> list[dict[
     order = {t: k for k, t in enumerate(task_ids)}
     problems.sort(key=lambda p: order[p["task_id"]])
     return [{"prompt": task.prompt(p, chat=True), "index": k, "task_id": p["task_id"], "test_list": p["test_list"],
-             "test_setup_code": p.get("test_setup_code") or ""} for k, p in enumerate(problems)]
+             "test_setup_code": p.get("test_setup_code") or "", "solution_names": top_level_names(p["code"])}
+            for k, p in enumerate(problems)]
 
 
 def toy_arithmetic_prompts(count: int, seed: int = 0, max_operand: int = 60) -> list[dict[str, Any]]:
