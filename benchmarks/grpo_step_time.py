@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
@@ -41,7 +43,7 @@ def run_llmkit(args) -> float:
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainerConfig(output_dir=out, max_steps=args.steps, per_device_batch_size=args.prompts, learning_rate=1e-5,
                             lr_scheduler="constant", save_final_model=False)
-        trainer = GRPOTrainer(cfg, GRPOSettings(num_generations=args.n, temperature=1.0, max_new_tokens=args.max_new_tokens,
+        trainer = GRPOTrainer(cfg, GRPOSettings(num_generations=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                                 advantage="grpo", clip_high=0.2, loss_aggregation="seq-mean-token-mean"),
                               model, tokenizer, prompts(args.prompts * args.steps), boxed_reward)
         original = trainer.step_batches
@@ -84,7 +86,7 @@ def run_trl(args) -> float:
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(output_dir=out, per_device_train_batch_size=args.prompts * args.n, num_generations=args.n,
                             max_completion_length=args.max_new_tokens, max_steps=args.steps, learning_rate=1e-5, beta=0.0,
-                            loss_type="grpo", temperature=1.0, use_cpu=True, report_to=[], bf16=False, save_strategy="no",
+                            loss_type="grpo", temperature=args.temperature, use_cpu=True, report_to=[], bf16=False, save_strategy="no",
                             logging_steps=1, disable_tqdm=True)
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer,
                               callbacks=[Stamp()])
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="completions per prompt")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (both score log-probs at it)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="alternate the two trainers this many times and take the median (other load on the machine hits both)")
     parser.add_argument("--no_append", action="store_true")
@@ -116,8 +119,9 @@ def main() -> None:
     print(table)
     if not args.no_append:
         section = (f"\n## GRPO step time vs TRL: {args.model}, {args.prompts} prompts × {args.n} completions, "
-                   f"{args.max_new_tokens} new tokens\n\n- date: {dt.date.today().isoformat()}\n"
-                   f"- machine: CPU {platform.machine()} (2 cores), fp32, hf generation\n- command: `python {' '.join(sys.argv)}`\n\n{table}\n")
+                   f"{args.max_new_tokens} new tokens, T {args.temperature}\n\n- date: {dt.date.today().isoformat()}\n"
+                   f"- machine: CPU {platform.machine()} (2 cores, shared with other jobs), fp32, hf generation, "
+                   f"{torch.get_num_threads()} torch thread(s)\n- command: `python {' '.join(sys.argv)}`\n\n{table}\n")
         with RESULTS.open("a") as fh:
             fh.write(section)
 
