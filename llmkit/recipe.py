@@ -12,6 +12,7 @@ from typing import TypeVar
 from llmkit.config import load_config, options_help, split_config_arg, wants_help
 from llmkit.data.sft import DataConfig
 from llmkit.models import ModelConfig
+from llmkit.quiet import silence_known_warnings
 from llmkit.train.trainer import TrainerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,7 @@ def setup_logging() -> None:
     )
     for noisy in ("httpx", "urllib3", "filelock", "DeepSpeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    silence_known_warnings()  # two warnings that every single-process run printed (llmkit/quiet.py)
 
 
 def parse_recipe_args(cls: type[C], argv: list[str] | None = None) -> C:

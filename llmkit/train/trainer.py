@@ -38,6 +38,7 @@ import torch
 from llmkit.data.packing import PackingStats, check_packing_isolation, collate_examples, model_forward_inputs
 from llmkit.data.sft import TokenizedExample, collate
 from llmkit.errors import CheckpointError, ConfigError, TrainingError
+from llmkit.quiet import silence_known_warnings
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
 from llmkit.train.losses import count_target_tokens, step_normalised_loss, token_cross_entropy_sum
@@ -135,6 +136,8 @@ def build_accelerator(cfg: TrainerConfig):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
+    # before anything imports DeepSpeed (Accelerator under ZeRO, unwrap_model in every run): see llmkit/quiet.py
+    silence_known_warnings()
     handlers = []
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))

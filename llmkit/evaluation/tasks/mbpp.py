@@ -24,7 +24,8 @@ def read_mbpp(path: str | None = None, split_ids=TEST_IDS) -> list[dict[str, Any
 
 
 def mbpp_program(problem: dict[str, Any], completion: str, chat: bool) -> str:
-    """The model's code + the setup code (it may use the solution's classes, e.g. task 367) + the asserts."""
+    """The model's code + the setup code (it may use the solution's classes, e.g. task 367) + the asserts:
+    code + "\\n\\n" + (test_setup_code or "") + "\\n" + the asserts, one per line, + "\\n"."""
     code = extract_code(completion) if chat else completion
     tests = "\n".join(problem["test_list"])
     return f"{code}\n\n{problem.get('test_setup_code') or ''}\n{tests}\n"
@@ -47,6 +48,8 @@ class MBPP(HumanEval):
             return [{"role": "user", "content": text + "\nAnswer with the code in one ```python code block."}]
         return text + "\n```python\n"
 
-    def programs(self, problems, completions_per_problem: list[list[str]], chat: bool) -> list[str]:
-        """Every (problem, completion) program, flattened problem-major."""
-        return [mbpp_program(p, text, chat) for p, texts in zip(problems, completions_per_problem) for text in texts]
+    def executed(self, problem: dict[str, Any], answer: str, chat: bool) -> tuple[str, str]:
+        """(completion, program): the code taken from the answer, and the program run, which is that code
+        followed by the problem's setup code and asserts (see `mbpp_program`)."""
+        completion = extract_code(answer) if chat else answer
+        return completion, mbpp_program(problem, completion, chat=False)

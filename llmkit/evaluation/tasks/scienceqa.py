@@ -2,6 +2,8 @@
 
 Breakdown as in the ScienceQA paper's evaluation code: subject (NAT/SOC/LAN), context modality (TXT =
 has a text hint, IMG = has an image, NO = neither; TXT and IMG overlap), grade (G1-6 / G7-12).
+Answers are parsed twice: `accuracy` is lenient (a letter, else the one option whose text the answer
+names) and `accuracy_strict` reads letters only, as published ScienceQA numbers do.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def qcm_prompt(problem: dict[str, Any], use_caption: bool) -> str:
     return f"Question: {problem['question']}\nContext: {context_text(problem, use_caption)}\nOptions: {options}\n"
 
 
-def extract_choice(text: str, choices: list[str]) -> int | None:
-    """The chosen option's index from a free-form answer: a letter in the usual forms, else the option text."""
+def extract_choice(text: str, choices: list[str], letters_only: bool = False) -> int | None:
+    """The chosen option's index from a free-form answer: a letter in the usual forms, else (unless
+    `letters_only`) the option's text when exactly one option's text appears in the answer."""
     valid = LETTERS[: len(choices)]
     patterns = [
         rf"answer is:?\s*\(?([{valid}])\)?(?![a-z])",
@@ -50,9 +53,20 @@ def extract_choice(text: str, choices: list[str]) -> int | None:
         match = re.search(pattern, text, flags=re.IGNORECASE if pattern.startswith("answer") else 0)
         if match:
             return valid.index(match.group(1).upper())
+    if letters_only:
+        return None
     lowered = text.lower()
     hits = [i for i, c in enumerate(choices) if c and c.lower() in lowered]
     return hits[0] if len(hits) == 1 else None
+
+
+def scienceqa_verdict(text: str, problem: dict[str, Any]) -> dict[str, Any]:
+    """One answer's verdict under both parses: lenient (`choice`, `correct`, `parsed`: a letter, else an
+    option's text) and strict (`choice_strict`, `correct_strict`: a letter only)."""
+    choice = extract_choice(text, problem["choices"])
+    strict = extract_choice(text, problem["choices"], letters_only=True)
+    return {"correct": choice == problem["answer"], "choice": choice, "gold": problem["answer"], "parsed": choice is not None,
+            "correct_strict": strict == problem["answer"], "choice_strict": strict}
 
 
 def problem_groups(problem: dict[str, Any]) -> list[str]:
@@ -116,17 +130,18 @@ class ScienceQA(Task):
         return run_scienceqa_strategy(self, strategy, problems, generator, params, cfg)
 
     def score(self, problems, outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
-        """Accuracy of the first sample, overall and by the paper's groups; unparsed answers count wrong."""
-        verdicts = []
-        for p, o in zip(problems, outputs):
-            row = []
-            for c in o.completions:
-                text = c.text if chat else "(" + c.text
-                choice = extract_choice(text, p["choices"])
-                row.append({"correct": choice == p["answer"], "choice": choice, "gold": p["answer"], "parsed": choice is not None})
-            verdicts.append(row)
+        """Accuracy of the first sample, overall and by the paper's groups; unparsed answers count wrong.
+
+        Two parses: `accuracy` (and the groups, `unparsed_rate`) is lenient, an answer naming exactly one
+        option's text counts as that option; `accuracy_strict` (and `unparsed_rate_strict`) reads letters
+        only, as the published ScienceQA evaluations do, so compare that one with the literature.
+        """
+        verdicts = [[scienceqa_verdict(c.text if chat else "(" + c.text, p) for c in o.completions]
+                    for p, o in zip(problems, outputs)]
         metrics = breakdown(problems, [v[0]["correct"] for v in verdicts])
         metrics["unparsed_rate"] = 100.0 * sum(not v[0]["parsed"] for v in verdicts) / len(verdicts)
+        metrics["accuracy_strict"] = 100.0 * sum(v[0]["correct_strict"] for v in verdicts) / len(verdicts)
+        metrics["unparsed_rate_strict"] = 100.0 * sum(v[0]["choice_strict"] is None for v in verdicts) / len(verdicts)
         return Scored(metrics=metrics, verdicts=verdicts,
                       extra={"use_caption": self.use_caption, "text_only": self.text_only})
 
