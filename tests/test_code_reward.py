@@ -7,7 +7,8 @@ import pytest
 import dis
 
 from llmkit.evaluation.tasks.mbpp import TEST_IDS, read_mbpp
-from llmkit.rl.code_reward import _CHECKER, strict_test_program, top_level_names
+from llmkit.evaluation.sandbox import ExecResult
+from llmkit.rl.code_reward import _CHECKER, REPORT_MARKER, build_check_plan, judge, top_level_names
 from llmkit.rl.rewards import MBPP_TRAIN_IDS, REWARDS, CodeTestsReward, mbpp_prompts
 
 
@@ -21,10 +22,14 @@ def records():
     return {r["task_id"]: r for r in prompts}
 
 
-def test_mbpp_prompts_never_touch_the_evaluation_split(records):
+def test_mbpp_prompts_never_touch_the_evaluation_split_nor_show_the_scored_asserts(records):
     assert len(records) == 384 and set(records) == set(MBPP_TRAIN_IDS)
     assert not set(records) & set(TEST_IDS)
     assert sorted(r["index"] for r in records.values()) == list(range(384))
+    for r in records.values():
+        text = r["prompt"][0]["content"]
+        assert r["shown_tests"][0] in text and len(r["shown_tests"]) == 1
+        assert r["test_list"] and not any(t in text for t in r["test_list"])
     with pytest.raises(ValueError, match="evaluation split"):
         mbpp_prompts(task_ids=[601, 11])
 
@@ -32,7 +37,7 @@ def test_mbpp_prompts_never_touch_the_evaluation_split(records):
 def test_reference_solutions_pass_and_wrong_ones_fail_in_one_parallel_batch(records):
     reward = REWARDS["code_tests"]
     solutions = {r["task_id"]: r["code"] for r in read_mbpp(split_ids=MBPP_TRAIN_IDS)}
-    ids = [602, 605, 1, 2]
+    ids = [602, 605, 1, 2]  # scored on the asserts the prompt does not show
     good = [fenced(solutions[i]) for i in ids]
     bad = [fenced("def nothing():\n    return None")] * len(ids)
     scores = reward.score_batch(good + bad, [records[i] for i in ids] * 2)
@@ -50,7 +55,7 @@ def test_fraction_counts_asserts_and_is_one_only_when_all_pass(records):
 @pytest.mark.parametrize("attack", [
     "import sys\nsys.exit(0)",                                    # leave before the asserts
     "import os\nos._exit(0)",
-    "import builtins\nbuiltins.AssertionError = type('A', (Exception,), {})\ndef f(x):\n    return 0",
+    "import builtins\nbuiltins.int = lambda *a: 2\ndef f(x):\n    return 0",      # tamper with builtins
     "def f(x):\n    return 0\nraise SystemExit(0)",
     "while True:\n    pass",                                       # time out
 ])
@@ -62,10 +67,13 @@ def test_hostile_completions_earn_nothing(attack):
 def test_empty_tests_are_refused():
     with pytest.raises(ValueError, match="test_list"):
         REWARDS["code_tests"](fenced("x = 1"), {"test_list": [], "index": 3})
+    with pytest.raises(ValueError, match="assert"):
+        REWARDS["code_tests"](fenced("x = 1"), {"test_list": ["print(1)"], "index": 3})
 
 
-def test_every_reference_solution_passes_the_strict_program():
-    """No false negatives: MBPP's own solutions, train ids and a slice of the test split, all pass."""
+def test_every_reference_solution_passes():
+    """No false negatives: MBPP's own solutions for every training id and the test split pass every assert
+    (all 884 were checked once; here a spread of them, to keep the suite fast)."""
     problems = read_mbpp(split_ids=list(MBPP_TRAIN_IDS)[::4]) + read_mbpp()[::10]
     records = [{"test_list": p["test_list"], "test_setup_code": p.get("test_setup_code") or "", "index": i,
                 "solution_names": top_level_names(p["code"])} for i, p in enumerate(problems)]
@@ -95,9 +103,42 @@ ATTACKS = {
                                                "_m = [9]\ndef _fake(x):\n    globals().pop('sorted', None)\n    return _m\n"
                                                "def g():\n    globals()['sorted'] = _fake\n    return _m"),
     "checker rebound through frames": ("assert f(3) == [3, 3, 3]", ALWAYS_EQUAL + "import sys\ndef _yes(*a): return True\n"
-                                       "def f(x):\n    fr = sys._getframe(1)\n    fr.f_globals['__llmkit_same'] = _yes\n"
-                                       "    fr.f_globals['__same'] = _yes\n    fr.f_locals['__same'] = _yes\n    return E()"),
+                                       "def f(x):\n    fr = sys._getframe(1)\n    fr.f_globals['__llmkit_canon'] = _yes\n"
+                                       "    fr.f_locals['__canon'] = _yes\n    return E()"),
 }
+
+# Completions that read the test code itself (frames, tracebacks, the runner's source) to return the expected
+# value. Against a program that holds the expected values these scored 1 (found in review); here the values
+# are not in the process at all.
+ORACLES = {
+    "expected value from the caller's frame": (
+        "import sys, ast\ndef f(*args):\n    for depth in range(1, 12):\n        try:\n"
+        "            fr = sys._getframe(depth)\n        except ValueError:\n            break\n"
+        "        for value in list(fr.f_locals.values()) + list(fr.f_globals.values()):\n"
+        "            if isinstance(value, str) and '==' in value and 'assert' in value:\n"
+        "                for node in ast.walk(ast.parse(value)):\n"
+        "                    if isinstance(node, ast.Compare):\n"
+        "                        return ast.literal_eval(node.comparators[0])\n    return None"),
+    "expected value from the frames' constants": (
+        "import sys\ndef f(*args):\n    fr = sys._getframe(1)\n    while fr is not None:\n"
+        "        for c in fr.f_code.co_consts:\n            if isinstance(c, list) and c and c[0] == 3:\n"
+        "                return c\n        fr = fr.f_back\n    return None"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORACLES))
+def test_reading_the_test_code_finds_no_answer(name):
+    assert REWARDS["code_tests"](fenced(ORACLES[name]), one_assert("assert f(3) == [3, 3, 3]")) == 0.0
+
+
+def test_copying_the_shown_assert_earns_nothing(records):
+    """A lookup table built from the prompt's assert passes that assert, which is not scored."""
+    record = records[2]  # similar_elements
+    shown = record["shown_tests"][0]
+    table = "def similar_elements(a, b):\n    return {" + shown.split("similar_elements")[1].split("==")[0].strip() + \
+            ": " + shown.split("==")[1].strip() + "}[(a, b)]"
+    assert REWARDS["code_tests"](fenced(table), {**record, "test_list": record["shown_tests"]}) == 1.0
+    assert REWARDS["code_tests"](fenced(table), record) == 0.0
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -133,15 +174,39 @@ def test_builtin_names_the_task_asks_for_are_the_completions():
     assert REWARDS["code_tests"](code, {**record, "solution_names": []}) == 0.0  # else the built-in sum is called
 
 
-def test_checker_reads_no_global_name():
-    """The checker and the runner take everything from arguments: a rebound global cannot change them."""
+def test_reporting_code_reads_no_global_name():
+    """The code that reads values takes everything from arguments: a rebound global cannot change it."""
     namespace: dict = {}
     exec(compile(_CHECKER, "<checker>", "exec"), namespace)
-    for name in ("__llmkit_same", "__llmkit_scalar_key"):
-        ops = {ins.opname for ins in dis.get_instructions(namespace[name])}
-        assert not ops & {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF"}, name
+    ops = {ins.opname for ins in dis.get_instructions(namespace["__llmkit_canon"])}
+    assert not ops & {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF"}
 
 
-def test_rewritten_tests_use_pristine_builtins_and_module_attributes():
-    program = strict_test_program("x = 1", ["assert sorted(f()) == [1]", "assert math.isclose(g(), 1.0)"])
-    assert "__same(__b[0](f()), [1], __env)" in program and "__m[0](g(), 1.0)" in program
+def test_the_program_never_holds_the_expected_values():
+    plan = build_check_plan("def f(): return 0", ["assert sorted(f()) == [917, 4242]", "assert math.isclose(g(), 1.0)"])
+    assert "917" not in plan.program and "4242" not in plan.program
+    assert plan.checks == (("eq", [917, 4242]), ("truth", None))
+    assert "__canon(__b[0](f()), __env)" in plan.program and "__m[0](g(), 1.0)" in plan.program
+
+
+def report(values, status="passed"):
+    return ExecResult(status, "", "netns", "namespaces", f"noise\n{REPORT_MARKER}{values!r}\n")
+
+
+def test_judge_compares_reported_values_with_the_expected_ones_here():
+    plan = build_check_plan("", ["assert f() == [1, 2]", "assert g() == {'a': (1,)}", "assert h() == 2", "assert k()"])
+    assert judge(plan, report(["[1, 2]", "{'a': (1,)}", "2.0", "[0]"])) == [True, True, True, True]
+    assert judge(plan, report(["(1, 2)", "{'a': [1]}", "nan", "[]"])) == [False, False, False, False]
+    assert judge(plan, report([None, "{'a': (1,)}", "__import__('os')", "True"])) == [False, True, False, True]
+    assert judge(plan, report(["[1, 2]", "{'a': (1,)}", "2", "True"], status="failed")) == [False] * 4
+    assert judge(plan, report(["[1, 2]"])) == [False] * 4  # a report of the wrong shape
+    no_report = ExecResult("passed", "", "netns", "namespaces", "nothing here\n")
+    assert judge(plan, no_report) == [False] * 4
+
+
+def test_fraction_comes_from_one_run_per_completion():
+    record = {"test_list": ["assert f(1) == 2", "assert f(2) == 4", "assert f(3) == 7", "assert f(4) == 8"],
+              "test_setup_code": "", "index": 0}
+    crashes_on_3 = fenced("def f(x):\n    if x == 3:\n        raise ValueError(x)\n    return 2 * x")
+    assert REWARDS["code_tests"].verdicts([crashes_on_3], [record]) == [[True, True, False, True]]
+    assert REWARDS["code_tests_fraction"](crashes_on_3, record) == pytest.approx(3 / 4)

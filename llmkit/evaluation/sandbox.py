@@ -226,6 +226,9 @@ class ExecResult:
     detail: str
     network_isolation: str
     containment: str = ""
+    # the last 64 KiB of what the program wrote to stderr (callers that read values a program reports, such as
+    # the RL code reward, parse it; nothing in it decides `status`)
+    stderr_tail: str = ""
 
     @property
     def passed(self) -> bool:
@@ -473,7 +476,7 @@ def _feed(fd: int, pending: memoryview) -> memoryview:
 
 def _verdict(plan: _Plan, returncode: int | None, token_seen: bool, stderr: bytes, timed_out: bool) -> ExecResult:
     def result(status: Status, detail: str) -> ExecResult:
-        return ExecResult(status, detail, plan.network, plan.containment)
+        return ExecResult(status, detail, plan.network, plan.containment, stderr.decode("utf-8", "replace"))
 
     if timed_out:
         return result("timeout", f"wall-clock backstop after {plan.wall_s:g} s")

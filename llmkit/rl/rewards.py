@@ -77,34 +77,29 @@ REWARDS = {"gsm8k": gsm8k_reward, "boxed": boxed_reward, "code_tests": CodeTests
 MBPP_TRAIN_IDS = tuple(range(601, 975)) + tuple(range(1, 11))
 
 
-def mbpp_prompts(path: str | None = None, task_ids=MBPP_TRAIN_IDS) -> list[dict[str, Any]]:
-    """MBPP problems as RL prompt records: the harness's chat prompt, the tests for `code_tests`, `index` = row.
-
-    Raises if any requested id overlaps the evaluation split, so RL never trains on what MBPP scores.
+def mbpp_prompts(path: str | None = None, task_ids=MBPP_TRAIN_IDS, shown_tests: int = 1) -> list[dict[str, Any]]:
+    """MBPP problems as RL prompt records: the harness's chat prompt showing the first `shown_tests` asserts
+    (the function's name and call shape), and the *other* asserts as the reward's `test_list`, so a completion
+    cannot pass by copying answers from its prompt; `index` = position. Problems with no assert left to score
+    are dropped. Raises if any requested id is in the evaluation split 11–510.
     """
     from llmkit.evaluation.tasks.mbpp import MBPP, TEST_IDS, read_mbpp
 
     leaked = sorted(set(task_ids) & set(TEST_IDS))
     if leaked:
         raise ValueError(f"MBPP ids {leaked[:5]}... are in the evaluation split 11-510")
+    if shown_tests < 0:
+        raise ValueError(f"shown_tests must be >= 0, got {shown_tests}")
     task = MBPP()
-    problems = read_mbpp(path, split_ids=task_ids)
     order = {t: k for k, t in enumerate(task_ids)}
-    problems.sort(key=lambda p: order[p["task_id"]])
-    return [{"prompt": task.prompt(p, chat=True), "index": k, "task_id": p["task_id"], "test_list": p["test_list"],
-             "test_setup_code": p.get("test_setup_code") or "", "solution_names": top_level_names(p["code"])}
-            for k, p in enumerate(problems)]
-
-
-def toy_arithmetic_prompts(count: int, seed: int = 0, max_operand: int = 60) -> list[dict[str, Any]]:
-    """`count` prompt records {prompt (chat), answer, index}: 'a + b' or 'a - b' with operands ≤ max_operand."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(count):
-        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-        op = rng.choice("+-")
-        value = a + b if op == "+" else a - b
-        question = f"What is {a} {op} {b}?"
-        out.append({"prompt": [{"role": "user", "content": INSTRUCTION.format(question=question)}],
-                    "answer": str(value), "index": i, "question": question})
-    return out
+    problems = sorted(read_mbpp(path, split_ids=task_ids), key=lambda p: order[p["task_id"]])
+    records = []
+    for p in problems:
+        shown = p["test_list"][:shown_tests]
+        scored = [t for t in p["test_list"][shown_tests:] if t not in shown]  # MBPP repeats an assert at times
+        if not scored:
+            continue
+        records.append({"prompt": task.prompt({**p, "test_list": shown}, chat=True), "index": len(records),
+                        "task_id": p["task_id"], "test_list": scored, "shown_tests": shown,
+                        "test_setup_code": p.get("test_setup_code") or "", "solution_names": top_level_names(p["code"])})
+    return records

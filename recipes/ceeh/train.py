@@ -46,6 +46,9 @@ class CEEHMethod:
     prompts: Literal["toy_arithmetic", "data", "mbpp"] = "toy_arithmetic"
     num_prompts: int = 256  # toy arithmetic; with mbpp, the first num_prompts + eval_prompts problems (0: all 384)
     max_operand: int = 60  # toy arithmetic: operands 0..max_operand (smaller is easier)
+    # mbpp: asserts shown in the prompt (the function's name and call shape); only the others are scored, so
+    # copying answers from the prompt earns nothing
+    mbpp_shown_tests: int = 1
     reward: Literal["gsm8k", "boxed", "code_tests", "code_tests_fraction"] = "boxed"
     # held-out prompts (never trained on) for avg@n accuracy, pass@k, length and NAG, before and after training
     eval_prompts: int = 0
@@ -87,7 +90,7 @@ def _records(cfg: CEEHConfig) -> list[dict]:
     if cfg.method.prompts == "mbpp":
         if not cfg.method.reward.startswith("code_tests"):
             raise ConfigError(f"method.prompts: mbpp needs method.reward code_tests or code_tests_fraction, not {cfg.method.reward}")
-        records = mbpp_prompts(cfg.data.path or None)
+        records = mbpp_prompts(cfg.data.path or None, shown_tests=cfg.method.mbpp_shown_tests)
         if cfg.method.num_prompts > 0:
             records = records[: cfg.method.num_prompts + cfg.method.eval_prompts]
         return records
