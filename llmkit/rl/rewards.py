@@ -103,3 +103,17 @@ def mbpp_prompts(path: str | None = None, task_ids=MBPP_TRAIN_IDS, shown_tests: 
                         "task_id": p["task_id"], "test_list": scored, "shown_tests": shown,
                         "test_setup_code": p.get("test_setup_code") or "", "solution_names": top_level_names(p["code"])})
     return records
+
+
+def toy_arithmetic_prompts(count: int, seed: int = 0, max_operand: int = 60) -> list[dict[str, Any]]:
+    """`count` prompt records {prompt (chat), answer, index}: 'a + b' or 'a - b' with operands ≤ max_operand."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        op = rng.choice("+-")
+        value = a + b if op == "+" else a - b
+        question = f"What is {a} {op} {b}?"
+        out.append({"prompt": [{"role": "user", "content": INSTRUCTION.format(question=question)}],
+                    "answer": str(value), "index": i, "question": question})
+    return out
