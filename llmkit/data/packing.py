@@ -145,11 +145,20 @@ class PackingStats:
     slots: int = 0
 
     def add(self, batch: dict[str, Any]) -> None:
-        """Count one collated batch."""
-        self.rows += int(batch["input_ids"].shape[0])
+        """Count one collated batch.
+
+        `num_real_tokens`, when the batch carries it, is used instead of summing the mask (the trainer counts
+        on the host before the batch goes to the GPU). A filler row (`num_examples` 0, no real tokens; see
+        token-budget batches) counts as padding and adds no row.
+        """
+        if batch["num_examples"]:
+            self.rows += int(batch["input_ids"].shape[0])
         self.examples += int(batch["num_examples"])
-        mask = batch.get("attention_mask")
-        self.real_tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        real = batch.get("num_real_tokens")
+        if real is None:
+            mask = batch.get("attention_mask")
+            real = mask.sum() if mask is not None else batch["input_ids"].numel()
+        self.real_tokens += int(real)
         self.slots += int(batch["input_ids"].numel())
 
     @property

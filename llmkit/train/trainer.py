@@ -36,13 +36,14 @@ from typing import Any, Literal
 import torch
 
 from llmkit.data.packing import PackingStats, check_packing_isolation, collate_examples, model_forward_inputs
-from llmkit.data.sft import TokenizedExample, collate
+from llmkit.data.sft import IGNORE_INDEX, TokenizedExample, collate
 from llmkit.errors import CheckpointError, ConfigError, TrainingError
 from llmkit.quiet import silence_known_warnings
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
 from llmkit.train.losses import count_target_tokens, step_normalised_loss, token_cross_entropy_sum
 from llmkit.train.packed_attention import PER_EXAMPLE_SDPA, use_per_example_attention
+from llmkit.train.token_budget import TokenBudgetSchedule, process_rows
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ class TrainerConfig:
     # (llmkit.train.packed_attention, Σ Lᵢ² work, like FlashAttention varlen); `model` keeps
     # transformers' block-diagonal mask over the whole row ((Σ Lᵢ)² work). FlashAttention is used as is.
     padding_free_attention: Literal["per_example", "model"] = "per_example"
+    # Token-budget batches (llmkit.train.token_budget), 0 = off: each epoch's examples are packed into rows of at
+    # most packing_max_length tokens by best-fit decreasing over the whole shuffled dataset, and each optimizer
+    # step takes rows up to this many tokens, one row per micro-batch (per_device_batch_size and
+    # gradient_accumulation_steps then do not shape the step). Needs packing padding_free (or dynamic).
+    max_tokens_per_step: int = 0
+    # Wrap the model with torch.compile (compiled on the first steps; worth it on GPU for long runs).
+    compile: bool = False
     learning_rate: float = 2e-5
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -104,6 +112,12 @@ class TrainerConfig:
         for name in ("save_steps", "eval_steps", "warmup_steps", "max_nonfinite_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
+        if self.max_tokens_per_step < 0:
+            raise ValueError(f"max_tokens_per_step must be >= 0 (0: off), got {self.max_tokens_per_step}")
+        if 0 < self.max_tokens_per_step < self.packing_max_length:
+            # a packed row is one micro-batch and must fit in a step
+            raise ValueError(f"max_tokens_per_step ({self.max_tokens_per_step}) must be at least packing_max_length "
+                             f"({self.packing_max_length}), the size of one packed row")
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -192,6 +206,32 @@ def _is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
+def adamw_options(cuda: bool, deepspeed: bool) -> dict[str, Any]:
+    """Extra AdamW arguments: the fused kernel on CUDA (one launch for all parameters instead of several per
+    tensor); nothing elsewhere, so CPU numerics stay as they were. DeepSpeed manages its optimizer itself."""
+    return {"fused": True} if cuda and not deepspeed else {}
+
+
+# The hooks a token-budget step is made of. A subclass that overrides one builds or consumes its batches in its
+# own way (rollouts, forget/retain pairs, a probe head on padded prompts), so packed rows may not fit it.
+TOKEN_BUDGET_HOOKS = ("step_batches", "compute_loss", "training_step")
+
+
+def supports_token_budget(cls: type) -> bool:
+    """Whether trainer class `cls` can train on token-budget batches (`trainer.max_tokens_per_step`).
+
+    A class says so with its own `supports_token_budget` attribute; otherwise the answer is yes only when it
+    keeps the base class's batch hooks (`TOKEN_BUDGET_HOOKS`), so a subclass written before token budgets
+    existed is refused instead of being fed rows it was not written for.
+    """
+    for klass in cls.__mro__:
+        if klass is Trainer:
+            break
+        if "supports_token_budget" in vars(klass):
+            return bool(vars(klass)["supports_token_budget"])
+    return all(getattr(cls, hook) is getattr(Trainer, hook) for hook in TOKEN_BUDGET_HOOKS)
+
+
 @contextlib.contextmanager
 def _unreadable_checkpoint(path: Path):
     """Turn a failure to read a checkpoint's files into one CheckpointError line naming the folder.
@@ -212,6 +252,8 @@ class Trainer:
     """Train `model` on tokenised examples with accelerate; subclass and override the hooks for a method."""
 
     method_name = "sft"
+    # The base hooks train on token-budget rows; see `supports_token_budget` for subclasses.
+    supports_token_budget = True
 
     def __init__(
         self,
@@ -236,7 +278,11 @@ class Trainer:
         acc = self.accelerator
         self.world_size = acc.num_processes
         self.global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * self.world_size
-        self.steps_per_epoch = steps_per_epoch(len(train_data), self.global_batch)
+        self.token_budget = self._token_budget_schedule()  # None unless trainer.max_tokens_per_step
+        if self.token_budget is not None:
+            self.steps_per_epoch = self.token_budget.steps_in_epoch(0)
+        else:
+            self.steps_per_epoch = steps_per_epoch(len(train_data), self.global_batch)
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"the global batch ({self.global_batch} = {cfg.per_device_batch_size} per device × "
@@ -253,10 +299,15 @@ class Trainer:
             lr=cfg.learning_rate,
             betas=tuple(cfg.adam_betas),
             eps=cfg.adam_epsilon,
+            **adamw_options(torch.cuda.is_available(), acc.distributed_type.value == "DEEPSPEED"),
         )
         if cfg.packing == "padding_free" and cfg.padding_free_attention == "per_example":
             if use_per_example_attention(model):
                 logger.info("padding-free packing: per-example attention (%s)", PER_EXAMPLE_SDPA)
+        if cfg.compile:
+            # In place (nn.Module.compile): parameter names, checkpoints and unwrap_model stay as they are.
+            model.compile()
+            logger.info("trainer.compile: the model runs under torch.compile; the first steps include compilation")
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if cfg.packing == "padding_free":
             gap = check_packing_isolation(acc.unwrap_model(self.model))
@@ -280,7 +331,7 @@ class Trainer:
         Returns this process's metric sums; `loss_sum` is summed over processes and divided by the
         step's target tokens for logging.
         """
-        loss_total = 0.0
+        losses = []
         for i, batch in enumerate(micro_batches):
             with self.micro_step(is_last=i == len(micro_batches) - 1):
                 loss_sum, _ = self.compute_loss(model, batch)
@@ -288,8 +339,10 @@ class Trainer:
                     loss_sum, num_step_tokens, self.world_size, self.cfg.gradient_accumulation_steps
                 )
                 self.accelerator.backward(scaled)
-            loss_total += float(loss_sum.detach())
-        return {"loss_sum": loss_total}
+            losses.append(loss_sum.detach().reshape(()))
+        # Read back once per step, not once per micro-batch (each read waits for the GPU); summed in Python
+        # in the same order as before, so the logged loss is bit-for-bit what it was.
+        return {"loss_sum": sum(torch.stack(losses).tolist()) if losses else 0.0}
 
     def step_metrics(self) -> dict[str, float]:
         """Extra values to log for the step just taken (hook; e.g. rollout rewards and lengths)."""
@@ -297,6 +350,8 @@ class Trainer:
 
     def steps_for_epochs(self, num_epochs: int) -> int:
         """Optimizer steps that `num_epochs` passes over the data take (hook; RL reuses each batch of rollouts)."""
+        if self.token_budget is not None:
+            return self.token_budget.total_steps(num_epochs)
         return num_epochs * self.steps_per_epoch
 
     def method_state_dict(self) -> dict[str, Any]:
@@ -327,12 +382,14 @@ class Trainer:
         if self.cfg.report_to:
             acc.init_trackers(self.output_dir.name, config=flatten_for_trackers(self.run_config))
         if acc.is_main_process:
+            batch = (f"token budget {self.cfg.max_tokens_per_step} tokens per step in rows of {self.cfg.packing_max_length}"
+                     if self.token_budget is not None else f"global batch {self.global_batch}")
             logger.info(
-                "distributed: %s, %d process(es), global batch %d, %d steps (%d per epoch), mixed precision: %s",
-                acc.distributed_type.value, self.world_size, self.global_batch, self.total_steps,
+                "distributed: %s, %d process(es), %s, %d steps (%d in the first epoch), mixed precision: %s",
+                acc.distributed_type.value, self.world_size, batch, self.total_steps,
                 self.steps_per_epoch, acc.mixed_precision,
             )
-        dropped = len(self.train_data) - self.steps_per_epoch * self.global_batch
+        dropped = 0 if self.token_budget is not None else len(self.train_data) - self.steps_per_epoch * self.global_batch
         if dropped and acc.is_main_process:
             logger.warning("each epoch drops its last %d example(s) (incomplete global batch of %d)", dropped, self.global_batch)
 
@@ -348,7 +405,8 @@ class Trainer:
             for b in micro_batches:
                 packing.add(b)
             num_step_tokens, real_tokens, slots, rows, examples = self._sum_over_processes(
-                sum(count_target_tokens(b["labels"]) for b in micro_batches),
+                sum(b["num_target_tokens"] if "num_target_tokens" in b else count_target_tokens(b["labels"])
+                    for b in micro_batches),
                 packing.real_tokens, packing.slots, packing.rows, packing.examples,
             )
             num_step_tokens = int(num_step_tokens)
@@ -359,7 +417,7 @@ class Trainer:
             # One reduce gives every process the step's loss and whether any saw a non-finite gradient,
             # so all of them take (or skip) the optimizer step and stop together.
             loss_sum, nonfinite_grads = self._sum_over_processes(stats.pop("loss_sum"), self._nonfinite_gradients(grad_norm))
-            loss = loss_sum / num_step_tokens
+            loss = loss_sum / max(num_step_tokens, 1)  # 0 loss tokens (every RL completion masked): loss 0
             finite = math.isfinite(loss) and nonfinite_grads == 0
             if finite:
                 self.optimizer.step()  # skipped otherwise: a NaN update would poison every later step
@@ -372,7 +430,7 @@ class Trainer:
             window_inputs += int(real_tokens)
             record = {
                 "step": self.global_step,
-                "epoch": round(self.global_step / self.steps_per_epoch, 4),
+                "epoch": round(self.epochs_done(self.global_step), 4),
                 "loss": loss,
                 "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
@@ -382,7 +440,7 @@ class Trainer:
                 "examples_per_row": examples / rows,
             }
             for key, value in stats.items():
-                record[key] = self._sum_over_processes(value)[0] / num_step_tokens
+                record[key] = self._sum_over_processes(value)[0] / max(num_step_tokens, 1)
             record.update(self.step_metrics())
             if self.global_step % self.cfg.logging_steps == 0 or self.global_step == self.total_steps:
                 elapsed = max(time.time() - window_start, 1e-9)
@@ -437,6 +495,8 @@ class Trainer:
         step's target tokens from the labels.
         """
         acc = self.accelerator
+        if self.token_budget is not None:
+            return self.token_budget_batches(step)
         indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, step, self.cfg.shuffle)
         if self.cfg.group_by_length:
             # Same examples in the step, fewer pad tokens: the step's loss does not depend on how its
@@ -449,8 +509,71 @@ class Trainer:
         batches = []
         for shard in shards:
             batch = collate_examples([self.train_data[i] for i in shard], pad, self.cfg.packing, self.cfg.packing_max_length)
-            batches.append({k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            batches.append(self.to_device(batch))
         return batches
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Move a collated micro-batch to the device, counting its target and real tokens first, on the host:
+        the loop then reads the counts without a device-to-host copy (a GPU wait) per micro-batch."""
+        counted = {**batch, "num_target_tokens": count_target_tokens(batch["labels"])}
+        if "num_real_tokens" not in counted:
+            mask = batch.get("attention_mask")
+            counted["num_real_tokens"] = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        return {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in counted.items()}
+
+    # ----- token-budget batches ----------------------------------------------------------------------
+
+    def _token_budget_schedule(self) -> TokenBudgetSchedule | None:
+        """The plan of `trainer.max_tokens_per_step` batches, or None when it is 0; refuses what it cannot serve."""
+        cfg = self.cfg
+        if not cfg.max_tokens_per_step:
+            return None
+        if not supports_token_budget(type(self)):
+            overridden = [h for h in TOKEN_BUDGET_HOOKS if getattr(type(self), h) is not getattr(Trainer, h)]
+            raise ConfigError(
+                f"trainer.max_tokens_per_step is not supported by {type(self).__name__} (method '{self.method_name}' "
+                f"builds its own batches: it overrides {', '.join(overridden)}); set trainer.max_tokens_per_step: 0"
+            )
+        if cfg.packing not in ("padding_free", "dynamic"):
+            raise ConfigError(
+                f"trainer.max_tokens_per_step packs examples into rows: set trainer.packing: padding_free (examples "
+                f"kept apart) or dynamic (examples in a row see each other), not {cfg.packing}"
+            )
+        if self.accelerator.distributed_type.value == "DEEPSPEED":
+            raise ConfigError(
+                "trainer.max_tokens_per_step gives steps a varying number of micro-batches, which DeepSpeed's fixed "
+                "gradient accumulation cannot follow; use DDP (accelerate_configs/cpu_ddp.yaml or multi_gpu) or set it to 0"
+            )
+        if not self.train_data:
+            raise ConfigError("the training set is empty")
+        lengths = [min(len(ex.input_ids), cfg.packing_max_length) for ex in self.train_data]  # as collated
+        return TokenBudgetSchedule(lengths, cfg.seed, cfg.packing_max_length, cfg.max_tokens_per_step, cfg.shuffle)
+
+    def token_budget_batches(self, step: int) -> list[dict[str, Any]]:
+        """This process's micro-batches of a token-budget step: one packed row each, empty rows (no loss
+        tokens) where this process has fewer rows than another (see `process_rows`)."""
+        acc = self.accelerator
+        rows = self.token_budget.step_rows(step)
+        mine = process_rows(rows, self.token_budget.lengths, self.world_size, acc.process_index)
+        pad = self.tokenizer.pad_token_id
+        batches = []
+        for row in mine:
+            if row is None:
+                # Two pad tokens and no target: the forward and backward run (DDP needs every process's
+                # backward to all-reduce) and add nothing to the gradient or the loss.
+                filler = TokenizedExample([pad, pad], [IGNORE_INDEX, IGNORE_INDEX], "filler")
+                batch = {**collate_examples([filler], pad, self.cfg.packing, self.cfg.packing_max_length),
+                         "num_examples": 0, "num_real_tokens": 0}
+            else:
+                batch = collate_examples([self.train_data[i] for i in row], pad, self.cfg.packing, self.cfg.packing_max_length)
+            batches.append(self.to_device(batch))
+        return batches
+
+    def epochs_done(self, steps: int) -> float:
+        """Epochs that `steps` optimizer steps make, as a fraction (the logs' and checkpoints' `epoch`)."""
+        if self.token_budget is not None:
+            return self.token_budget.epochs_done(steps)
+        return steps / self.steps_per_epoch
 
     def _sum_over_processes(self, *values: float) -> list[float]:
         """Sum each value over all processes (one all-reduce); returns a list in the same order."""
@@ -613,7 +736,8 @@ class Trainer:
                 tmp / "trainer_state.json",
                 {
                     "global_step": self.global_step,
-                    "epoch": self.global_step / self.steps_per_epoch,
+                    "epoch": self.epochs_done(self.global_step),
+                    "max_tokens_per_step": self.cfg.max_tokens_per_step,
                     "global_batch": self.global_batch,
                     "steps_per_epoch": self.steps_per_epoch,
                     "total_steps": self.total_steps,
@@ -639,6 +763,10 @@ class Trainer:
         """
         ckpt.verify_checksums(path)
         state = ckpt.read_trainer_state(path)
+        budget = state.get("max_tokens_per_step", 0)  # absent in checkpoints written before token budgets
+        if budget != self.cfg.max_tokens_per_step:
+            raise ConfigError(f"cannot resume from {path}: it used trainer.max_tokens_per_step {budget}, "
+                              f"this run uses {self.cfg.max_tokens_per_step}")
         if state["global_batch"] != self.global_batch or state["steps_per_epoch"] != self.steps_per_epoch:
             raise ConfigError(
                 f"cannot resume from {path}: it used a global batch of {state['global_batch']} "
