@@ -177,3 +177,50 @@ def test_settings_refuse_bad_values():
         GRPOSettings(temperature=0.0)
     with pytest.raises(ValueError, match="num_iterations"):
         GRPOSettings(num_iterations=0)
+
+
+def test_rollouts_must_not_straddle_epochs(tmp_path, tokenizer, fresh_accelerate_state):
+    from llmkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must divide"):  # 8 prompts / 2 per step = 4 steps; 3 mini-batches do not divide 4
+        make_trainer(tmp_path, tokenizer, GRPOSettings(max_new_tokens=8, rollout_mini_batches=3), gradient_accumulation_steps=1)
+
+
+def test_mid_rollout_resume_refuses_a_missing_or_foreign_buffer(tmp_path, tokenizer, fresh_accelerate_state):
+    from llmkit.errors import ConfigError
+
+    settings = GRPOSettings(max_new_tokens=8, num_generations=2, num_iterations=2)
+    trainer = make_trainer(tmp_path / "a", tokenizer, settings, gradient_accumulation_steps=1)
+    with pytest.raises(ConfigError, match="middle of rollout 0"):
+        trainer.step_batches(1)  # step 1 reuses rollout 0, which this process never made or loaded
+    trainer.step_batches(0)
+    trainer.global_step = 1
+    state = trainer.process_state_dict()
+    assert state["rollout"]["index"] == 0 and state["layout"]["num_iterations"] == 2
+    other = make_trainer(tmp_path / "b", tokenizer, GRPOSettings(max_new_tokens=8, num_generations=2, num_iterations=3),
+                         gradient_accumulation_steps=1)
+    with pytest.raises(ConfigError, match="rollout buffer was made with"):
+        other.load_process_state_dict(state)
+
+
+def test_kl_reference_is_the_base_model_under_lora(tmp_path, tokenizer, fresh_accelerate_state):
+    """With LoRA the reference log-probs come from the adapter-free model: equal to the policy's before any
+    update (LoRA's B starts at 0), different after one, and the KL term is logged."""
+    from llmkit.models import LoraSettings, apply_lora
+
+    settings = GRPOSettings(max_new_tokens=8, num_generations=2, kl_coef=0.1, advantage="grpo")
+    cfg = dict(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
+               learning_rate=0.05, lr_scheduler="constant", save_final_model=False)
+    model = apply_lora(load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)), LoraSettings(r=4, alpha=8))
+    prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i), "index": i} for i in range(4)]
+    trainer = GRPOTrainer(TrainerConfig(**cfg), settings, model, tokenizer, prompts, even_length_reward)
+    batch = trainer.step_batches(0)[0]
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    mask = batch["labels"][:, 1:] != -100
+    torch.testing.assert_close(batch["ref_log_probs"][mask], trainer._log_probs(policy, batch)[mask])
+    trainer.train()
+    batch = trainer.step_batches(2)[0]
+    later = trainer._log_probs(policy, batch)
+    m = batch["labels"][:, 1:] != -100
+    assert (later[m] - batch["ref_log_probs"][m]).abs().max() > 1e-4
+    assert all(np.isfinite(r["kl"]) for r in trainer.history if "loss" in r)

@@ -82,7 +82,8 @@ def test_grpo_loss_equals_trl(tmp_path, tokenizer, fresh_accelerate_state, trl_l
              "labels": labels, "advantages": advantages, "old_log_probs": shifted(old), "ref_log_probs": shifted(ref),
              "hard": torch.zeros(4, dtype=torch.bool)}
     settings = GRPOSettings(num_generations=2, max_new_tokens=max_completion, clip_low=0.2, clip_high=0.28, kl_coef=0.04,
-                            kl_estimator="low_var_kl", loss_aggregation=PAIRS[trl_loss], temperature=temperature)
+                            kl_estimator="low_var_kl", loss_aggregation=PAIRS[trl_loss], temperature=temperature,
+                            dual_clip=0.0)  # TRL has no dual clip
     ours, _ = GRPOTrainer.grpo_loss(types.SimpleNamespace(settings=settings, global_step=0, total_steps=1), model, batch)
     torch.testing.assert_close(ours, trl_loss_value, atol=1e-6, rtol=1e-5)
 
@@ -99,7 +100,7 @@ def test_second_pass_over_a_rollout_clips_and_equals_trl(tmp_path, tokenizer, fr
     lengths = {len(tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]) for p in prompts}
     assert len(lengths) == 1  # equal prompt lengths: TRL's left padding and our right padding then share positions
     settings = GRPOSettings(num_generations=2, max_new_tokens=8, temperature=0.6, num_iterations=2, advantage="grpo",
-                            loss_aggregation="token-mean", clip_low=0.2, clip_high=0.28)
+                            loss_aggregation="token-mean", clip_low=0.2, clip_high=0.28, dual_clip=0.0)
     cfg = TrainerConfig(output_dir=str(tmp_path / "ours"), max_steps=2, per_device_batch_size=4, learning_rate=0.05,
                         lr_scheduler="constant", save_final_model=False, max_grad_norm=0.0)
     ours = GRPOTrainer(cfg, settings, model, tokenizer, prompts, lambda text, record: float(len(text) % 2 == 0))

@@ -44,6 +44,20 @@ def test_clipped_policy_loss_separate_low_high_clip():
     assert seq_adv[0, 0].item() == pytest.approx(-1.28)  # (B,) advantages broadcast over tokens
 
 
+def test_dual_clip_caps_negative_advantage_losses():
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[5.0, 5.0, 2.0]]))
+    adv = torch.tensor([[-1.0, 1.0, -1.0]])
+    loss, clipped = clipped_policy_loss(new, old, adv, clip_low=0.2, clip_high=0.28, dual_clip=3.0)
+    # ρ=5, A<0: −min(−5, −1.28) = 5, capped at −c·A = 3;  ρ=5, A>0: −1.28;  ρ=2, A<0: 2 (below the cap)
+    assert loss.tolist()[0] == pytest.approx([3.0, -1.28, 2.0], rel=1e-6)
+    assert clipped.tolist()[0] == [1.0, 1.0, 0.0]
+    plain, _ = clipped_policy_loss(new, old, adv, clip_low=0.2, clip_high=0.28)
+    assert plain.tolist()[0] == pytest.approx([5.0, -1.28, 2.0], rel=1e-6)
+    far, _ = clipped_policy_loss(torch.tensor([[100.0]]), torch.zeros(1, 1), torch.tensor([[-1.0]]))
+    assert far.item() == pytest.approx(math.exp(20.0), rel=1e-5)  # log-ratio clamped at 20: finite
+
+
 def test_kl_estimators_by_hand():
     logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
     assert kl_k1(logp, ref).item() == pytest.approx(math.log(2))

@@ -4,7 +4,8 @@ Shapes: a batch holds B = P·n completions (P prompts, n samples each, grouped c
 tensors are (B, T) with a response mask (1 on completion tokens that count). Registries:
 
 * `ADVANTAGE_ESTIMATORS`: ``grpo`` (group-normalised: (r − mean) / (std + eps)) and ``drgrpo`` (r − mean).
-* `POLICY_LOSSES`: ``clipped``: PPO's clipped surrogate with separate low/high clip (DAPO clip-higher).
+* `POLICY_LOSSES`: ``clipped``: PPO's clipped surrogate with separate low/high clip (DAPO clip-higher) and
+  verl's dual clip for negative advantages.
 * `KL_PENALTIES`: ``k1`` (log-ratio), ``low_var_kl`` (Schulman's k3, clamped to [−10, 10] as in verl).
 * `LOSS_AGGREGATIONS`: ``token-mean``, ``seq-mean-token-mean``, ``seq-mean-token-sum-norm``.
 
@@ -64,19 +65,27 @@ def drgrpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6)
 @_register(POLICY_LOSSES, "clipped")
 def clipped_policy_loss(
     log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-    clip_low: float = 0.2, clip_high: float = 0.2,
+    clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A), ρ = exp(logπ − logπ_old); and the clipped mask.
 
-    `advantages` is (B, T) (token-level) or (B,) (broadcast over the tokens of each completion).
+    log ρ is clamped to [−20, 20] (verl) so a far-off token gives a large, finite ratio. With `dual_clip` c > 1
+    (verl's clip_ratio_c), tokens with A < 0 have their loss capped at −c·A. `advantages` is (B, T)
+    (token-level) or (B,) (broadcast over the tokens of each completion).
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(log_probs)
-    ratio = torch.exp(log_probs - old_log_probs)
+    ratio = torch.exp(torch.clamp(log_probs - old_log_probs, -20.0, 20.0))
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
     loss = -torch.minimum(unclipped, clipped)
-    return loss, (clipped < unclipped).float()
+    was_clipped = clipped < unclipped
+    if dual_clip > 1.0:
+        capped = torch.minimum(loss, -dual_clip * advantages)
+        negative = advantages < 0
+        was_clipped = was_clipped | (negative & (capped < loss))
+        loss = torch.where(negative, capped, loss)
+    return loss, was_clipped.float()
 
 
 # ----- KL to the reference -----------------------------------------------------------------------

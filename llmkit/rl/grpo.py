@@ -64,6 +64,9 @@ class GRPOSettings:
     advantage: Literal["grpo", "drgrpo"] = "drgrpo"
     clip_low: float = 0.2
     clip_high: float = 0.28
+    # verl's dual clip (clip_ratio_c, on by default there, so in CEEH's runs): for A < 0 the loss is capped
+    # at −c·A, so a token whose ratio has grown large cannot dominate; 0 turns it off (TRL has none)
+    dual_clip: float = 3.0
     loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     kl_coef: float = 0.0
     kl_estimator: Literal["low_var_kl", "k1"] = "low_var_kl"
@@ -140,7 +143,7 @@ def grpo_objective(log_probs: torch.Tensor, entropy: torch.Tensor, mask: torch.T
         metrics["ea_bonus_fraction"] = float((changed.float() * mask).sum() / mask.sum().clamp(min=1))
         advantages = shaped
     old = log_probs.detach() if old_log_probs is None else old_log_probs
-    per_token, clipped = get(POLICY_LOSSES, "clipped")(log_probs, old, advantages, s.clip_low, s.clip_high)
+    per_token, clipped = get(POLICY_LOSSES, "clipped")(log_probs, old, advantages, s.clip_low, s.clip_high, s.dual_clip)
     if s.kl_coef > 0:
         kl = get(KL_PENALTIES, s.kl_estimator)(log_probs, ref_log_probs)
         per_token = per_token + s.kl_coef * kl
@@ -183,9 +186,13 @@ class GRPOTrainer(Trainer):
         if cfg.packing != "none":
             raise ConfigError(f"trainer.packing: {cfg.packing} is not supported by GRPO (rollout rows are padded); use none")
         super().__init__(cfg, model, tokenizer, prompts, **kwargs)
-        if self.steps_per_epoch < settings.rollout_mini_batches:
-            raise ConfigError(f"method.grpo.rollout_mini_batches {settings.rollout_mini_batches} × the global batch "
-                              f"({self.global_batch} prompts) is more than the {len(prompts)} prompts")
+        if self.steps_per_epoch % settings.rollout_mini_batches:
+            # a rollout must not straddle two epochs (a prompt would be rolled out twice in it, its state moved twice)
+            raise ConfigError(f"method.grpo.rollout_mini_batches {settings.rollout_mini_batches} must divide the "
+                              f"{self.steps_per_epoch} global batches of {self.global_batch} prompts in an epoch")
+        if self.total_steps % settings.steps_per_rollout:
+            logger.warning("max_steps %d is not a multiple of the %d optimizer steps per rollout: the last rollout is "
+                           "used only in part", self.total_steps, settings.steps_per_rollout)
         self.reward_fn = reward_fn
         size = max(int(p["index"]) for p in prompts) + 1
         self.accuracy_history = np.full(size, ceeh.UNSEEN)
@@ -200,6 +207,10 @@ class GRPOTrainer(Trainer):
     def steps_for_epochs(self, num_epochs: int) -> int:
         """Each epoch's prompts are rolled out once and each rollout is used `num_iterations` times."""
         return num_epochs * self.steps_per_epoch * self.settings.num_iterations
+
+    def epochs_done(self, steps: int) -> float:
+        """Passes over the prompts that `steps` optimizer steps make (each rollout feeds `num_iterations` passes)."""
+        return steps / (self.steps_per_epoch * self.settings.num_iterations)
 
     # ----- rollouts ----------------------------------------------------------------------------------
 
@@ -227,7 +238,9 @@ class GRPOTrainer(Trainer):
         (the state itself is not changed here)."""
         s = self.settings
         params = SamplingParams(n=s.num_generations, temperature=s.temperature, top_p=s.top_p,
-                                max_new_tokens=s.max_new_tokens, seed=self.cfg.seed * 100_003 + rollout_index)
+                                max_new_tokens=s.max_new_tokens,
+                                # each process its own stream: equal seeds would correlate the ranks' samples
+                                seed=self.cfg.seed * 100_003 + rollout_index + 7_919 * self.accelerator.process_index)
         outputs = self.generator().generate([r["prompt"] for r in records], params)
         prompt_ids, completion_ids, truncated, texts, owners, lengths = [], [], [], [], [], []
         for record, out in zip(records, outputs):
@@ -331,6 +344,11 @@ class GRPOTrainer(Trainer):
         rollout_index, within = divmod(step, s.steps_per_rollout)
         iteration, mini = divmod(within, s.rollout_mini_batches)
         if self._rollout is None or self._rollout["index"] != rollout_index:
+            if within:
+                # resumed in the middle of a rollout without its buffer: sampling again now would use weights
+                # already updated on it and move the per-prompt state a second time
+                raise ConfigError(f"step {step} is in the middle of rollout {rollout_index}, whose buffer is not in the "
+                                  "checkpoint; resume from a checkpoint at a rollout boundary")
             self._rollout = self.make_rollout(rollout_index)
             self._metrics = dict(self._rollout["metrics"])  # rollout metrics are logged once, at its first step
         else:
@@ -426,13 +444,24 @@ class GRPOTrainer(Trainer):
             return {}
         cpu = [[{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in mini]
                for mini in self._rollout["batches"]]
-        return {"rollout": {"index": self._rollout["index"], "batches": cpu, "metrics": self._rollout["metrics"]}}
+        return {"rollout": {"index": self._rollout["index"], "batches": cpu, "metrics": self._rollout["metrics"]},
+                "layout": self._layout()}
+
+    def _layout(self) -> dict[str, int]:
+        """What a saved rollout buffer depends on: resuming with another layout cannot reuse it."""
+        s = self.settings
+        return {"num_iterations": s.num_iterations, "rollout_mini_batches": s.rollout_mini_batches,
+                "world_size": self.world_size, "per_device_batch_size": self.cfg.per_device_batch_size,
+                "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps, "num_generations": s.num_generations}
 
     def load_process_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the rollout buffer saved by `process_state_dict`."""
         saved = state.get("rollout")
         if saved is None:
             return
+        if state.get("layout") != self._layout():
+            raise ConfigError(f"the checkpoint's rollout buffer was made with {state.get('layout')}; this run uses "
+                              f"{self._layout()}: resume with the same settings")
         device = self.accelerator.device
         saved["batches"] = [[{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in mini]
                             for mini in saved["batches"]]
