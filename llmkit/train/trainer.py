@@ -519,7 +519,12 @@ class Trainer:
         if "num_real_tokens" not in counted:
             mask = batch.get("attention_mask")
             counted["num_real_tokens"] = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-        return {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in counted.items()}
+        device = self.accelerator.device
+        # On CUDA, copy from pinned memory without blocking, as torch's DataLoader(pin_memory=True) does: the host
+        # goes on to the next micro-batch while the copy runs (torch keeps the pinned block until it is done).
+        cuda = device.type == "cuda"
+        return {k: (v.pin_memory() if cuda else v).to(device, non_blocking=cuda) if isinstance(v, torch.Tensor) else v
+                for k, v in counted.items()}
 
     # ----- token-budget batches ----------------------------------------------------------------------
 
