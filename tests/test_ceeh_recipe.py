@@ -84,3 +84,9 @@ def test_mbpp_prompts_with_the_code_reward_run_end_to_end(tmp_path):
 def test_code_reward_needs_problems_with_tests(tmp_path):
     proc = run(tmp_path / "out", "--method.reward", "code_tests")
     assert proc.returncode == 2 and "method.prompts: mbpp" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_bad_method_values_are_one_line_errors(tmp_path):
+    proc = run(tmp_path / "out", "--method.mbpp_shown_tests", "-1")
+    assert proc.returncode == 2 and "mbpp_shown_tests" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()  # nothing written

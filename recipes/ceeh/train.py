@@ -59,6 +59,13 @@ class CEEHMethod:
     vllm_gpu_memory_utilization: float = 0.3
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
+    def __post_init__(self):
+        for name in ("num_prompts", "eval_prompts", "mbpp_shown_tests"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_samples < 1:
+            raise ValueError(f"eval_samples must be >= 1, got {self.eval_samples}")
+
 
 @dataclass
 class CEEHConfig(RecipeConfig):
