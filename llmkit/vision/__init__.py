@@ -11,7 +11,7 @@ Layout (see llmkit/vision/README.md):
     strategies/    query strategies: `select(...)` returns indices into the unlabelled pool
     al/            framework-free AL bookkeeping (IndexCollection, State/StateIO, Oracle, StoppingCriteria)
     loops/         thin training loops (active learning, noisy labels, distillation)
-    run.py         `python -m llmkit.vision.run <experiment>`: the CPU checks
+    experiments/   one module per CPU check; run.py: `python -m llmkit.vision.run <experiment>`
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class VisionError(LlmkitError):
     """Bad input to an llmkit.vision function (wrong shape, unknown name, empty pool); one clear line."""
 
 
-_SUBMODULES = ("data", "models", "losses", "strategies", "loops", "al", "run")
+_SUBMODULES = ("data", "models", "losses", "strategies", "loops", "al", "experiments", "run")
 
 
 def _require_torch() -> None:

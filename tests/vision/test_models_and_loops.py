@@ -68,16 +68,6 @@ def test_run_rejects_unknown_experiment(capsys):
     assert "unknown experiment 'segmentation'" in capsys.readouterr().err
 
 
-def test_update_readme_replaces_only_its_block(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("# title\n\n<!-- results:dpc -->\nold\n<!-- /results:dpc -->\n\ntail\n")
-    run.update_readme("dpc", "new table", readme)
-    run.update_readme("dhkd", "other", readme)
-    text = readme.read_text()
-    assert "new table" in text and "old" not in text and text.index("tail") < text.index("other")
-    assert run.mean_std([1.0, 3.0]) == "2.0 ± 1.4"
-
-
 def test_loops_reject_unknown_method_names():
     from llmkit.vision.loops.distill import train_rdd_student
     from llmkit.vision.loops.federated_al import federated_active_learning
