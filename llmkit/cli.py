@@ -41,12 +41,26 @@ def launch_command(recipe: str, accelerate_config: str | None, num_processes: in
     return cmd + [str(script), *rest]
 
 
+# Method packages that register evaluation tasks when imported (the engine never imports them itself).
+METHOD_PACKAGES = ("llmkit.safety",)
+
+
+def import_method_tasks() -> None:
+    """Import the method packages so their tasks are registered with the evaluation engine."""
+    import importlib
+
+    for name in METHOD_PACKAGES:
+        importlib.import_module(name)
+
+
 def run_eval_command(argv: list[str]) -> int:
     """`llmkit eval [--config FILE] --task T --model M ...`: generate, score, write results."""
     from llmkit.config import load_config, options_help, split_config_arg, wants_help
     from llmkit.evaluation.harness import EvalConfig, rescore_eval, run_eval
     from llmkit.evaluation.tasks import get_task, task_names
     from llmkit.generation import build_generator
+
+    import_method_tasks()
 
     if wants_help(argv):
         print("usage: llmkit eval [--config FILE] --task T --model M [--key value ...]\n\nkeys (YAML or command line):")
