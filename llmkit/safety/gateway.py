@@ -24,6 +24,10 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from llmkit.data.padding import pad_right
+from llmkit.safety.probe_features import encode_probe_prompts, mean_pool
+from llmkit.safety.probe_training import train_probe_head
+
 ROUTES = ("refuse", "twin", "ddgt", "base")
 
 
@@ -198,21 +202,6 @@ class EmbeddingGateway(Gateway):
                                   convert_to_numpy=True, show_progress_bar=False).astype(np.float64)
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `hidden` (b, t, d) over positions where `attention_mask` (b, t) is 1."""
-    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def encode_probe_prompts(tokenizer, texts: Sequence[str], max_length: int = 256) -> list[list[int]]:
-    """Token ids of each text as the probe sees it: one user turn through the chat template (with the
-    assistant header), no extra special tokens, truncated to `max_length`. Scoring and training share it."""
-    from llmkit.generation.hf import render_prompt
-
-    rendered = [render_prompt(tokenizer, [{"role": "user", "content": t}]) for t in texts]
-    return [list(ids) for ids in tokenizer(rendered, truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]]
-
-
 ProbeFitter = Literal["shared", "lbfgs"]
 
 
@@ -251,12 +240,8 @@ class HiddenStateProbeGateway(Gateway):
         out = []
         for i in range(0, len(ids), self.batch_size):
             chunk = ids[i : i + self.batch_size]
-            width = max(len(x) for x in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, x in enumerate(chunk):
-                input_ids[j, : len(x)], mask[j, : len(x)] = torch.tensor(x), 1
-            input_ids, mask = input_ids.to(device), mask.to(device)
+            padded = pad_right(chunk, pad)
+            input_ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
             hs = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[self.layer]
             out.append(mean_pool(hs.float(), mask).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size))
@@ -284,8 +269,6 @@ class HiddenStateProbeGateway(Gateway):
         """
         import contextlib
         import tempfile
-
-        from llmkit.safety.probe_training import train_probe_head
 
         config = config or self.train_config
         output_dir = output_dir or self.output_dir

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from llmkit.data.packing import collate_examples
 from llmkit.data.sft import IGNORE_INDEX, TokenizedExample
 from llmkit.errors import ConfigError, DataError
-from llmkit.safety.gateway import encode_probe_prompts, mean_pool
+from llmkit.safety.probe_features import encode_probe_prompts, mean_pool
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.trainer import Trainer, TrainerConfig
 
