@@ -1,4 +1,4 @@
-"""Inference strategies for multiple-choice tasks: self-consistency and H-GIVR (METHODS.md §8).
+"""Inference strategies for multiple-choice tasks: self-consistency and H-GIVR (docs/methods/hgivr.md).
 
 H-GIVR (History-Guided Iterative Visual Reasoning): describe the input, then answer repeatedly with the
 list of earlier answers given as references, re-describing on even rounds, and stop as soon as an

@@ -3,12 +3,12 @@
 Both selectors are functions over the shared n-sample primitive (`llmkit.generation.sampling.sample_n`), so
 they run on any generation backend (hf, vllm, openai). The method logic is small pure functions:
 
-APIE (METHODS.md §5, arXiv 2508.10036): per pool item, k samples → format uncertainty U_f (share of samples
+APIE (docs/methods/apie.md, arXiv 2508.10036): per pool item, k samples → format uncertainty U_f (share of samples
 failing fenced-JSON / json / schema), content uncertainty U_c (−Jaccard of the valid samples' tuple sets,
 divided by 3 components as the paper's code), generation disagreement U_d (mean pairwise edit distance);
 each min-max normalised over the pool; U_t = α·U_d + β·U_f + γ·U_c; the top-K form one fixed exemplar set.
 
-CAMS (METHODS.md §6, arXiv 2508.18673): difficulty = unique-answer ratio over k samples (hard if > 0.5),
+CAMS (docs/methods/cams.md, arXiv 2508.18673): difficulty = unique-answer ratio over k samples (hard if > 0.5),
 intrinsic complexity from a pluggable scorer (default `heuristic_complexity`, model-free), median split, and
 an equal number of exemplars from each of the four cells.
 """

@@ -1,4 +1,4 @@
-"""LaMAI — Language Model with Active Inquiry (METHODS.md §9; arXiv 2402.03719, no public code).
+"""LaMAI — Language Model with Active Inquiry (docs/methods/lamai.md; arXiv 2402.03719, no public code).
 
 Pure building blocks and the inquiry loop, on the shared n-sample primitive and the generation interface
 (any backend: hf, vllm, openai).
@@ -225,7 +225,7 @@ class LLMUser:
 
 @dataclass
 class InquirySettings:
-    """The loop's knobs; every UNVERIFIED detail of METHODS.md §9 is one of these."""
+    """The loop's knobs; every UNVERIFIED detail of docs/methods/lamai.md is one of these."""
 
     samples: int = 5                 # T answers for the uncertainty
     temperature: float = 0.7

@@ -1,4 +1,4 @@
-"""RetroPrompt (retrieval-augmented prompt learning; METHODS.md §7): its core as small pure functions.
+"""RetroPrompt (retrieval-augmented prompt learning; docs/methods/retroprompt.md): its core as small pure functions.
 
 The method keeps an open-book *knowledge store* built from the training set and uses it three ways:
 
@@ -35,7 +35,7 @@ LOG_PROB_FLOOR = -100.0
 
 @dataclass
 class RetroPromptSettings:
-    """RetroPrompt's knobs; defaults are the paper's GLUE settings (METHODS.md §7)."""
+    """RetroPrompt's knobs; defaults are the paper's GLUE settings (docs/methods/retroprompt.md)."""
 
     # kNN store neighbours for p_kNN: 16 for GLUE (64 for RE, 16 for CV).
     knn_k: int = 16

@@ -1,6 +1,6 @@
 """CEEH (Compress the Easy, Explore the Hard): per-prompt difficulty state, selective entropy, length reward.
 
-All pure functions over arrays/tensors, as the authors' verl code runs them (METHODS.md §2):
+All pure functions over arrays/tensors, as the authors' verl code runs them (docs/methods/ceeh.md):
 
 * history: a dataset-sized accuracy record, −1 until first seen, updated by an asymmetric EMA
   (α = 0.2 when the batch accuracy is above the record, 0.05 otherwise; a record ≤ 0 is overwritten);

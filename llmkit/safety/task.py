@@ -1,4 +1,4 @@
-"""Safety (SafeThinker, METHODS.md §3): attack success rate on held-out harmful prompts, over-refusal on benign ones.
+"""Safety (docs/methods/safethinker.md): attack success rate on held-out harmful prompts, over-refusal on benign ones.
 
 Problems: the test split (llmkit.safety.data, by prompt hash) of AdvBench + HarmBench (harmful) and an equal
 number of CodeAlpaca / GSM8K / ScienceQA test-split prompts (benign), interleaved. Judge: the refusal-keyword

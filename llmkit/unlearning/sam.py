@@ -1,6 +1,6 @@
 """Targeted-SAM (SARE) and the sharpness probe: pure functions over parameter and gradient lists.
 
-One SARE step (METHODS.md §4):
+One SARE step (docs/methods/sare.md §3):
   1. g = ∇L_neg(θ)                         (L_neg: the unlearning loss, i.e. the negated forget CE)
   2. ε = ρ·g/‖g‖                            (the direction that re-activates the hallucination most)
   3. g_neg = ∇L_neg(θ + ε); restore θ       (restored from a copy, so bit-exact, not θ + ε − ε)

@@ -28,7 +28,7 @@ def efuf_weights(
 ) -> EfufWeights:
     """EFUF defaults: w_neg 0.3 → 0 and w_pos 1 → 0.5, both linear from 40% of training; w_gold 0.3, w_sent 0.
 
-    METHODS.md §4 gives "w_neg goes linearly 0.3 → 0 starting at 40% of training; w_pos goes 1 → 0.5";
+    Spec (docs/methods/sare.md §2): "w_neg goes linearly 0.3 → 0 starting at 40% of training; w_pos goes 1 → 0.5";
     we read the w_pos decay as sharing the same window (an interpretation; `decay_start` sets both).
     """
     return EfufWeights(

@@ -34,7 +34,7 @@ class UnlearningSettings:
 
     algorithm: Literal["ga", "efuf", "sare"] = "sare"
     # SARE: radius of the worst-case perturbation and the weight of the perturbed forget gradient.
-    # METHODS.md marks ρ = 0.05, λ₁ = 1 as UNVERIFIED (no code was found for the paper).
+    # docs/methods/sare.md marks ρ = 0.05, λ₁ = 1 as UNVERIFIED (no code was found for the paper).
     rho: float = 0.05
     lambda1: float = 1.0
     # EFUF loss: T = 55 (sum of the CLIP thresholds), gold captions score 40.
@@ -46,7 +46,7 @@ class UnlearningSettings:
     w_pos_end: float = 0.5
     decay_start: float = 0.4
     w_gold: float = 0.3
-    w_sent: float = 0.0  # METHODS.md's λ₂ (the sentence term); EFUF's default is 0
+    w_sent: float = 0.0  # SARE's λ₂ (the sentence term, docs/methods/sare.md); EFUF's default is 0
     retain_batch_size: int = 0  # retain examples per micro-batch; 0 = trainer.per_device_batch_size
 
     def __post_init__(self):

@@ -53,7 +53,7 @@ class RunSection:
 
 @dataclass
 class APIESection:
-    """APIE settings (METHODS.md §5); defaults as the paper's run script (k=3, T=0.8, α=β=γ=0.33, K=3)."""
+    """APIE settings (docs/methods/apie.md); defaults as the paper's run script (k=3, T=0.8, α=β=γ=0.33, K=3)."""
 
     data_path: str = "wnut17/emerging.test.annotated"
     pool_size: int = 100
@@ -71,7 +71,7 @@ class APIESection:
 
 @dataclass
 class CAMSSection:
-    """CAMS settings (METHODS.md §6): k samples for the unique-answer ratio, hard if > threshold, per_cell exemplars per cell."""
+    """CAMS settings (docs/methods/cams.md): k samples → unique-answer ratio, hard if > threshold, per_cell per cell."""
 
     pool_size: int = 200
     eval_size: int = 300

@@ -81,7 +81,7 @@ class TaskSection:
 
 @dataclass
 class MethodSection:
-    """LaMAI's knobs (METHODS.md §9). UNVERIFIED in the paper: variance definition, threshold, score formula,
+    """LaMAI's knobs (docs/methods/lamai.md). UNVERIFIED in the paper: variance definition, threshold, score formula,
     weights, candidates, simulated replies, round limit — all chosen here and documented in the README."""
 
     samples: int = 5

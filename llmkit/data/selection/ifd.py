@@ -1,6 +1,6 @@
 """Instruction-Following Difficulty: IFD(a|q) = PPL(a | q) / PPL(a), scored by the model to be tuned.
 
-As in CodeACT's code (METHODS.md §1a): the conditioned text is ``"Question:\\n{q}\\n\\nAnswer:\\n"``
+As in CodeACT's code (docs/methods/code_selection.md §1a): the conditioned text is ``"Question:\\n{q}\\n\\nAnswer:\\n"``
 followed by the response, with the loss on the response tokens only; the unconditioned text is the
 response alone, tokenised with the tokenizer's default special tokens, loss on all of it. PPL =
 exp(mean token NLL), so IFD = exp(NLL(a|q) − NLL(a)). A pair that cannot be scored (no response token

@@ -1,6 +1,6 @@
 """Selection rules as pure functions over scores and embeddings; each returns indices into the pool.
 
-* `cdas_select`: CodeACT's Complexity and Diversity Aware Sampling (METHODS.md §1a): per K-means
+* `cdas_select`: CodeACT's Complexity and Diversity Aware Sampling (docs/methods/code_selection.md §1a): per K-means
   cluster, drop IFD ≥ 1, sort by IFD (descending), keep the top ``int(m · |filtered cluster|)``.
 * `distribution_select`: distribution-consistent selection (§1b): m learnable centroids trained with
   the paper's contrastive objective, then the nearest unused sample per centroid.

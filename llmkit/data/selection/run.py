@@ -34,7 +34,7 @@ METHODS = ("cdas", "distribution", "random", "ifd", "kcenter")
 
 @dataclass
 class SelectionSettings:
-    """How to select (paper defaults; METHODS.md §1). Recipes embed this as their selection section."""
+    """How to select (paper defaults; docs/methods/code_selection.md). Recipes embed this as their selection section."""
 
     method: Literal["cdas", "distribution", "random", "ifd", "kcenter"] = "cdas"
     # subset size for distribution / random / ifd / kcenter: a fraction of the pool if <= 1, else a count

@@ -25,7 +25,7 @@ _TARGET, _DETECTOR, _EXTRA_ROLES = 0, 1, 3  # role keys of derived_seed
 
 @dataclass
 class ActiveConfig:
-    """Training and query settings for one AL run (defaults: the §2 CPU harness of METHODS-VISION.md)."""
+    """Training and query settings for one AL run (defaults: docs/methods/vision-active-learning.md §0)."""
 
     budget: int = 30
     target_steps: int = 150

@@ -1,6 +1,6 @@
 """DCFS (Wang, Zong, Xie, Huang, arXiv 2409.17607): Dirichlet-based coarse-to-fine example selection.
 
-Built from the abstract's design sketch only (METHODS-VISION.md §11); the paper's exact formulas and
+Built from the abstract's design sketch only (docs/methods/vision-active-learning.md §5); the paper's exact formulas and
 code were not available, so the standard evidential definitions below were chosen:
 
 - Each of two heads gives a Dirichlet α = exp(f) + c with DPC's constant c = 10/K (breaks softmax's
