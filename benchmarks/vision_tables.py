@@ -22,8 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "llmkit" / "vision" / "README.md"
 
 
-def update_readme(experiment: str, block: str, readme: Path = README) -> None:
+def update_readme(experiment: str, block: str, readme: Path | None = None) -> None:
     """Replace (or append) the `<!-- results:<experiment> -->` block of the README."""
+    readme = README if readme is None else readme
     start, end = f"<!-- results:{experiment} -->", f"<!-- /results:{experiment} -->"
     text = readme.read_text() if readme.exists() else "# llmkit.vision\n"
     new = f"{start}\n{block}\n{end}"
@@ -32,14 +33,14 @@ def update_readme(experiment: str, block: str, readme: Path = README) -> None:
     readme.write_text(text)
 
 
-def copy_block(folder: Path, readme: Path = README) -> str:
+def copy_block(folder: Path, readme: Path | None = None) -> str:
     """Copy one experiment folder's table.md into the README; returns the block name."""
     name = json.loads((folder / "results.json").read_text()).get("name", folder.name)
     update_readme(name, (folder / "table.md").read_text().rstrip("\n"), readme)
     return name
 
 
-def collect(root: Path, readme: Path = README) -> list[str]:
+def collect(root: Path, readme: Path | None = None) -> list[str]:
     """Copy every table.md under root (one folder per experiment) into the README."""
     return [copy_block(table.parent, readme) for table in sorted(root.rglob("table.md"))
             if (table.parent / "results.json").exists()]

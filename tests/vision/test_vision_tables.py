@@ -59,3 +59,14 @@ def test_run_writes_table_and_results_without_touching_the_readme(tmp_path):
     assert (tmp_path / "table.md").read_text().startswith("Optimum shifting")
     assert json.loads((tmp_path / "results.json").read_text())["name"] == "optimum-shift"
     assert (REPO_ROOT / "llmkit" / "vision" / "README.md").read_text() == before
+
+
+def test_tables_script_runs_the_experiment_and_writes_its_block(tmp_path, monkeypatch):
+    tables = _tables()
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n\n<!-- results:optimum-shift -->\nold\n<!-- /results:optimum-shift -->\n")
+    monkeypatch.setattr(tables, "README", readme)
+    tables.main(["optimum-shift", "--seeds", "0", "--labels", "30", "--out", str(tmp_path / "out")])
+    text = readme.read_text()
+    assert "old" not in text and "Optimum shifting" in text
+    assert "Command: `python -m llmkit.vision.run optimum-shift --seeds 0 --labels 30 --out " in text

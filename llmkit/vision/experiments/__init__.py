@@ -8,10 +8,12 @@ written from their output by `benchmarks/vision_tables.py`, never by the library
 
 from __future__ import annotations
 
-from llmkit.vision.experiments import (cap, ccmn, cdcr, dhkd, dpc, fairfal, flain, l2d, lewis, mogd, openset_al,
-                                       optimum_shift, rdd, rdd_seg)
+import importlib
 
-_MODULES = (dpc, openset_al, dhkd, l2d, cap, cdcr, ccmn, mogd, lewis, flain, fairfal, rdd, rdd_seg, optimum_shift)
+# In the order `all` runs them; each module defines NAME and run().
+_MODULE_NAMES = ("dpc", "openset_al", "dhkd", "l2d", "cap", "cdcr", "ccmn", "mogd", "lewis", "flain", "fairfal", "rdd",
+                 "rdd_seg", "optimum_shift")
+_MODULES = tuple(importlib.import_module(f"{__name__}.{name}") for name in _MODULE_NAMES)
 RUNNERS = {module.NAME: module.run for module in _MODULES}
 EXPERIMENTS = tuple(RUNNERS)
 

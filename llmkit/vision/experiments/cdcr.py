@@ -15,7 +15,7 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
     """Partial multi-label: naive BCE on candidates vs CDCR's curriculum weights."""
     from llmkit.vision.data import as_tensors, make_multilabel
     from llmkit.vision.loops.multilabel import train_cdcr
-    from llmkit.vision.losses.multilabel import add_false_candidates, mean_average_precision
+    from llmkit.vision.losses.multilabel import add_false_candidates
 
     results = {"clean labels (oracle)": [], "naive": [], "cdcr": []}
     extra = []

@@ -1,4 +1,5 @@
-"""`python -m llmkit.vision.run dpc`: CE vs DPC's evidential loss (± GMM clean-sample selection) vs BLDR-lite, on noisy labels."""
+"""`python -m llmkit.vision.run dpc`: CE vs DPC's evidential loss (± GMM clean-sample selection) vs BLDR-lite, on
+noisy labels."""
 
 from __future__ import annotations
 

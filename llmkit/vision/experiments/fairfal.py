@@ -14,8 +14,12 @@ NAME = "fairfal"
 def run(seeds, out: Path, args) -> tuple[str, dict]:
     """Federated AL on long-tailed, non-IID digits: random vs entropy vs FairFAL (balanced accuracy per cycle)."""
     from llmkit.vision.data import as_tensors, load_digits_split
-    from llmkit.vision.loops.federated_al import (FEDERATED_STRATEGIES, FederatedALConfig, federated_active_learning,
-                                                  long_tail_indices)
+    from llmkit.vision.loops.federated_al import (
+        FEDERATED_STRATEGIES,
+        FederatedALConfig,
+        federated_active_learning,
+        long_tail_indices,
+    )
 
     config = FederatedALConfig(beta=args.fl_beta)
     results = {s: [] for s in FEDERATED_STRATEGIES}

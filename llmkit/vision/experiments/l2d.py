@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from llmkit.vision.experiments._common import bar_plot, markdown_table, mean_std, paired_delta
 
 NAME = "l2d"

@@ -1,4 +1,5 @@
-"""`python -m llmkit.vision.run lewis`: one-shot multi-model AL: Lewis-weight vs uniform sampling (least-squares heads)."""
+"""`python -m llmkit.vision.run lewis`: one-shot multi-model AL: Lewis-weight vs uniform sampling (least-squares
+heads)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
     from sklearn.decomposition import PCA
 
     from llmkit.vision.data import load_digits_split
-    from llmkit.vision.strategies.lewis import (multi_model_sampling_probabilities, sample_without_replacement,
-                                                weighted_least_squares_head)
+    from llmkit.vision.strategies.lewis import (
+        multi_model_sampling_probabilities,
+        sample_without_replacement,
+        weighted_least_squares_head,
+    )
 
     names = ("pixels-64", "pca-16", "random-relu-48")
     results = {f"{sampler} / {name}": [] for sampler in ("uniform", "lewis") for name in names}

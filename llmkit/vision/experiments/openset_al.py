@@ -1,4 +1,5 @@
-"""`python -m llmkit.vision.run openset-al`: random / entropy / LfOSA / EAOA / BUAL / E2OAL / DCFS on open-set digits (known 0-5, unknown 6-9): query precision."""
+"""`python -m llmkit.vision.run openset-al`: random / entropy / LfOSA / EAOA / BUAL / E2OAL / DCFS on open-set
+digits (known 0-5, unknown 6-9): query precision."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`python -m llmkit.vision.run optimum-shift`: min-norm last layer: loss unchanged, ‖W‖ and input-Hessian trace before/after."""
+"""`python -m llmkit.vision.run optimum-shift`: min-norm last layer: loss unchanged, ‖W‖ and input-Hessian trace
+before/after."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`python -m llmkit.vision.run rdd-seg`: per-pixel RDD vs CE and KD students on synthetic shapes (segmentation: mIoU, pixel accuracy)."""
+"""`python -m llmkit.vision.run rdd-seg`: per-pixel RDD vs CE and KD students on synthetic shapes (segmentation:
+mIoU, pixel accuracy)."""
 
 from __future__ import annotations
 
