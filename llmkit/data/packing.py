@@ -41,7 +41,7 @@ PACKING_MODES = ("none", "dynamic", "padding_free")
 # Attention implementations that honour restarting position ids without a 2-D mask (see module doc).
 # `llmkit_per_example_sdpa` is llmkit's CPU varlen path (`llmkit.train.packed_attention`).
 ISOLATING_ATTENTION = (
-    "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention", "llmkit_per_example_sdpa"
+    "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention", "llmkit_per_example_sdpa", "llmkit_varlen"
 )
 
 

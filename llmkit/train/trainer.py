@@ -42,7 +42,7 @@ from llmkit.quiet import silence_known_warnings
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
 from llmkit.train.losses import count_target_tokens, step_normalised_loss, token_cross_entropy_sum
-from llmkit.train.packed_attention import PER_EXAMPLE_SDPA, use_per_example_attention
+from llmkit.train.packed_attention import resolve_padding_free_path, use_padding_free_attention
 from llmkit.train.token_budget import TokenBudgetSchedule, process_rows
 
 logger = logging.getLogger(__name__)
@@ -69,10 +69,11 @@ class TrainerConfig:
     # Pack (faithful: examples in a row see each other), or padding-free (examples isolated).
     packing: Literal["none", "dynamic", "padding_free"] = "none"
     packing_max_length: int = 2048
-    # padding_free with sdpa: `per_example` runs attention on each example's slice
-    # (llmkit.train.packed_attention, Σ Lᵢ² work, like FlashAttention varlen); `model` keeps
-    # transformers' block-diagonal mask over the whole row ((Σ Lᵢ)² work). FlashAttention is used as is.
-    padding_free_attention: Literal["per_example", "model"] = "per_example"
+    # padding_free with sdpa: how the packed row's examples are kept apart (llmkit.train.packed_attention).
+    # `auto`: on CUDA flash-attn if installed, else torch's varlen_attn, else flex attention; elsewhere
+    # `per_example` (SDPA on each example's slice, Σ Lᵢ² work). `varlen` / `flex` / `flash` force one path;
+    # `model` keeps transformers' block-diagonal mask over the whole row ((Σ Lᵢ)² work).
+    padding_free_attention: Literal["auto", "per_example", "varlen", "flex", "flash", "model"] = "auto"
     # Token-budget batches (llmkit.train.token_budget), 0 = off: each epoch's examples are packed into rows of at
     # most packing_max_length tokens by best-fit decreasing over the whole shuffled dataset, and each optimizer
     # step takes rows up to this many tokens, one row per micro-batch (per_device_batch_size and
@@ -301,9 +302,10 @@ class Trainer:
             eps=cfg.adam_epsilon,
             **adamw_options(torch.cuda.is_available(), acc.distributed_type.value == "DEEPSPEED"),
         )
-        if cfg.packing == "padding_free" and cfg.padding_free_attention == "per_example":
-            if use_per_example_attention(model):
-                logger.info("padding-free packing: per-example attention (%s)", PER_EXAMPLE_SDPA)
+        if cfg.packing == "padding_free" and cfg.padding_free_attention != "model":
+            path = resolve_padding_free_path(cfg.padding_free_attention, acc.device.type)
+            used = use_padding_free_attention(model, path)
+            logger.info("padding-free packing: attention %s", used or "of the model (see the reason above)")
         if cfg.compile:
             # In place (nn.Module.compile): parameter names, checkpoints and unwrap_model stay as they are.
             model.compile()
