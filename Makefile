@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.llmkit-installed
 
-.PHONY: install demo test test-vllm-cpu clean-venv
+.PHONY: install demo lint test test-vllm-cpu clean-venv
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ $(STAMP): pyproject.toml Makefile scripts/install_torch.sh
 
 demo: install
 	$(BIN)/llmkit demo
+
+# Layer contracts of pyproject.toml [tool.importlinter] (core never imports a method; methods are
+# independent). Under a second; .ci/run calls it before the tests so a broken layer fails the run early.
+lint: install
+	$(BIN)/lint-imports --no-cache
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

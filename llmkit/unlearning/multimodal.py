@@ -19,6 +19,7 @@ import torch
 from llmkit.data.packing import model_forward_inputs
 from llmkit.data.sft import IGNORE_INDEX
 from llmkit.errors import ConfigError, DataError
+from llmkit.unlearning.examples import ScoredExample
 
 # Per-image model inputs, stacked along dim 0 over the images of a micro-batch in row order (the
 # convention of LLaVA, LLaVA-NeXT and Qwen2-VL: the model scatters the image features into the image-token
@@ -66,8 +67,6 @@ def image_text_example(processor, image, prompt: str, answer: str, kind: int, sc
     e.g. "USER: <image>\\nDescribe the image. ASSISTANT:"), which the processor (an `AutoProcessor`)
     expands into the model's image tokens. The answer is tokenised on its own, as `tokenize_rows` does.
     """
-    from llmkit.unlearning.trainer import ScoredExample  # here: trainer.py imports this module
-
     if processor.image_token not in prompt:
         raise DataError(f"{source}: the prompt has no image token {processor.image_token!r}")
     if isinstance(image, (str, Path)):

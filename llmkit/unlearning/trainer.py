@@ -22,6 +22,7 @@ from llmkit.data.sft import TokenizedExample
 from llmkit.errors import ConfigError, DataError
 from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
 from llmkit.train.trainer import Trainer, TrainerConfig, build_accelerator
+from llmkit.unlearning.examples import ScoredExample  # re-exported: proxy.py and callers import it from here
 from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS, KIND_SENT, efuf_loss, gradient_ascent_loss, per_example_ce
 from llmkit.unlearning.multimodal import collate_image_inputs, forward_inputs
 from llmkit.unlearning.sam import targeted_sam_step
@@ -54,20 +55,6 @@ class UnlearningSettings:
             raise ValueError(f"rho must be >= 0, got {self.rho}")
         if self.retain_batch_size < 0:
             raise ValueError(f"retain_batch_size must be >= 0, got {self.retain_batch_size}")
-
-
-@dataclass
-class ScoredExample(TokenizedExample):
-    """A tokenised example with its EFUF kind (KIND_NEG/POS/GOLD/SENT) and span score (CLIP-style, 0–100).
-
-    `image_inputs`: for an image-text model, the processor's image tensors of this example (`pixel_values`,
-    and `image_sizes` / `image_grid_thw` where the family uses them; first dim = images), with the image
-    tokens already in `input_ids` (`multimodal.image_text_example` builds both); None for text.
-    """
-
-    kind: int = KIND_NEG
-    score: float = 0.0
-    image_inputs: dict[str, torch.Tensor] | None = None
 
 
 def batch_ce(model, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
