@@ -51,7 +51,7 @@ def worker(stage: str, n: int, args) -> dict:
     """Run one stage on an n-row pool; seconds exclude loading models and data."""
     import torch
 
-    from llmkit.data.selection.embeddings import embed_texts
+    from llmkit.data.embeddings import embed_texts
     from llmkit.data.selection.methods import kmeans_clusters, nearest_unused, train_centroids
 
     instructions, responses = pool(n)

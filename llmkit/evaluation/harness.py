@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from llmkit.errors import ConfigError
 from llmkit.generation.types import Completion, GenerationOutput, Generator, Prompt, SamplingParams
+from llmkit.io import atomic_write_text
 from llmkit.models import model_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -185,10 +186,8 @@ def read_partial(path: Path, settings: dict[str, Any]) -> dict[str, GenerationOu
                 continue
             raise ConfigError(f"{path}:{number}: not valid JSON") from None
         done[str(record["id"])] = output_from_json(record["output"])
-    from llmkit.train.checkpoint import write_text_atomic  # lazy: llmkit.train imports the trainer stack
-
     kept = [lines[0], *(json.dumps({"id": i, "output": output_to_json(o)}) for i, o in done.items())]
-    write_text_atomic(path, "\n".join(kept) + "\n")
+    atomic_write_text(path, "\n".join(kept) + "\n")
     return done
 
 
@@ -218,8 +217,6 @@ def generate_in_chunks(task: Task, generator: Generator, cfg: EvalConfig, proble
 
     Returns (outputs in problem order, number of problems taken from an earlier run).
     """
-    from llmkit.train.checkpoint import write_text_atomic  # lazy: llmkit.train imports the trainer stack
-
     path = out / PARTIAL_FILE
     settings = generation_settings(cfg)
     ids = [str(p["id"]) for p in problems]
@@ -240,7 +237,7 @@ def generate_in_chunks(task: Task, generator: Generator, cfg: EvalConfig, proble
         logger.info("resuming: %d of %d problems already generated (%s)", len(done), len(problems), path)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps({"settings": settings}) + "\n")
+        atomic_write_text(path, json.dumps({"settings": settings}) + "\n")
     position = {str(p["id"]): i for i, p in enumerate(problems)}
     todo = [p for p in problems if str(p["id"]) not in done]
     size = cfg.chunk_size or max(1, len(todo))

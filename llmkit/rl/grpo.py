@@ -30,6 +30,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
+from llmkit.data.padding import pad_right
 from llmkit.data.sft import IGNORE_INDEX
 from llmkit.errors import ConfigError
 from llmkit.generation.types import SamplingParams
@@ -45,7 +46,6 @@ from llmkit.rl.core_algos import (
     token_log_probs,
     token_log_probs_and_entropy,
 )
-from llmkit.train.batching import process_micro_batches, step_indices
 from llmkit.train.losses import step_normalised_loss
 from llmkit.train.trainer import Trainer
 
@@ -179,12 +179,13 @@ class GRPOTrainer(Trainer):
     """
 
     method_name = "grpo"
+    # Rollout rows are padded one completion per row: the loss reads per-row advantages and log-probs, which
+    # neither packing mode (dynamic, padding_free) keeps apart; refused at start (`check_packing`).
+    supports_packing = ("none",)
 
     def __init__(self, cfg, settings: GRPOSettings, model, tokenizer, prompts: list[dict[str, Any]], reward_fn: RewardFn,
                  generator_factory: Callable | None = None, **kwargs):
         self.settings = settings  # before the base class plans the steps (steps_for_epochs reads it)
-        if cfg.packing != "none":
-            raise ConfigError(f"trainer.packing: {cfg.packing} is not supported by GRPO (rollout rows are padded); use none")
         super().__init__(cfg, model, tokenizer, prompts, **kwargs)
         if self.steps_per_epoch % settings.rollout_mini_batches:
             # a rollout must not straddle two epochs (a prompt would be rolled out twice in it, its state moved twice)
@@ -304,13 +305,9 @@ class GRPOTrainer(Trainer):
         data order does not depend on how rollouts are reused.
         """
         m_count = self.settings.rollout_mini_batches
-        out = []
-        for m in range(m_count):
-            indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, rollout_index * m_count + m,
-                                   self.cfg.shuffle)
-            out.append(process_micro_batches(indices, self.world_size, self.accelerator.process_index,
-                                             self.cfg.per_device_batch_size, self.cfg.gradient_accumulation_steps))
-        return out
+        # Prompt records have no length to group by; they keep the sampled order.
+        return [self.step_shards(self.train_data, self.cfg.per_device_batch_size, self.cfg.seed, rollout_index * m_count + m,
+                                 group_by_length=False) for m in range(m_count)]
 
     def make_rollout(self, rollout_index: int) -> dict[str, Any]:
         """Roll out every prompt of a rollout in one generation call, update the per-prompt state once, and build
@@ -358,22 +355,18 @@ class GRPOTrainer(Trainer):
         return self._rollout["batches"][mini]
 
     def _tensors(self, r: Rollout) -> dict[str, Any]:
+        """One micro-batch of rollout rows on the device, through the shared seam (`make_batch`, `to_device`)."""
+        return self.to_device(self.make_batch(r))
+
+    def make_batch(self, r: Rollout) -> dict[str, Any]:
+        """One micro-batch's rollout rows (prompt + completion, loss on the completion tokens) as right-padded
+        host tensors with their advantages (hook; GRPO's examples are a slice of scored completions)."""
         s = self.settings
         advantages = get(ADVANTAGE_ESTIMATORS, s.advantage)(torch.tensor(r.rewards, dtype=torch.float32), s.num_generations)
         rows = [(p + c, [IGNORE_INDEX] * len(p) + (([IGNORE_INDEX] * len(c)) if (t and s.mask_truncated) else c))
                 for p, c, t in zip(r.prompt_ids, r.completion_ids, r.truncated)]
-        width = max(len(ids) for ids, _ in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, (ids, labs) in enumerate(rows):
-            input_ids[k, : len(ids)] = torch.tensor(ids)
-            labels[k, : len(labs)] = torch.tensor(labs)
-            mask[k, : len(ids)] = 1
-        device = self.accelerator.device
-        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
-                "advantages": advantages.to(device), "hard": torch.tensor(r.hard, device=device), "num_examples": len(rows)}
+        padded = pad_right([ids for ids, _ in rows], self.tokenizer.pad_token_id, [labs for _, labs in rows])
+        return {**padded, "advantages": advantages, "hard": torch.tensor(r.hard), "num_examples": len(rows)}
 
     @contextlib.contextmanager
     def _reference(self, policy):

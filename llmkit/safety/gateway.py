@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from llmkit.data.padding import pad_right
+from llmkit.io import atomic_write_json
 from llmkit.safety.probe_features import encode_probe_prompts, mean_pool
 from llmkit.safety.probe_training import train_probe_head
 
@@ -195,7 +196,7 @@ class EmbeddingGateway(Gateway):
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
-            from llmkit.data.selection.embeddings import resolve_embedder
+            from llmkit.data.embeddings import resolve_embedder
 
             self._model = SentenceTransformer(resolve_embedder(self.model_name), device="cpu")
         return self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
@@ -288,11 +289,10 @@ def save_gateway(gateway: Gateway, path: str | Path) -> Path:
         state["model_name"] = gateway.model_name
     elif isinstance(gateway, HiddenStateProbeGateway):
         state.update(layer=gateway.layer, max_length=gateway.max_length)
-    from llmkit.train.checkpoint import write_json_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, state)
+    atomic_write_json(path, state)
     return path
 
 

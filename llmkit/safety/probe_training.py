@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from llmkit.data.packing import collate_examples
 from llmkit.data.sft import IGNORE_INDEX, TokenizedExample
 from llmkit.errors import ConfigError, DataError
+from llmkit.io import atomic_write_json
 from llmkit.safety.probe_features import encode_probe_prompts, mean_pool
-from llmkit.train import checkpoint as ckpt
 from llmkit.train.trainer import Trainer, TrainerConfig
 
 
@@ -239,14 +239,14 @@ class ProbeTrainer(Trainer):
         acc.wait_for_everyone()
         if acc.is_main_process:
             w, b = self.head.raw_weights()
-            ckpt.write_json_atomic(self.output_dir / "probe_head.json", {
+            atomic_write_json(self.output_dir / "probe_head.json", {
                 "kind": "probe_head", "w": w.tolist(), "b": b, "layer": self.layer,
                 "mean": self.head.mean.cpu().tolist(), "std": self.head.std.cpu().tolist(),
                 "n_train": len(self.train_data), "pos_weight": self.pos_weight, "neg_weight": self.neg_weight,
             })
             if self.run_config:
                 (self.output_dir / "probe_config.json").write_text(json.dumps(self.run_config, indent=1))
-            ckpt.write_json_atomic(self.output_dir / "trainer_state.json",
+            atomic_write_json(self.output_dir / "trainer_state.json",
                                    {"global_step": self.global_step, "world_size": self.world_size})
         acc.wait_for_everyone()
         return self.output_dir

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import CheckpointError
+from llmkit.io import atomic_write_text, replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -33,22 +34,6 @@ FINAL_MODEL_FILES = (
     "adapter_model.safetensors", "adapter_model.bin",
 )
 TRAINER_STATE_KEYS = ("global_step", "global_batch", "steps_per_epoch")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` via a temporary file, fsync and rename: readers see the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to `path` via a temporary file, fsync and rename."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def complete_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -112,7 +97,7 @@ def checkpoint_files(folder: Path) -> list[str]:
 def write_checksums(folder: Path) -> None:
     """Write `folder`/checksums.sha256 covering every file in it (all processes' files must be written)."""
     hashes = _hash_files(folder, checkpoint_files(folder))
-    write_text_atomic(folder / CHECKSUMS_FILE, "".join(f"{h}  {name}\n" for name, h in hashes.items()))
+    atomic_write_text(folder / CHECKSUMS_FILE, "".join(f"{h}  {name}\n" for name, h in hashes.items()))
 
 
 def _read_manifest(folder: Path) -> dict[str, str]:
@@ -191,14 +176,7 @@ def publish(tmp_dir: Path, final_dir: Path) -> None:
         fh.write("ok\n")
         fh.flush()
         os.fsync(fh.fileno())
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
-    dir_fd = os.open(final_dir.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_dir(tmp_dir, final_dir)
 
 
 def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:

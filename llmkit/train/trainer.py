@@ -35,9 +35,16 @@ from typing import Any, Literal
 
 import torch
 
-from llmkit.data.packing import PackingStats, check_packing_isolation, collate_examples, model_forward_inputs
+from llmkit.data.packing import (
+    PACKING_MODES,
+    PackingStats,
+    check_packing_isolation,
+    collate_examples,
+    model_forward_inputs,
+)
 from llmkit.data.sft import IGNORE_INDEX, TokenizedExample, collate
 from llmkit.errors import CheckpointError, ConfigError, TrainingError
+from llmkit.io import atomic_write_json, atomic_write_text
 from llmkit.quiet import silence_known_warnings
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
@@ -215,7 +222,20 @@ def adamw_options(cuda: bool, deepspeed: bool) -> dict[str, Any]:
 
 # The hooks a token-budget step is made of. A subclass that overrides one builds or consumes its batches in its
 # own way (rollouts, forget/retain pairs, a probe head on padded prompts), so packed rows may not fit it.
-TOKEN_BUDGET_HOOKS = ("step_batches", "compute_loss", "training_step")
+TOKEN_BUDGET_HOOKS = ("step_batches", "make_batch", "compute_loss", "training_step")
+
+def check_packing(trainer: "Trainer", packing: str) -> None:
+    """Refuse, in one ConfigError line, a `trainer.packing` mode that `trainer.supports_packing` does not list.
+
+    Checked once, when the trainer starts: a method whose batches need one example per row (a label
+    position, per-example terms, padded rollouts) says so in `supports_packing` instead of being fed packed
+    rows it would silently misread.
+    """
+    if packing not in trainer.supports_packing:
+        raise ConfigError(
+            f"trainer.packing: {packing} is not supported by {type(trainer).__name__} (method "
+            f"'{trainer.method_name}'); use {' or '.join(trainer.supports_packing)}"
+        )
 
 
 def supports_token_budget(cls: type) -> bool:
@@ -255,6 +275,9 @@ class Trainer:
     method_name = "sft"
     # The base hooks train on token-budget rows; see `supports_token_budget` for subclasses.
     supports_token_budget = True
+    # The trainer.packing modes make_batch can serve (checked at start by `check_packing`); the base
+    # collators serve every mode.
+    supports_packing: tuple[str, ...] = PACKING_MODES
 
     def __init__(
         self,
@@ -266,6 +289,7 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         accelerator=None,
     ):
+        check_packing(self, cfg.packing)
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.train_data = train_data
@@ -491,28 +515,41 @@ class Trainer:
             yield
 
     def step_batches(self, step: int) -> list[dict[str, Any]]:
-        """This process's collated micro-batches of optimizer step `step` (hook; RL builds them from rollouts).
+        """This process's collated micro-batches of optimizer step `step` (RL builds them from rollouts).
 
         Each dict holds at least input_ids, labels (-100 where no loss) and num_examples; the loop counts the
-        step's target tokens from the labels.
+        step's target tokens from the labels. A method with its own batch layout overrides `make_batch`.
         """
-        acc = self.accelerator
         if self.token_budget is not None:
             return self.token_budget_batches(step)
-        indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, step, self.cfg.shuffle)
-        if self.cfg.group_by_length:
+        return self.micro_batches(self.train_data, self.cfg.per_device_batch_size, self.cfg.seed, step)
+
+    def micro_batches(self, data: list[Any], per_device: int, seed: int, step: int,
+                      group_by_length: bool | None = None) -> list[dict[str, Any]]:
+        """This process's micro-batches of step `step` over `data`: its shards (`step_shards`) → `make_batch` →
+        device. `per_device` and `seed` are arguments so that a second data set (unlearning's retain set)
+        draws its batches through the same path."""
+        shards = self.step_shards(data, per_device, seed, step, group_by_length)
+        return [self.to_device(self.make_batch([data[i] for i in shard])) for shard in shards]
+
+    def step_shards(self, data: list[Any], per_device: int, seed: int, step: int,
+                    group_by_length: bool | None = None) -> list[list[int]]:
+        """Indices into `data` of this process's micro-batches of step `step`: the seeded step indices split
+        over processes and accumulation steps. `group_by_length` (default: the config's) sorts them by length."""
+        cfg = self.cfg
+        global_batch = per_device * cfg.gradient_accumulation_steps * self.world_size
+        indices = step_indices(len(data), global_batch, seed, step, cfg.shuffle)
+        if cfg.group_by_length if group_by_length is None else group_by_length:
             # Same examples in the step, fewer pad tokens: the step's loss does not depend on how its
             # examples are split into micro-batches and processes, so sorting them changes no gradient.
-            indices = sorted(indices, key=lambda i: len(self.train_data[i].input_ids))
-        shards = process_micro_batches(
-            indices, self.world_size, acc.process_index, self.cfg.per_device_batch_size, self.cfg.gradient_accumulation_steps
+            indices = sorted(indices, key=lambda i: len(data[i].input_ids))
+        return process_micro_batches(
+            indices, self.world_size, self.accelerator.process_index, per_device, cfg.gradient_accumulation_steps
         )
-        pad = self.tokenizer.pad_token_id
-        batches = []
-        for shard in shards:
-            batch = collate_examples([self.train_data[i] for i in shard], pad, self.cfg.packing, self.cfg.packing_max_length)
-            batches.append(self.to_device(batch))
-        return batches
+
+    def make_batch(self, examples: list[Any]) -> dict[str, Any]:
+        """Collate one micro-batch's examples into host tensors (hook; default: the `trainer.packing` collators)."""
+        return collate_examples(examples, self.tokenizer.pad_token_id, self.cfg.packing, self.cfg.packing_max_length)
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Move a collated micro-batch to the device, counting its target and real tokens first, on the host:
@@ -569,10 +606,9 @@ class Trainer:
                 # Two pad tokens and no target: the forward and backward run (DDP needs every process's
                 # backward to all-reduce) and add nothing to the gradient or the loss.
                 filler = TokenizedExample([pad, pad], [IGNORE_INDEX, IGNORE_INDEX], "filler")
-                batch = {**collate_examples([filler], pad, self.cfg.packing, self.cfg.packing_max_length),
-                         "num_examples": 0, "num_real_tokens": 0}
+                batch = {**self.make_batch([filler]), "num_examples": 0, "num_real_tokens": 0}
             else:
-                batch = collate_examples([self.train_data[i] for i in row], pad, self.cfg.packing, self.cfg.packing_max_length)
+                batch = self.make_batch([self.train_data[i] for i in row])
             batches.append(self.to_device(batch))
         return batches
 
@@ -739,7 +775,7 @@ class Trainer:
             torch.save(process_state, tmp / f"process_state_{acc.process_index}.pt")
         if acc.is_main_process:
             torch.save(self.method_state_dict(), tmp / "method_state.pt")
-            ckpt.write_json_atomic(
+            atomic_write_json(
                 tmp / "trainer_state.json",
                 {
                     "global_step": self.global_step,
@@ -805,9 +841,7 @@ class Trainer:
         if not path.is_file():
             return
         keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
         self.history = [json.loads(line) for line in keep]
 
     def _register_adapter_only_checkpoints(self) -> None:
@@ -853,7 +887,7 @@ class Trainer:
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
             write_model_card(self.output_dir, self.run_config, self.method_name, self.history, is_adapter=_is_peft(unwrapped))
             write_loss_plot(self.output_dir, self.history)
-            ckpt.write_json_atomic(
+            atomic_write_json(
                 self.output_dir / "trainer_state.json", {"global_step": self.global_step, "world_size": self.world_size}
             )
         acc.wait_for_everyone()

@@ -9,7 +9,6 @@ statements (each object's COCO supercategory; EFUF's grounded spans) and general
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -21,6 +20,7 @@ import torch
 from llmkit.data.loading import read_records
 from llmkit.data.sft import DataConfig, collate, tokenize_messages
 from llmkit.errors import DataError
+from llmkit.io import atomic_write_json
 from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS, per_example_ce
 from llmkit.unlearning.multimodal import collate_image_inputs, image_inputs
 from llmkit.unlearning.trainer import ScoredExample
@@ -186,7 +186,5 @@ def perplexity(model, examples, pad_token_id: int, batch_size: int = 32) -> floa
 
 
 def write_json(path: Path, data) -> None:
-    """Pretty JSON, written to a temp name then renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    """Pretty JSON, written atomically (`llmkit.io`)."""
+    atomic_write_json(path, data)

@@ -17,10 +17,9 @@ from typing import Any, Literal
 
 import torch
 
-from llmkit.data.packing import collate_examples
 from llmkit.data.sft import TokenizedExample
 from llmkit.errors import ConfigError, DataError
-from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
+from llmkit.train.batching import steps_per_epoch
 from llmkit.train.trainer import Trainer, TrainerConfig, build_accelerator
 from llmkit.unlearning.examples import ScoredExample  # re-exported: proxy.py and callers import it from here
 from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS, KIND_SENT, efuf_loss, gradient_ascent_loss, per_example_ce
@@ -66,6 +65,8 @@ class UnlearningTrainer(Trainer):
     """The shared trainer with a forget batch and a retain batch per step, and GA / EFUF / SARE gradients."""
 
     method_name = "sare"
+    # The EFUF terms are per-example means and scores; packed rows would mix examples.
+    supports_packing = ("none",)
 
     def __init__(
         self,
@@ -85,9 +86,6 @@ class UnlearningTrainer(Trainer):
             raise DataError("every forget example must have kind KIND_NEG")
         if any(ex.kind == KIND_NEG for ex in retain):
             raise DataError("a retain example has kind KIND_NEG (hallucinated); it belongs in the forget set")
-        if cfg.packing != "none":
-            # The EFUF terms are per-example means and scores; packed rows would mix examples.
-            raise ConfigError(f"trainer.packing: {cfg.packing} is not supported for unlearning; use none")
         if any(getattr(ex, "image_inputs", None) for ex in eval_data or []):
             # The shared trainer's evaluate() feeds input_ids/attention_mask only; it would drop the images.
             raise DataError("eval_data with images is not supported; evaluate them with proxy.mean_token_ce")
@@ -120,31 +118,22 @@ class UnlearningTrainer(Trainer):
 
     # ----- batches -----------------------------------------------------------------------------------
 
-    def _micro_batches(self, data: list[ScoredExample], per_device: int, seed: int, step: int, role: str) -> list[dict]:
-        acc = self.accelerator
-        global_batch = per_device * self.cfg.gradient_accumulation_steps * self.world_size
-        indices = step_indices(len(data), global_batch, seed, step, self.cfg.shuffle)
-        if self.cfg.group_by_length:
-            indices = sorted(indices, key=lambda i: len(data[i].input_ids))
-        shards = process_micro_batches(indices, self.world_size, acc.process_index, per_device, self.cfg.gradient_accumulation_steps)
-        out = []
-        for shard in shards:
-            examples = [data[i] for i in shard]
-            batch = collate_examples(examples, self.tokenizer.pad_token_id, "none")
-            batch.update(collate_image_inputs(examples))  # nothing for text-only examples
-            batch["kinds"] = torch.tensor([ex.kind for ex in examples], dtype=torch.long)
-            batch["scores"] = torch.tensor([ex.score for ex in examples], dtype=torch.float32)
-            batch = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            batch["role"] = role
-            out.append(batch)
-        return out
+    def make_batch(self, examples: list[ScoredExample]) -> dict[str, Any]:
+        """One example per row (see `supports_packing`), with image inputs, kinds and scores."""
+        batch = super().make_batch(examples)
+        batch.update(collate_image_inputs(examples))  # nothing for text-only examples
+        batch["kinds"] = torch.tensor([ex.kind for ex in examples], dtype=torch.long)
+        batch["scores"] = torch.tensor([ex.score for ex in examples], dtype=torch.float32)
+        return batch
 
     def step_batches(self, step: int) -> list[dict[str, Any]]:
         """The step's forget micro-batches, then (EFUF/SARE) its retain micro-batches; each has kinds, scores, role."""
-        batches = self._micro_batches(self.train_data, self.cfg.per_device_batch_size, self.cfg.seed, step, "forget")
+        cfg = self.cfg
+        batches = [{**b, "role": "forget"} for b in self.micro_batches(self.train_data, cfg.per_device_batch_size, cfg.seed, step)]
         if self.uses_retain:
             # A separate seeded order: the retain set is usually larger and cycles on its own epochs.
-            batches += self._micro_batches(self.retain_data, self.retain_batch_size, self.cfg.seed + 1, step, "retain")
+            batches += [{**b, "role": "retain"}
+                        for b in self.micro_batches(self.retain_data, self.retain_batch_size, cfg.seed + 1, step)]
         return batches
 
     # ----- the step ----------------------------------------------------------------------------------

@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from llmkit.config import load_config, split_config_arg, to_dict
+from llmkit.config import to_dict
 from llmkit.data.loading import resolve_data_path
 from llmkit.errors import exit_on_user_error
 from llmkit.evaluation.tasks.scienceqa import LETTERS, ScienceQA, extract_choice, qcm_prompt
@@ -33,7 +32,8 @@ from llmkit.prompting.active import (
     WNUT_TYPES, heuristic_complexity, ie_metrics, ie_prompt, mcq_uncertainties, parse_ie_output, read_conll,
     select_active_prompt, select_apie, select_cams,
 )
-from llmkit.recipe import setup_logging
+from llmkit.recipe import parse_recipe_args, setup_logging
+from llmkit.stats import mean_std
 
 logger = logging.getLogger("recipes.active_prompting")
 SPLIT_FILE = Path(__file__).with_name("scienceqa_split.json")
@@ -91,9 +91,10 @@ class ActivePromptingConfig:
     cams: CAMSSection = field(default_factory=CAMSSection)
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and population std of a list (std 0 for one value)."""
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+def mean_std_n(values: list[float]) -> dict[str, float]:
+    """Mean and population std of a list (std 0 for one value), and how many values there are."""
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "n": len(values)}
 
 
 def evaluate_ie(generator, sentences, exemplars, max_new_tokens):
@@ -139,7 +140,7 @@ def run_apie(cfg: ActivePromptingConfig, generator, results, save):
         runs.append(evaluate_ie(generator, evalset, [pool[i] for i in idx], a.max_new_tokens))
         logger.info("APIE random seed %d: %s", seed, runs[-1])
         out["random_runs"] = runs
-        out["random"] = {k: mean_std([r[k] for r in runs]) for k in runs[0]}
+        out["random"] = {k: mean_std_n([r[k] for r in runs]) for k in runs[0]}
         save()
 
 
@@ -194,7 +195,7 @@ def run_cams(cfg: ActivePromptingConfig, generator, results, save):
             runs.append(evaluate_mcq(generator, evalset, [pool[i] for i in idx], c.rationale_chars))
             logger.info("CAMS %s seed %d: %s", name, seed, runs[-1])
             out[f"{name}_runs"] = runs
-            out[name] = {k: mean_std([r[k] for r in runs]) for k in runs[0]}
+            out[name] = {k: mean_std_n([r[k] for r in runs]) for k in runs[0]}
             save()
 
 
@@ -227,8 +228,7 @@ def report(results) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Parse the config, run the chosen experiments, write results.json and report.md."""
     setup_logging()
-    path, overrides = split_config_arg(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(ActivePromptingConfig, path, overrides)
+    cfg = parse_recipe_args(ActivePromptingConfig, argv)  # --help lists the keys (`llmkit run active_prompting --help`)
     out_dir = Path(cfg.run.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"config": to_dict(cfg)}

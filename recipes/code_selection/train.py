@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from llmkit.data import load_sft_data
 from llmkit.data.loading import SOURCE_KEY, read_records
 from llmkit.data.selection.run import SelectConfig, SelectionSettings, run_selection
 from llmkit.errors import ConfigError, DataError, exit_on_user_error
+from llmkit.io import atomic_write_text
 from llmkit.models import load_model_and_tokenizer
 from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
 from llmkit.train import Trainer, build_accelerator
@@ -73,9 +73,7 @@ def prepare_pool(cfg: CodeSelectionConfig, accelerator) -> tuple[Path, Path | No
         out.mkdir(parents=True, exist_ok=True)
         for path, rows in ((pool, [r for i, r in enumerate(records) if i not in held]),
                            (heldout, [r for i, r in enumerate(records) if i in held])):
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps({k: v for k, v in r.items() if k != SOURCE_KEY}) + "\n" for r in rows))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(json.dumps({k: v for k, v in r.items() if k != SOURCE_KEY}) + "\n" for r in rows))
         logger.info("pool: %d rows for training/selection, %d held out for evaluation", len(records) - n_eval, n_eval)
     accelerator.wait_for_everyone()
     return pool, (heldout if cfg.data.eval_fraction > 0 else None)

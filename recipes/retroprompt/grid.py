@@ -26,7 +26,6 @@ import argparse
 import importlib.util
 import json
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 from llmkit.config import load_config, parse_overrides, resolve_key
 from llmkit.errors import ConfigError
+from llmkit.stats import mean_std
 
 RECIPE = Path(__file__).with_name("train.py")
 SEEDS = (13, 21, 42, 87, 100)  # LM-BFF's k-shot split seeds
@@ -122,13 +122,6 @@ def same_command(earlier: list[str], now: list[str]) -> bool:
         return out
 
     return normalised(earlier) == normalised(now)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (ddof 0, as LM-BFF reports over its 5 seeds)."""
-    if not values:
-        raise ValueError("no values")
-    return statistics.fmean(values), statistics.pstdev(values)
 
 
 def summarise(results: dict[tuple[int, int, str], dict[str, Any]], shots: list[int], seeds: list[int]) -> dict[str, Any]:

@@ -37,8 +37,9 @@ from accelerate.utils import set_seed
 
 from llmkit.config import to_dict
 from llmkit.data.loading import read_records
+from llmkit.data.padding import pad_right
 from llmkit.data.sft import IGNORE_INDEX, TokenizedExample
-from llmkit.errors import ConfigError, DataError, exit_on_user_error
+from llmkit.errors import DataError, exit_on_user_error
 from llmkit.models import load_model_and_tokenizer
 from llmkit.prompting.retroprompt import (
     KnowledgeStore,
@@ -58,8 +59,7 @@ from llmkit.prompting.retroprompt import (
 )
 from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
 from llmkit.train import Trainer, build_accelerator
-from llmkit.train.batching import process_micro_batches, step_indices
-from llmkit.train.checkpoint import write_json_atomic
+from llmkit.io import atomic_write_json
 
 logger = logging.getLogger("recipes.retroprompt")
 
@@ -231,19 +231,10 @@ def load_examples(path: str, method: RetroPromptMethod, tokenizer, label_word_id
 def collate_prompts(examples: list[PromptExample], pad_token_id: int, plain: bool = False) -> dict[str, Any]:
     """Right-padded batch with the label positions, gold classes, store rows and slot positions."""
     rows = [ex.plain_ids if plain else ex.input_ids for ex in examples]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for i, (ex, ids) in enumerate(zip(examples, rows)):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention_mask[i, : len(ids)] = 1
-        if not plain:
-            labels[i, : len(ids)] = torch.tensor(ex.labels)
+    # Plain prompts (store keys) have no target: empty label rows pad to all IGNORE_INDEX.
+    padded = pad_right(rows, pad_token_id, [[] if plain else ex.labels for ex in examples])
     return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
+        **padded,
         "num_examples": len(rows),
         "label_positions": torch.tensor([len(ids) - 1 if plain else ex.label_position for ex, ids in zip(examples, rows)]),
         "class_ids": torch.tensor([ex.class_id for ex in examples]),
@@ -259,12 +250,12 @@ class RetroPromptTrainer(Trainer):
     """The shared trainer with RetroPrompt's store, demonstrations, kNN loss and kNN evaluation."""
 
     method_name = "retroprompt"
+    # One prompt per row: the label position of each row is known.
+    supports_packing = ("none",)
 
     def __init__(self, cfg, settings: RetroPromptSettings, label_word_ids: torch.Tensor, model, tokenizer,
                  train_data: list[PromptExample], eval_data: list[PromptExample] | None = None,
                  encode_batch_size: int = 16, **kwargs):
-        if cfg.packing != "none":
-            raise ConfigError("retroprompt needs trainer.packing: none (one prompt per row, label position known)")
         super().__init__(cfg, model, tokenizer, train_data, eval_data, **kwargs)
         self.settings = settings
         self.label_word_ids = label_word_ids
@@ -343,19 +334,17 @@ class RetroPromptTrainer(Trainer):
         return loss * targets.numel(), {}
 
     def step_batches(self, step: int) -> list[dict[str, Any]]:
-        """The base trainer's micro-batches, with RetroPrompt's fields; rebuilds the store when it is due."""
+        """The base trainer's micro-batches (see `make_batch`); rebuilds the store first when it is due."""
         reason = self.schedule.reason(step, have_store=self.store is not None)
         if reason is not None:
             self.refresh_store(reason)
-        acc = self.accelerator
-        indices = step_indices(len(self.train_data), self.global_batch, self.cfg.seed, step, self.cfg.shuffle)
-        shards = process_micro_batches(indices, self.world_size, acc.process_index, self.cfg.per_device_batch_size,
-                                       self.cfg.gradient_accumulation_steps)
-        batches = []
-        for shard in shards:
-            batch = collate_prompts([self.train_data[i] for i in shard], self.tokenizer.pad_token_id)
-            batches.append({k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-        return batches
+        # In the sampled order, not grouped by length: the runs so far were made that way.
+        return self.micro_batches(self.train_data, self.cfg.per_device_batch_size, self.cfg.seed, step,
+                                  group_by_length=False)
+
+    def make_batch(self, examples: list[PromptExample]) -> dict[str, Any]:
+        """RetroPrompt's fields: label positions, classes, store rows and slot positions (`collate_prompts`)."""
+        return collate_prompts(examples, self.tokenizer.pad_token_id)
 
     # --- evaluation ---
 
@@ -441,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
                   "seed": cfg.trainer.seed, "refreshes": trainer.refreshes}
         if method.split == "text_hash":
             report.update(split="text_hash", split_seed=split_seed, train_rows=[r.get("_source") for r in train_rows])
-        write_json_atomic(out / "results.json", report)  # the grid driver treats an existing file as a finished run
+        atomic_write_json(out / "results.json", report)  # the grid driver treats an existing file as a finished run
         print(f"done: {result}; eval {scores}; results.json, model and metrics.jsonl are in {out}")
 
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from accelerate.utils import set_seed
 
 from llmkit.config import to_dict
 from llmkit.errors import ConfigError, exit_on_user_error
+from llmkit.io import replace_dir
 from llmkit.models import TINY_ALIAS, LoraSettings, ModelConfig, _torch_dtype, apply_lora, load_model, load_tokenizer, resolve_model_path
 from llmkit.recipe import parse_recipe_args, setup_logging
 from llmkit.train import Trainer, TrainerConfig, build_accelerator
@@ -185,9 +184,7 @@ def teach(cfg: SAREConfig, accelerator, tokenizer, data: dict) -> str:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / COMPLETE).write_text("ok")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
     accelerator.wait_for_everyone()
     return str(final)
 

@@ -1,7 +1,7 @@
 """Data selection for fine-tuning: IFD complexity, CDAS, distribution-consistent selection, baselines.
 
 Pure selection rules live in `methods`, coverage measures in `coverage`, IFD scoring in `ifd`,
-instruction embeddings in `embeddings`; `run` ties them into `llmkit select`.
+instruction embeddings from `llmkit.data.embeddings`; `run` ties them into `llmkit select`.
 """
 
 from llmkit.data.selection.coverage import cluster_histogram_kl, coverage_report, mean_nearest_selected_similarity

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llmkit.data.padding import pad_right
 from llmkit.data.sft import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -84,17 +85,10 @@ def pair_key(instruction: str, response: str) -> str:
 
 @torch.no_grad()
 def _batch_nll(model, sequences: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
-    width = max(len(ids) for ids, _ in sequences)
     device = next(model.parameters()).device
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for r, (ids, labs) in enumerate(sequences):
-        input_ids[r, : len(ids)] = torch.tensor(ids)
-        labels[r, : len(labs)] = torch.tensor(labs)
-        mask[r, : len(ids)] = 1
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-    return sequence_mean_nll(logits, labels.to(device)).cpu().tolist()
+    batch = {k: v.to(device) for k, v in pad_right([i for i, _ in sequences], pad_id, [l for _, l in sequences]).items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return sequence_mean_nll(logits, batch["labels"]).cpu().tolist()
 
 
 def score_ifd(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,10 +21,11 @@ import numpy as np
 
 from llmkit.data.loading import SOURCE_KEY, BadRowPolicy, BadRows, read_records
 from llmkit.data.selection import coverage, methods
-from llmkit.data.selection.embeddings import DEFAULT_EMBEDDER, embed_texts
+from llmkit.data.embeddings import DEFAULT_EMBEDDER, embed_texts
 from llmkit.data.selection.ifd import IFD_PROMPT, score_ifd
 from llmkit.data.sft import check_columns, column_value
 from llmkit.errors import DataError
+from llmkit.io import atomic_open, atomic_write_json, atomic_write_text
 from llmkit.models import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -117,10 +117,9 @@ def cached_embeddings(texts: list[str], model_name: str, cache: Path) -> np.ndar
         return np.load(vectors)
     emb = embed_texts(texts, model_name)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / "embeddings.tmp.npy"
-    np.save(tmp, emb)
-    os.replace(tmp, vectors)
-    meta.write_text(json.dumps({"sha256": digest, "model": model_name, "count": len(texts), "dim": int(emb.shape[1])}))
+    with atomic_open(vectors, "wb") as fh:
+        np.save(fh, emb)
+    atomic_write_text(meta, json.dumps({"sha256": digest, "model": model_name, "count": len(texts), "dim": int(emb.shape[1])}))
     return emb
 
 
@@ -198,7 +197,7 @@ def run_selection(cfg: SelectConfig) -> dict[str, Any]:
         "wall_s": round(time.time() - started, 2),
         "config": asdict(cfg),
     }
-    (out / "selection.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "selection.json", summary)
     plot_cluster_counts(out / "cluster_counts.png", clusters, selected, cfg.method)
     if ifd is not None:
         plot_ifd(out / "ifd_hist.png", ifd, selected, cfg.max_ifd)
@@ -208,15 +207,13 @@ def run_selection(cfg: SelectConfig) -> dict[str, Any]:
 
 def write_subset(path: Path, records, selected: np.ndarray, clusters: np.ndarray, ifd: np.ndarray | None) -> None:
     """The selected records in selection order, atomically (a crash leaves no half-written subset)."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as fh:
+    with atomic_open(path, "w") as fh:
         for i in selected.tolist():
             row = {k: v for k, v in records[i].items() if k != SOURCE_KEY}
             row.update({"_pool_index": i, "_cluster": int(clusters[i])})
             if ifd is not None:
                 row["_ifd"] = float(ifd[i])
             fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
 
 
 def write_report(out: Path, summary: dict[str, Any], clusters: np.ndarray, selected: np.ndarray) -> None:

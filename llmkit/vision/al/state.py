@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmkit.io import atomic_write_json
 from llmkit.vision import VisionError
 from llmkit.vision.al.index import IndexCollection
 from llmkit.vision.al.oracle import UNKNOWN
@@ -136,9 +137,7 @@ class StateIO:
         if path is None:
             raise VisionError("StateIO.save needs a path (none given and no saving_path set)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_dict(), indent=None)
         return path
 
     @classmethod

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from llmkit.stats import mean_std as stats_mean_std
+
 
 def mean_std(values, digits: int = 1) -> str:
     """'m ± s' with `digits` decimals (sample std, ddof=1; '± 0' for one value)."""
-    values = np.asarray(values, dtype=np.float64)
-    std = values.std(ddof=1) if values.size > 1 else 0.0
-    return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
+    mean, std = stats_mean_std(values, ddof=1)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def paired_delta(values, baseline) -> str:
