@@ -1,4 +1,4 @@
-"""The `llmkit` command: env, train, export, demo."""
+"""The `llmkit` command: env, train, run, eval, select, export, serve, demo."""
 
 from __future__ import annotations
 
@@ -8,12 +8,18 @@ import subprocess
 import sys
 
 from llmkit.errors import ConfigError, exit_on_user_error
-from llmkit.recipe import ACCELERATE_CONFIGS_DIR, RECIPES_DIR, list_recipes
+from llmkit.recipe import RECIPES_DIR as _RECIPES_DIR, recipe_verb
+from llmkit.launch import launch_command, run_launch
+from llmkit.recipe import ACCELERATE_CONFIGS_DIR, list_recipes
 
 
 def _recipes_help() -> str:
-    lines = ["recipes and their configs:"]
+    lines = ["recipes and their configs (llmkit train NAME --config FILE):"]
     for name, configs in list_recipes().items():
+        lines.append(f"  {name}")
+        lines += [f"      {c}" for c in configs]
+    lines.append("experiments (no training; llmkit run NAME --config FILE):")
+    for name, configs in list_recipes("run").items():
         lines.append(f"  {name}")
         lines += [f"      {c}" for c in configs]
     accel = sorted(p.stem for p in ACCELERATE_CONFIGS_DIR.glob("*.yaml")) if ACCELERATE_CONFIGS_DIR.is_dir() else []
@@ -23,26 +29,13 @@ def _recipes_help() -> str:
     return "\n".join(lines)
 
 
-def launch_command(recipe: str, accelerate_config: str | None, num_processes: int | None, rest: list[str]) -> list[str]:
-    """The command that runs `recipe`: plain Python, or `accelerate launch` with a named config."""
-    script = RECIPES_DIR / recipe / "train.py"
-    if not script.is_file():
-        raise ConfigError(f"unknown recipe '{recipe}'; available: {', '.join(list_recipes()) or 'none'}")
-    if accelerate_config is None:
-        return [sys.executable, str(script), *rest]
-    config_path = ACCELERATE_CONFIGS_DIR / f"{accelerate_config}.yaml"
-    if not config_path.is_file():
-        config_path = ACCELERATE_CONFIGS_DIR / accelerate_config
-    if not config_path.is_file():
-        raise ConfigError(f"accelerate config not found: {accelerate_config} (looked in {ACCELERATE_CONFIGS_DIR})")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path)]
-    if num_processes is not None:
-        cmd += ["--num_processes", str(num_processes)]
-    return cmd + [str(script), *rest]
-
-
 # Method packages that register evaluation tasks when imported (the engine never imports them itself).
 METHOD_PACKAGES = ("llmkit.safety",)
+
+
+def wants_recipe_help(rest: list[str]) -> bool:
+    """True when `llmkit train RECIPE ... --help` asks for the recipe's own options (shown by its script)."""
+    return "--help" in rest or "-h" in rest
 
 
 def import_method_tasks() -> None:
@@ -51,6 +44,19 @@ def import_method_tasks() -> None:
 
     for name in METHOD_PACKAGES:
         importlib.import_module(name)
+
+
+def run_experiment_command(recipe: str | None, rest: list[str], print_help) -> int:
+    """`llmkit run RECIPE --config FILE ...`: the recipe's run.py in this Python (experiments need no launcher)."""
+    if recipe is None:
+        print_help()
+        return 0 if "--help" in rest or "-h" in rest else 2
+    if recipe_verb(recipe) != "run":
+        hint = f"; it trains: llmkit train {recipe}" if recipe_verb(recipe) == "train" else ""
+        raise ConfigError(f"unknown experiment '{recipe}'{hint}; available: {', '.join(list_recipes('run')) or 'none'}")
+    cmd = [sys.executable, str(_RECIPES_DIR / recipe / "run.py"), *rest]
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd, env=dict(os.environ))
 
 
 def run_eval_command(argv: list[str]) -> int:
@@ -203,12 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("env", help="print versions and what is usable here (GPU, vLLM, DeepSpeed, FlashAttention)")
     train = sub.add_parser(
-        "train", help="run a recipe: llmkit train RECIPE --config FILE [--section.key value ...]",
+        "train", add_help=False, help="run a recipe: llmkit train RECIPE --config FILE [--section.key value ...]",
         epilog=_recipes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("recipe", help="recipe folder name under recipes/")
+    # No argparse help here: `llmkit train sft --help` reaches the recipe, which lists its --section.key options.
+    train.add_argument("recipe", nargs="?", help="recipe folder name under recipes/ (then --help lists its options)")
     train.add_argument("--accelerate_config", help="name of a file in accelerate_configs/ (e.g. cpu_ddp, zero2)")
     train.add_argument("--num_processes", type=int, help="override the accelerate config's process count")
+    run = sub.add_parser(
+        "run", add_help=False, help="run an experiment recipe (no training): llmkit run RECIPE --config FILE [...]",
+        epilog=_recipes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("recipe", nargs="?", help="experiment folder name under recipes/ (then --help lists its options)")
     export = sub.add_parser("export", help="write a plain HF folder (LoRA merged) that vllm serve loads")
     export.add_argument("output_dir", help="a folder saved by a recipe (full model or LoRA adapter)")
     export.add_argument("export_dir", help="where to write the merged model")
@@ -236,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_server_limit_options(serve)
     demo = sub.add_parser("demo", help="the end-to-end demo on embedded defaults (SmolLM2 + CodeAlpaca)")
     demo.add_argument("--output_dir", default="outputs/demo")
+    demo.add_argument("--tiny", action="store_true", help="tiny random model and a few rows: checks the pipeline in about a minute")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "env":
@@ -244,9 +257,18 @@ def main(argv: list[str] | None = None) -> int:
         print(report())
         return 0
     if args.command == "train":
+        if args.recipe is None:
+            train.print_help()
+            return 0 if wants_recipe_help(rest) else 2
+        if recipe_verb(args.recipe) == "run":
+            raise ConfigError(f"recipe '{args.recipe}' has no training step; run it with: llmkit run {args.recipe} --config FILE")
         cmd = launch_command(args.recipe, args.accelerate_config, args.num_processes, rest)
         print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-        return subprocess.call(cmd, env=dict(os.environ))
+        if wants_recipe_help(rest):
+            return subprocess.call(cmd, env=dict(os.environ))
+        return run_launch(cmd, multi_process=args.accelerate_config is not None)
+    if args.command == "run":
+        return run_experiment_command(args.recipe, rest, run.print_help)
     if args.command == "eval":
         return run_eval_command(rest)
     if args.command == "select":
@@ -264,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from llmkit.demo import run_demo
 
-        run_demo(args.output_dir)
+        run_demo(args.output_dir, tiny=args.tiny)
         return 0
     return 2
 
