@@ -55,10 +55,25 @@ def parse_recipe_args(cls: type[C], argv: list[str] | None = None) -> C:
     return load_config(cls, path, overrides)
 
 
-def list_recipes() -> dict[str, list[str]]:
-    """Recipe name → its config files (relative to the repo root)."""
+# A recipe folder's entry script says what it does, and so which `llmkit` verb runs it: `train.py` trains
+# (`llmkit train NAME`); `run.py` is an experiment with no training step, e.g. active prompting selects
+# exemplars and evaluates (`llmkit run NAME`). Both take `--config FILE [--section.key value ...]`.
+RECIPE_VERBS = {"train": "train.py", "run": "run.py"}
+
+
+def list_recipes(verb: str = "train") -> dict[str, list[str]]:
+    """Recipe name → its config files (relative to the repo root), for the recipes that `verb` runs."""
+    entry = RECIPE_VERBS[verb]
     out = {}
     if RECIPES_DIR.is_dir():
-        for recipe in sorted(p for p in RECIPES_DIR.iterdir() if (p / "train.py").is_file()):
+        for recipe in sorted(p for p in RECIPES_DIR.iterdir() if (p / entry).is_file()):
             out[recipe.name] = sorted(str(c.relative_to(REPO_ROOT)) for c in (recipe / "configs").glob("*.yaml"))
     return out
+
+
+def recipe_verb(name: str) -> str | None:
+    """The verb that runs recipe folder `name` (`train` first if it had both), None if it is not a recipe."""
+    for verb, entry in RECIPE_VERBS.items():
+        if (RECIPES_DIR / name / entry).is_file():
+            return verb
+    return None
