@@ -82,3 +82,14 @@ def test_registering_a_taken_name_is_an_error():
 
     with pytest.raises(ConfigError, match="registered twice"):
         register_task("gsm8k", lambda data_path, timeout_s: None)
+
+
+def test_every_top_level_module_is_in_a_layer():
+    """A new llmkit module must be placed: core (in the forbidden contract), a method, or the app layer on top."""
+    app = {"llmkit.cli", "llmkit.demo", "llmkit.launch"}  # the commands; they may import anything
+    by_type = contracts()
+    placed = set(by_type["forbidden"]["source_modules"]) | METHODS | app
+    root = REPO_ROOT / "llmkit"
+    found = {f"llmkit.{p.stem}" for p in root.glob("*.py") if p.stem != "__init__"}
+    found |= {f"llmkit.{p.name}" for p in root.iterdir() if (p / "__init__.py").is_file()}
+    assert found - placed == set(), "add these to [tool.importlinter] in pyproject.toml (core) or to a method list"
