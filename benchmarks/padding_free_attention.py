@@ -11,12 +11,17 @@ forward and forward + backward. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
 
-from llmkit.train.packed_attention import document_block_mask, per_example_causal_attention, segment_lengths
+from llmkit.train.packed_attention import (
+    document_block_mask,
+    per_example_causal_attention,
+    segment_lengths,
+)
 
 
 def packed_positions(n_examples: int, seed: int) -> torch.Tensor:
@@ -68,7 +73,11 @@ def attention_rows(heads: int, kv_heads: int, head_dim: int, pos: torch.Tensor, 
 def tiny_model_rows(pos: torch.Tensor, repeats: int) -> dict[str, float]:
     """ms of one packed forward of the tiny random Llama with each attention path."""
     from llmkit.models import ModelConfig, load_model
-    from llmkit.train.packed_attention import FLEX_ATTENTION, PER_EXAMPLE_SDPA, use_padding_free_attention
+    from llmkit.train.packed_attention import (
+        FLEX_ATTENTION,
+        PER_EXAMPLE_SDPA,
+        use_padding_free_attention,
+    )
 
     ids = torch.randint(0, 49152, pos.shape, generator=torch.Generator().manual_seed(0))
     rows = {}
@@ -92,7 +101,7 @@ def main() -> None:
     print("| shape | path | ms |\n|---|---|---|")
     for name, shape in shapes.items():
         for path, ms in attention_rows(*shape, pos, args.repeats).items():
-            print(f"| {name}, attention op | {path} | {ms:.1f} |" if ms == ms else f"| {name}, attention op | {path} | no CPU backward |")
+            print(f"| {name}, attention op | {path} | {ms:.1f} |" if not math.isnan(ms) else f"| {name}, attention op | {path} | no CPU backward |")
     for path, ms in tiny_model_rows(pos, args.repeats).items():
         print(f"| tiny random Llama (2 layers), whole model | {path} | {ms:.1f} |")
 

@@ -230,3 +230,17 @@ def test_use_padding_free_attention_rejects_unknown_path(tokenizer):
     # eager is kept as chosen (attention weights): no switch, None
     eager = load_model(ModelConfig(name="tiny-random-llama", attn_implementation="eager"), vocab_size=len(tokenizer))
     assert use_padding_free_attention(eager, VARLEN_SDPA) is None
+
+
+def test_check_varlen_kernel_with_reference_kernel(monkeypatch):
+    """The start-up kernel check passes for a correct kernel and names the gap for a wrong one (CPU stand-ins)."""
+    monkeypatch.setattr(pa, "VARLEN_KERNEL", lambda *a, **k: reference_varlen_attn(*(t.float() for t in a[:3]), *a[3:], **k))
+    assert pa.check_varlen_kernel("cpu") < 2e-2  # bf16 inputs vs float32 reference
+    monkeypatch.setattr(pa, "VARLEN_KERNEL", lambda q, *a, **k: torch.zeros_like(q))
+    with pytest.raises(RuntimeError, match="differs from per-example SDPA by"):
+        pa.check_varlen_kernel("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen_attn has no CPU kernel")
+def test_check_varlen_kernel_cuda():
+    assert pa.check_varlen_kernel("cuda") < 2e-2

@@ -307,6 +307,40 @@ def varlen_kernel_applies(query: torch.Tensor, dropout: float) -> bool:
     return query.is_cuda and query.dtype in VARLEN_DTYPES and dropout == 0.0
 
 
+_varlen_fallback_warned = False
+
+
+def _warn_varlen_fallback(dtype: torch.dtype, dropout: float) -> None:
+    """Say once that CUDA calls are taking the slow per-example loop (float32 without autocast, or dropout)."""
+    global _varlen_fallback_warned
+    if not _varlen_fallback_warned:
+        _varlen_fallback_warned = True
+        logger.warning(
+            "%s: varlen_attn needs fp16/bf16 and no dropout (got %s, dropout %s); these calls use per-example SDPA "
+            "(use mixed_precision bf16 for the fast path)", VARLEN_SDPA, dtype, dropout,
+        )
+
+
+def check_varlen_kernel(device: torch.device | str = "cuda", atol: float = 2e-2) -> float:
+    """Run torch's varlen_attn once on a small bf16 packed row (GQA, 3 examples) against per-example SDPA.
+
+    Returns the largest gap; raises RuntimeError when it exceeds `atol`. The trainer's logit check runs in the
+    parameters' dtype, which in float32 takes the per-example fallback, so this is what proves the kernel itself.
+    """
+    lengths = [5, 1, 12]
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, sum(lengths), 64, generator=gen)
+    k, v = (torch.randn(1, 2, sum(lengths), 64, generator=gen) for _ in range(2))
+    reference = per_example_causal_attention(q, k, v, lengths)[0].transpose(0, 1)
+    q, k, v = (t.to(device=device, dtype=torch.bfloat16)[0].transpose(0, 1) for t in (q, k, v))
+    cu = cu_seqlens(lengths, device=device)
+    got = VARLEN_KERNEL(q, k, v, cu, cu, max(lengths), max(lengths), window_size=(-1, 0), enable_gqa=True)
+    gap = float((got.float().cpu() - reference).abs().max())
+    if not gap <= atol:
+        raise RuntimeError(f"{VARLEN_SDPA}: torch varlen_attn differs from per-example SDPA by {gap:.3g} > {atol:g}")
+    return gap
+
+
 def varlen_sdpa_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -328,6 +362,8 @@ def varlen_sdpa_forward(
     if not (single_row and position_ids is not None and getattr(module, "is_causal", True)):
         return per_example_sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if not varlen_kernel_applies(query, dropout if module.training else 0.0):
+        if query.is_cuda:
+            _warn_varlen_fallback(query.dtype, dropout if module.training else 0.0)
         return per_example_sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     lengths = segment_lengths(position_ids)  # one host sync per layer (max length must be a Python int)
     cu = cu_seqlens(lengths, device=query.device)
@@ -370,6 +406,9 @@ def use_padding_free_attention(model, path: str) -> str | None:
         register_per_example_attention()
     elif path == VARLEN_SDPA:
         register_varlen_attention()
+        device = next(base.parameters()).device
+        if device.type == "cuda":
+            logger.info("%s: varlen_attn matches per-example SDPA in bf16 (max gap %.2e)", VARLEN_SDPA, check_varlen_kernel(device))
     if base.config._attn_implementation != path:
         base.set_attn_implementation(path)
     return base.config._attn_implementation
