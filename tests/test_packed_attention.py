@@ -244,3 +244,27 @@ def test_check_varlen_kernel_with_reference_kernel(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen_attn has no CPU kernel")
 def test_check_varlen_kernel_cuda():
     assert pa.check_varlen_kernel("cuda") < 2e-2
+
+
+@pytest.mark.parametrize("have", [("enable_gqa", "scale", "window_size"), ()])
+def test_torch_varlen_adapter_matches_reference(monkeypatch, have):
+    """The adapter gives the same result whether this torch's varlen_attn has the new keywords or not (a CPU
+    fake of varlen_attn with either signature, checked against the per-example reference)."""
+    import torch.nn.attention.varlen as varlen_module
+
+    def new_api(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=enable_gqa)
+
+    def old_api(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False):
+        assert is_causal and k.shape[1] == q.shape[1]
+        return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, window_size=(-1, 0))
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", new_api if have else old_api)
+    gen = torch.Generator().manual_seed(0)
+    n = sum(LENGTHS)
+    q = torch.randn(n, 4, 16, generator=gen)
+    k, v = (torch.randn(n, 2, 16, generator=gen) for _ in range(2))
+    cu = cu_seqlens(list(LENGTHS))
+    got = pa._torch_varlen_attn(q, k, v, cu, cu, 12, 12, scale=0.3, window_size=(-1, 0), enable_gqa=True)
+    want = new_api(q, k, v, cu, cu, 12, 12, scale=0.3, window_size=(-1, 0), enable_gqa=True)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)

@@ -284,18 +284,32 @@ def document_block_mask(position_ids: torch.Tensor, block_size: int = 128):
 
 
 def _torch_varlen_attn(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
-    """torch's varlen_attn; repeats KV heads itself where this torch's varlen_attn has no `enable_gqa`."""
+    """torch's varlen_attn, adapted to the keywords this torch has (GPU boxes may run an older torch than our
+    pin): without `enable_gqa` the KV heads are repeated, without `scale` the query is pre-scaled, and without
+    `window_size` causality is `is_causal=True` (torch 2.10's spelling)."""
     import inspect
+    import math
 
     from torch.nn.attention.varlen import varlen_attn
 
-    if enable_gqa and "enable_gqa" not in inspect.signature(varlen_attn).parameters:
+    params = inspect.signature(varlen_attn).parameters
+    kwargs: dict[str, Any] = {}
+    if enable_gqa and "enable_gqa" not in params:
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        return varlen_attn(query, key, value, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
-    return varlen_attn(
-        query, key, value, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=enable_gqa
-    )
+    elif enable_gqa:
+        kwargs["enable_gqa"] = True
+    if scale is not None and "scale" not in params:
+        query = query * (scale * math.sqrt(query.shape[-1]))  # the kernel's default is 1/sqrt(head_dim)
+    elif scale is not None:
+        kwargs["scale"] = scale
+    if "window_size" in params:
+        kwargs["window_size"] = window_size
+    elif window_size == (-1, 0):
+        kwargs["is_causal"] = True
+    elif window_size != (-1, -1):
+        raise ValueError(f"this torch's varlen_attn has no window_size; cannot run window {window_size}")
+    return varlen_attn(query, key, value, cu_q, cu_k, max_q, max_k, **kwargs)
 
 
 # Looked up at call time so tests can run the wiring on CPU with a reference kernel of the same signature.
@@ -362,7 +376,7 @@ def varlen_sdpa_forward(
     if not (single_row and position_ids is not None and getattr(module, "is_causal", True)):
         return per_example_sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if not varlen_kernel_applies(query, dropout if module.training else 0.0):
-        if query.is_cuda:
+        if query.is_cuda and torch.is_grad_enabled():  # (the start-up logit check runs no-grad in fp32: no warning)
             _warn_varlen_fallback(query.dtype, dropout if module.training else 0.0)
         return per_example_sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     lengths = segment_lengths(position_ids)  # one host sync per layer (max length must be a Python int)
