@@ -74,9 +74,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def cpu_limited_run(cmd, cpu_s: float, **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run` whose limit is CPU time, not wall clock: RLIMIT_CPU on the child (and on each process it
+    starts) kills a runaway, so a busy machine makes a test slower but never fails it. The wall clock is only a
+    backstop for a hang (a sleeping process spends no CPU): 30 min or 10 × the CPU budget."""
+    import resource
+
+    def limit_cpu():
+        resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_s), int(cpu_s) + 5))
+
+    return subprocess.run(cmd, preexec_fn=limit_cpu, timeout=max(1800.0, 10 * cpu_s), **kwargs)
+
+
 def run_sft(args: list[str], accelerate_config: str | None = None, env: dict | None = None, timeout: int = 600,
             launch_args: tuple[str, ...] = ()):
-    """Run the SFT recipe in a subprocess (through `accelerate launch` when a config is named)."""
+    """Run the SFT recipe in a subprocess (through `accelerate launch` when a config is named); `timeout` is
+    CPU seconds per process (see `cpu_limited_run`)."""
     if accelerate_config:
         cmd = [
             sys.executable, "-m", "accelerate.commands.launch",
@@ -85,7 +98,7 @@ def run_sft(args: list[str], accelerate_config: str | None = None, env: dict | N
         ]
     else:
         cmd = [sys.executable, str(SFT_SCRIPT), *args]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return cpu_limited_run(cmd, timeout, cwd=REPO_ROOT, env=env or subprocess_env(), capture_output=True, text=True)
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO_ROOT, read_metrics, subprocess_env
+from conftest import REPO_ROOT, read_metrics, subprocess_env, cpu_limited_run
 
 SCRIPT = REPO_ROOT / "recipes" / "ceeh" / "train.py"
 CONFIG = REPO_ROOT / "recipes" / "ceeh" / "configs" / "tiny_cpu.yaml"
@@ -14,7 +14,7 @@ CONFIG = REPO_ROOT / "recipes" / "ceeh" / "configs" / "tiny_cpu.yaml"
 
 def run(out, *extra, env=None):
     cmd = [sys.executable, str(SCRIPT), "--config", str(CONFIG), "--trainer.output_dir", str(out), *extra]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env or subprocess_env(), capture_output=True, text=True, timeout=600)
+    return cpu_limited_run(cmd, cwd=REPO_ROOT, env=env or subprocess_env(), capture_output=True, text=True, cpu_s=600)
 
 
 def test_killed_run_resumes_to_the_same_per_prompt_state(tmp_path):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, SFT_SCRIPT, TINY_CONFIG, subprocess_env
+from conftest import REPO_ROOT, SFT_SCRIPT, TINY_CONFIG, cpu_limited_run, subprocess_env
 
 
 def sft_main(args):
@@ -59,9 +59,9 @@ def test_bad_input_one_clear_line(tmp_path, capsys, make_args, message, fresh_ac
 def test_bad_config_file_through_the_real_command(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  epochs: 3\n")
-    proc = subprocess.run(
+    proc = cpu_limited_run(
         [sys.executable, "-m", "llmkit.cli", "train", "sft", "--config", str(bad)],
-        cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120,
+        120, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: unknown config key 'trainer.epochs' (did you mean 'num_epochs'?)"

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO_ROOT, read_metrics, subprocess_env
+from conftest import REPO_ROOT, read_metrics, subprocess_env, cpu_limited_run
 
 SCRIPT = REPO_ROOT / "recipes" / "code_selection" / "train.py"
 CONFIG = REPO_ROOT / "recipes" / "code_selection" / "configs" / "tiny_cpu.yaml"
@@ -16,7 +16,7 @@ def run_recipe(tmp_path, name, *extra):
     out = tmp_path / name
     cmd = [sys.executable, str(SCRIPT), "--config", str(CONFIG), "--trainer.output_dir", str(out),
            "--method.selection.cache_dir", str(tmp_path / "cache"), *extra]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    proc = cpu_limited_run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, cpu_s=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

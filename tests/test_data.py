@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import cpu_limited_run
 
 from llmkit.data import IGNORE_INDEX, DataConfig, collate, load_sft_data, resolve_data_path
 from llmkit.errors import DataError
@@ -148,5 +149,5 @@ def test_unreachable_hub_dataset_is_one_clear_error():
         "except DataError as e:\n    print('DATAERROR', e)\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = cpu_limited_run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cpu_s=120)
     assert "DATAERROR cannot load dataset 'someorg/no-such-dataset' (split 'train') from the hub" in proc.stdout

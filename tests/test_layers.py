@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, subprocess_env
+from conftest import REPO_ROOT, subprocess_env, cpu_limited_run
 
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 METHODS = {"llmkit.rl", "llmkit.safety", "llmkit.unlearning", "llmkit.prompting", "llmkit.vision"}
@@ -30,7 +30,7 @@ def test_contracts_name_core_and_methods():
 
 @pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is not installed (pip install -e '.[dev]')")
 def test_lint_imports_passes():
-    run = subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    run = cpu_limited_run([str(LINT_IMPORTS), "--no-cache"], cwd=REPO_ROOT, capture_output=True, text=True, cpu_s=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "0 broken" in run.stdout
 
@@ -65,13 +65,13 @@ def test_engine_does_not_import_safety_and_safety_registers_its_tasks():
             "import llmkit.safety\n"
             "assert {'safety', 'safety-jailbreak'} <= set(task_names())\n"
             "assert get_task('safety-jailbreak').name == 'safety-jailbreak'\n")
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    run = cpu_limited_run([sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, cpu_s=120)
     assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_llmkit_eval_help_lists_method_tasks():
-    run = subprocess.run([sys.executable, "-m", "llmkit.cli", "eval", "--help"], cwd=REPO_ROOT, env=subprocess_env(),
-                         capture_output=True, text=True, timeout=120)
+    run = cpu_limited_run([sys.executable, "-m", "llmkit.cli", "eval", "--help"], cwd=REPO_ROOT, env=subprocess_env(),
+                         capture_output=True, text=True, cpu_s=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "safety-jailbreak" in run.stdout and "humaneval" in run.stdout
 

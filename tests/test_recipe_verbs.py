@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, subprocess_env
+from conftest import REPO_ROOT, subprocess_env, cpu_limited_run
 from llmkit.recipe import RECIPES_DIR, list_recipes, recipe_verb
 
 
 def llmkit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmkit.cli", *args], cwd=REPO_ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+    return cpu_limited_run([sys.executable, "-m", "llmkit.cli", *args], cwd=REPO_ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, cpu_s=300)
 
 
 def test_every_recipe_folder_has_a_verb():
