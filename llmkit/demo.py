@@ -32,7 +32,7 @@ from llmkit.errors import LlmkitError
 
 
 @dataclass(frozen=True)
-class DemoSettings:
+class DemoConfig:
     """What the demo runs: the recipe config, its overrides, and the evaluation slice."""
 
     config: str
@@ -44,7 +44,7 @@ class DemoSettings:
     serve_max_tokens: int
 
 
-FULL = DemoSettings(
+FULL = DemoConfig(
     config="recipes/code_selection/configs/smollm2_codealpaca.yaml",
     overrides=(
         "--model.lora.r", "8", "--model.lora.alpha", "16",
@@ -53,9 +53,9 @@ FULL = DemoSettings(
         "--method.selection.num_clusters", "4", "--method.selection.ifd_max_length", "128",
         "--method.eval_tasks", "[]",  # the demo scores base and tuned itself, with the same harness
         "--trainer.packing", "dynamic", "--trainer.packing_max_length", "512",
-        "--trainer.max_steps", "10", "--trainer.per_device_batch_size", "4", "--trainer.gradient_accumulation_steps", "2",
+        "--trainer.max_steps", "8", "--trainer.per_device_batch_size", "4", "--trainer.gradient_accumulation_steps", "2",
         "--trainer.learning_rate", "1e-3", "--trainer.lr_scheduler", "constant", "--trainer.warmup_ratio", "0",
-        "--trainer.logging_steps", "1", "--trainer.eval_steps", "5", "--trainer.save_steps", "5",
+        "--trainer.logging_steps", "1", "--trainer.eval_steps", "4", "--trainer.save_steps", "4",
     ),
     base_model="smollm2-135m-instruct",
     eval_task="humaneval",
@@ -64,7 +64,7 @@ FULL = DemoSettings(
     serve_max_tokens=64,
 )
 
-TINY = DemoSettings(
+TINY = DemoConfig(
     config="recipes/code_selection/configs/tiny_cpu.yaml",
     overrides=("--data.max_rows", "48", "--method.selection.num_clusters", "2", "--trainer.max_steps", "2",
                "--trainer.eval_steps", "1", "--trainer.save_steps", "2", "--method.eval_tasks", "[]"),
@@ -82,7 +82,7 @@ def stage(number: int, total: int, text: str) -> float:
     return time.monotonic()
 
 
-def evaluate(model: str, settings: DemoSettings, output_dir: Path) -> dict:
+def evaluate(model: str, settings: DemoConfig, output_dir: Path) -> dict:
     """One greedy harness run (what `llmkit eval` does) of `model` on the demo's slice; returns results.json."""
     from llmkit.evaluation.harness import EvalConfig, clear_partial, run_eval
     from llmkit.evaluation.tasks import get_task
