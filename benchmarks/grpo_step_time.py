@@ -34,7 +34,7 @@ def prompts(count: int):
 def run_llmkit(args) -> float:
     """Mean seconds per step of llmkit's GRPOTrainer."""
     from llmkit.models import ModelConfig, load_model_and_tokenizer
-    from llmkit.rl.grpo import GRPOSettings, GRPOTrainer
+    from llmkit.rl.grpo import GRPOMethodConfig, GRPOTrainer
     from llmkit.rl.rewards import boxed_reward
     from llmkit.train import TrainerConfig
 
@@ -43,7 +43,7 @@ def run_llmkit(args) -> float:
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainerConfig(output_dir=out, max_steps=args.steps, per_device_batch_size=args.prompts, learning_rate=1e-5,
                             lr_scheduler="constant", save_final_model=False)
-        trainer = GRPOTrainer(cfg, GRPOSettings(num_generations=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+        trainer = GRPOTrainer(cfg, GRPOMethodConfig(num_generations=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                                 advantage="grpo", clip_high=0.2, loss_aggregation="seq-mean-token-mean"),
                               model, tokenizer, prompts(args.prompts * args.steps), boxed_reward)
         original = trainer.step_batches

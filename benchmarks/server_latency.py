@@ -67,11 +67,11 @@ def short_round(url: str, count: int, tokens: int, timeout: float) -> dict:
 def build_generator(name: str, batch_size: int):
     """The hf generator for `name` ('smollm2' or 'tiny')."""
     from llmkit.generation.hf import HFGenerator
-    from llmkit.models import ModelConfig, TinyModelSettings, build_tiny_model, load_model_and_tokenizer, load_tokenizer
+    from llmkit.models import ModelConfig, TinyModelConfig, build_tiny_model, load_model_and_tokenizer, load_tokenizer
 
     if name == "tiny":
         tok = load_tokenizer(ModelConfig(name="tiny-random-llama"))
-        model = build_tiny_model(TinyModelSettings(seed=0), vocab_size=len(tok))
+        model = build_tiny_model(TinyModelConfig(seed=0), vocab_size=len(tok))
         return HFGenerator(model, tok, batch_size=batch_size, show_progress=False), "tiny-random-llama"
     model, tok = load_model_and_tokenizer(ModelConfig(dtype="float32"))
     return HFGenerator(model, tok, batch_size=batch_size, show_progress=False), "SmolLM2-135M-Instruct"

@@ -41,7 +41,7 @@ def run_mode(mode: str, packing: str, args) -> dict:
     from accelerate.utils import set_seed
 
     from llmkit.data import DataConfig, load_sft_data
-    from llmkit.models import LoraSettings, ModelConfig, load_model_and_tokenizer
+    from llmkit.models import LoraAdapterConfig, ModelConfig, load_model_and_tokenizer
     from llmkit.train import Trainer, TrainerConfig
 
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -50,7 +50,7 @@ def run_mode(mode: str, packing: str, args) -> dict:
     label = packing
     attention = "model" if packing == "padding_free_masked" else "per_example"
     packing = "padding_free" if packing == "padding_free_masked" else packing
-    model_cfg = ModelConfig(name=args.model, lora=LoraSettings(r=16, alpha=32, dropout=0.0) if mode == "lora" else None)
+    model_cfg = ModelConfig(name=args.model, lora=LoraAdapterConfig(r=16, alpha=32, dropout=0.0) if mode == "lora" else None)
     model, tokenizer = load_model_and_tokenizer(model_cfg)
     data = load_sft_data(
         DataConfig(path=args.data, columns={"prompt": ["instruction", "input"], "response": "output"},

@@ -139,12 +139,12 @@ def _server_limits(args):
 def run_safety_serve(args) -> int:
     """`llmkit serve TWIN --safety safethinker --gateway G`: the routed system on an OpenAI-compatible endpoint."""
     from llmkit.generation.server import GeneratorServer
-    from llmkit.safety.ddgt import DDGTSettings
+    from llmkit.safety.ddgt import DDGTConfig
     from llmkit.safety.system import load_safethinker
 
     if not args.gateway:
         raise ConfigError("llmkit serve --safety safethinker needs --gateway FILE (written by recipes/safethinker/evaluate.py)")
-    settings = DDGTSettings(threshold=args.ddgt_threshold, alpha=args.ddgt_alpha)
+    settings = DDGTConfig(threshold=args.ddgt_threshold, alpha=args.ddgt_alpha)
     limits = _server_limits(args)  # checked before the models load: a typo should cost a second
     print(f"llmkit serve: SafeThinker over twin {args.output_dir}, gateway {args.gateway} ({settings}; {limits})",
           file=sys.stderr, flush=True)

@@ -36,7 +36,7 @@ _COMPLETE_MARKER = ".llmkit-complete"
 
 
 @dataclass
-class LoraSettings:
+class LoraAdapterConfig:
     """LoRA adapter settings passed to peft."""
 
     r: int = 16
@@ -53,7 +53,7 @@ class LoraSettings:
 
 
 @dataclass
-class TinyModelSettings:
+class TinyModelConfig:
     """Shape of the random `tiny-random-llama` model (head_dim = hidden_size / num_attention_heads)."""
 
     hidden_size: int = 64
@@ -79,8 +79,8 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
-    lora: LoraSettings | None = None
-    tiny: TinyModelSettings = field(default_factory=TinyModelSettings)
+    lora: LoraAdapterConfig | None = None
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
 def cache_dir() -> Path:
@@ -177,7 +177,7 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def build_tiny_model(
-    tiny: TinyModelSettings, vocab_size: int, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
+    tiny: TinyModelConfig, vocab_size: int, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
 ):
     """A randomly initialised LlamaForCausalLM with the given shape, seeded for reproducibility."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -225,7 +225,7 @@ def load_model(cfg: ModelConfig, vocab_size: int | None = None):
     return model
 
 
-def apply_lora(model, lora: LoraSettings):
+def apply_lora(model, lora: LoraAdapterConfig):
     """Wrap `model` with a peft LoRA adapter; only adapter weights (and modules_to_save) stay trainable."""
     from peft import LoraConfig, get_peft_model
 

@@ -70,13 +70,13 @@ import json, sys
 import torch
 from llmkit.generation import build_generator
 from llmkit.generation.types import SamplingParams
-from llmkit.models import LoraSettings, ModelConfig, apply_lora, load_model_and_tokenizer
+from llmkit.models import LoraAdapterConfig, ModelConfig, apply_lora, load_model_and_tokenizer
 prompts, backend, folder = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 if __name__ == "__main__":
     if backend == "save":  # a LoRA run folder as a recipe leaves it, with a non-zero adapter (so merging matters)
         torch.manual_seed(0)
         model, tok = load_model_and_tokenizer(ModelConfig())
-        policy = apply_lora(model, LoraSettings(r=8, alpha=16, dropout=0.0))
+        policy = apply_lora(model, LoraAdapterConfig(r=8, alpha=16, dropout=0.0))
         with torch.no_grad():
             for n, p in policy.named_parameters():
                 if "lora_B" in n:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmkit.models import ModelConfig, load_model
-from llmkit.rl.grpo import GRPOSettings, GRPOTrainer, Rollout
+from llmkit.rl.grpo import GRPOMethodConfig, GRPOTrainer, Rollout
 from llmkit.train import TrainerConfig
 
 
@@ -22,11 +22,11 @@ def make_trainer(tmp_path, tokenizer, settings=None, **overrides):
     cfg.update(overrides)
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
     prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i), "index": 10 + i} for i in range(8)]
-    return GRPOTrainer(TrainerConfig(**cfg), settings or GRPOSettings(max_new_tokens=12), model, tokenizer, prompts, even_length_reward)
+    return GRPOTrainer(TrainerConfig(**cfg), settings or GRPOMethodConfig(max_new_tokens=12), model, tokenizer, prompts, even_length_reward)
 
 
 def test_grpo_steps_log_rollout_metrics_and_update_state(tmp_path, tokenizer, fresh_accelerate_state):
-    trainer = make_trainer(tmp_path, tokenizer, GRPOSettings(max_new_tokens=12, entropy_mode="me", length_reward=True))
+    trainer = make_trainer(tmp_path, tokenizer, GRPOMethodConfig(max_new_tokens=12, entropy_mode="me", length_reward=True))
     trainer.train()
     rows = [r for r in trainer.history if "loss" in r]
     assert len(rows) == 2
@@ -49,7 +49,7 @@ def grads_after(trainer, micro_batches, tokens):
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
 def test_micro_batch_split_does_not_change_the_gradient(tmp_path, tokenizer, fresh_accelerate_state, aggregation):
     """Two micro-batches of one group each give the gradient of one micro-batch holding both groups."""
-    settings = GRPOSettings(num_generations=2, max_new_tokens=8, loss_aggregation=aggregation, advantage="grpo")
+    settings = GRPOMethodConfig(num_generations=2, max_new_tokens=8, loss_aggregation=aggregation, advantage="grpo")
     trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1)
     rng = np.random.default_rng(0)
     prompt_ids = [[1, 5, 6, 7], [1, 8, 9], [1, 5, 6, 7], [1, 8, 9]]
@@ -75,7 +75,7 @@ def test_micro_batch_split_does_not_change_the_gradient(tmp_path, tokenizer, fre
 
 def test_on_policy_loss_needs_no_old_policy_pass(tmp_path, tokenizer, fresh_accelerate_state):
     """Without `old_log_probs` the loss uses log π_θ detached: same loss and gradient as a separate old-policy forward."""
-    settings = GRPOSettings(num_generations=2, max_new_tokens=8, advantage="grpo")
+    settings = GRPOMethodConfig(num_generations=2, max_new_tokens=8, advantage="grpo")
     trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1)
     rng = np.random.default_rng(1)
     completion_ids = [rng.integers(20, 200, size=k).tolist() for k in (4, 2)]
@@ -99,7 +99,7 @@ def test_ea_bonus_acts_only_on_hard_groups_with_mixed_rewards(tmp_path, tokenize
     This is why EA can coincide with length-penalty RL on a model that rarely answers right: a hard
     prompt's group is then usually all wrong (A = 0), and a prompt with a right answer is rarely hard.
     """
-    settings = GRPOSettings(num_generations=2, max_new_tokens=8, advantage="drgrpo", entropy_mode="ea")
+    settings = GRPOMethodConfig(num_generations=2, max_new_tokens=8, advantage="drgrpo", entropy_mode="ea")
     trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1)
     completion_ids = [[30, 31, 32], [40, 41], [50, 51, 52], [60, 61]]
     prompts = [[1, 5, 6], [1, 5, 6], [1, 8, 9], [1, 8, 9]]
@@ -123,7 +123,7 @@ def rollout_view(trainer, step):
 def test_state_is_frozen_for_the_whole_step(tmp_path, tokenizer, fresh_accelerate_state):
     """2 micro-batches × 2 prompts give the same hard mask, advantages and loss as 1 × 4: every prompt of the
     step is compared with the history from before the step, and the history moves once, after it."""
-    settings = GRPOSettings(max_new_tokens=12, num_generations=4, length_reward=True, entropy_mode="ea")
+    settings = GRPOMethodConfig(max_new_tokens=12, num_generations=4, length_reward=True, entropy_mode="ea")
     views, losses, states = [], [], []
     for accum, batch in ((2, 2), (1, 4)):
         torch.manual_seed(0)
@@ -147,7 +147,7 @@ def test_state_is_frozen_for_the_whole_step(tmp_path, tokenizer, fresh_accelerat
 
 
 def test_one_iteration_keeps_the_ratio_at_one_and_makes_no_old_policy_pass(tmp_path, tokenizer, fresh_accelerate_state):
-    trainer = make_trainer(tmp_path, tokenizer, GRPOSettings(max_new_tokens=8, num_generations=2), gradient_accumulation_steps=1)
+    trainer = make_trainer(tmp_path, tokenizer, GRPOMethodConfig(max_new_tokens=8, num_generations=2), gradient_accumulation_steps=1)
     trainer.train()
     rows = [r for r in trainer.history if "loss" in r]
     assert [r["ratio_deviation_max"] for r in rows] == [0.0, 0.0] and all(r["clip_fraction"] == 0 for r in rows)
@@ -157,7 +157,7 @@ def test_one_iteration_keeps_the_ratio_at_one_and_makes_no_old_policy_pass(tmp_p
 def test_rollout_reuse_schedule_and_clipping(tmp_path, tokenizer, fresh_accelerate_state):
     """num_iterations 2 × 2 mini-batches: 4 optimizer steps per rollout, mini-batches 0, 1, 0, 1 of one rollout
     (the prompts steps 0 and 1 would have with no reuse), π_old stored once; later passes move the ratio."""
-    settings = GRPOSettings(max_new_tokens=8, num_generations=2, num_iterations=2, rollout_mini_batches=2)
+    settings = GRPOMethodConfig(max_new_tokens=8, num_generations=2, num_iterations=2, rollout_mini_batches=2)
     trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1, max_steps=4, learning_rate=0.05)
     generated = []
     original = trainer.make_rollout
@@ -174,22 +174,22 @@ def test_rollout_reuse_schedule_and_clipping(tmp_path, tokenizer, fresh_accelera
 
 def test_settings_refuse_bad_values():
     with pytest.raises(ValueError, match="temperature"):
-        GRPOSettings(temperature=0.0)
+        GRPOMethodConfig(temperature=0.0)
     with pytest.raises(ValueError, match="num_iterations"):
-        GRPOSettings(num_iterations=0)
+        GRPOMethodConfig(num_iterations=0)
 
 
 def test_rollouts_must_not_straddle_epochs(tmp_path, tokenizer, fresh_accelerate_state):
     from llmkit.errors import ConfigError
 
     with pytest.raises(ConfigError, match="must divide"):  # 8 prompts / 2 per step = 4 steps; 3 mini-batches do not divide 4
-        make_trainer(tmp_path, tokenizer, GRPOSettings(max_new_tokens=8, rollout_mini_batches=3), gradient_accumulation_steps=1)
+        make_trainer(tmp_path, tokenizer, GRPOMethodConfig(max_new_tokens=8, rollout_mini_batches=3), gradient_accumulation_steps=1)
 
 
 def test_mid_rollout_resume_refuses_a_missing_or_foreign_buffer(tmp_path, tokenizer, fresh_accelerate_state):
     from llmkit.errors import ConfigError
 
-    settings = GRPOSettings(max_new_tokens=8, num_generations=2, num_iterations=2)
+    settings = GRPOMethodConfig(max_new_tokens=8, num_generations=2, num_iterations=2)
     trainer = make_trainer(tmp_path / "a", tokenizer, settings, gradient_accumulation_steps=1)
     with pytest.raises(ConfigError, match="middle of rollout 0"):
         trainer.step_batches(1)  # step 1 reuses rollout 0, which this process never made or loaded
@@ -197,7 +197,7 @@ def test_mid_rollout_resume_refuses_a_missing_or_foreign_buffer(tmp_path, tokeni
     trainer.global_step = 1
     state = trainer.process_state_dict()
     assert state["rollout"]["index"] == 0 and state["layout"]["num_iterations"] == 2
-    other = make_trainer(tmp_path / "b", tokenizer, GRPOSettings(max_new_tokens=8, num_generations=2, num_iterations=3),
+    other = make_trainer(tmp_path / "b", tokenizer, GRPOMethodConfig(max_new_tokens=8, num_generations=2, num_iterations=3),
                          gradient_accumulation_steps=1)
     with pytest.raises(ConfigError, match="rollout buffer was made with"):
         other.load_process_state_dict(state)
@@ -206,12 +206,12 @@ def test_mid_rollout_resume_refuses_a_missing_or_foreign_buffer(tmp_path, tokeni
 def test_kl_reference_is_the_base_model_under_lora(tmp_path, tokenizer, fresh_accelerate_state):
     """With LoRA the reference log-probs come from the adapter-free model: equal to the policy's before any
     update (LoRA's B starts at 0), different after one, and the KL term is logged."""
-    from llmkit.models import LoraSettings, apply_lora
+    from llmkit.models import LoraAdapterConfig, apply_lora
 
-    settings = GRPOSettings(max_new_tokens=8, num_generations=2, kl_coef=0.1, advantage="grpo")
+    settings = GRPOMethodConfig(max_new_tokens=8, num_generations=2, kl_coef=0.1, advantage="grpo")
     cfg = dict(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
                learning_rate=0.05, lr_scheduler="constant", save_final_model=False)
-    model = apply_lora(load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)), LoraSettings(r=4, alpha=8))
+    model = apply_lora(load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)), LoraAdapterConfig(r=4, alpha=8))
     prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i), "index": i} for i in range(4)]
     trainer = GRPOTrainer(TrainerConfig(**cfg), settings, model, tokenizer, prompts, even_length_reward)
     batch = trainer.step_batches(0)[0]

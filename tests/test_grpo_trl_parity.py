@@ -1,6 +1,6 @@
 """On one fixed batch, llmkit's GRPO loss equals TRL's GRPOTrainer loss for matching settings.
 
-Settings matched (TRL 1.16 `GRPOConfig` ↔ llmkit `GRPOSettings`): epsilon 0.2 / epsilon_high 0.28 ↔
+Settings matched (TRL 1.16 `GRPOConfig` ↔ llmkit `GRPOMethodConfig`): epsilon 0.2 / epsilon_high 0.28 ↔
 clip_low / clip_high; beta 0.04 (k3 KL) ↔ kl_coef 0.04 with low_var_kl (identical while |k3| < 10, where
 llmkit clamps as verl does) with use_bias_correction_kl = False (TRL 1.16's default True multiplies the
 KL term by the importance ratio; llmkit, like verl, does not); loss_type grpo / bnpo / dr_grpo ↔ loss_aggregation seq-mean-token-mean /
@@ -9,7 +9,7 @@ and reference log-probs are fed to both. TRL runs in eval mode so it does not di
 accumulation steps; it is built with beta = 0 (else it loads a reference model from the hub) and
 beta is set to 0.04 afterwards, the value its loss reads. Prompts have equal lengths: TRL left-pads prompts and transformers' Llama takes
 positions 0..T-1 regardless of padding, so unequal prompts would give the two layouts different positions.
-Both score log-probs at the sampling temperature (TRL's `temperature` ↔ `GRPOSettings.temperature`), checked
+Both score log-probs at the sampling temperature (TRL's `temperature` ↔ `GRPOMethodConfig.temperature`), checked
 at T = 1 and T = 0.6. The last test takes a real second pass over a rollout (`num_iterations` 2 in both):
 the stored π_old log-probs make the ratio leave 1, clipping acts, and the loss still equals TRL's.
 """
@@ -25,7 +25,7 @@ import torch
 from llmkit.data.sft import IGNORE_INDEX
 from llmkit.models import ModelConfig, load_model
 from llmkit.rl.core_algos import token_log_probs
-from llmkit.rl.grpo import GRPOSettings, GRPOTrainer
+from llmkit.rl.grpo import GRPOMethodConfig, GRPOTrainer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL is not installed (pip install trl)")
 
@@ -81,7 +81,7 @@ def test_grpo_loss_equals_trl(tmp_path, tokenizer, fresh_accelerate_state, trl_l
     batch = {"input_ids": full, "attention_mask": torch.cat([torch.ones_like(prompt_ids), completion_mask], 1),
              "labels": labels, "advantages": advantages, "old_log_probs": shifted(old), "ref_log_probs": shifted(ref),
              "hard": torch.zeros(4, dtype=torch.bool)}
-    settings = GRPOSettings(num_generations=2, max_new_tokens=max_completion, clip_low=0.2, clip_high=0.28, kl_coef=0.04,
+    settings = GRPOMethodConfig(num_generations=2, max_new_tokens=max_completion, clip_low=0.2, clip_high=0.28, kl_coef=0.04,
                             kl_estimator="low_var_kl", loss_aggregation=PAIRS[trl_loss], temperature=temperature,
                             dual_clip=0.0)  # TRL has no dual clip
     ours, _ = GRPOTrainer.grpo_loss(types.SimpleNamespace(settings=settings, global_step=0, total_steps=1), model, batch)
@@ -99,7 +99,7 @@ def test_second_pass_over_a_rollout_clips_and_equals_trl(tmp_path, tokenizer, fr
     prompts = [{"prompt": f"Add {i} and {i}.", "answer": str(2 * i), "index": i} for i in range(1, 5)]
     lengths = {len(tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]) for p in prompts}
     assert len(lengths) == 1  # equal prompt lengths: TRL's left padding and our right padding then share positions
-    settings = GRPOSettings(num_generations=2, max_new_tokens=8, temperature=0.6, num_iterations=2, advantage="grpo",
+    settings = GRPOMethodConfig(num_generations=2, max_new_tokens=8, temperature=0.6, num_iterations=2, advantage="grpo",
                             loss_aggregation="token-mean", clip_low=0.2, clip_high=0.28, dual_clip=0.0)
     cfg = TrainerConfig(output_dir=str(tmp_path / "ours"), max_steps=2, per_device_batch_size=4, learning_rate=0.05,
                         lr_scheduler="constant", save_final_model=False, max_grad_norm=0.0)

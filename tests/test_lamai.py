@@ -13,7 +13,7 @@ import pytest
 
 from llmkit.generation.types import Completion, GenerationOutput, Generator
 from llmkit.prompting.lamai import (
-    InquirySettings, SentenceOracle, answer_uncertainty, auroc, choose_threshold, clean_question, informativeness,
+    InquiryConfig, SentenceOracle, answer_uncertainty, auroc, choose_threshold, clean_question, informativeness,
     representativeness, run_inquiry, select_question,
 )
 
@@ -132,7 +132,7 @@ def problem(pid, question="Which?"):
 
 def test_loop_asks_when_uncertain_and_answers_directly_when_certain():
     gen = Scripted()
-    s = InquirySettings(samples=2, threshold=0.1, max_rounds=3, candidates=3, selection="lamai")
+    s = InquiryConfig(samples=2, threshold=0.1, max_rounds=3, candidates=3, selection="lamai")
     recs = run_inquiry(gen, [problem("hard"), problem("e", "An easy one?")], s, fake_embed, KeyUser())
     hard, easy = recs
     # hard: u0 = .5 (A/B), LaMAI picks the KEY question (imagined reply 'maybe' leaves u at .5 for both
@@ -156,14 +156,14 @@ def test_loop_stops_at_round_limit():
         def reply(self, problems, questions):
             return ["no idea"] * len(questions)
 
-    s = InquirySettings(samples=2, threshold=0.1, max_rounds=2, candidates=2, selection="first")
+    s = InquiryConfig(samples=2, threshold=0.1, max_rounds=2, candidates=2, selection="first")
     (rec,) = run_inquiry(gen, [problem("x")], s, fake_embed, Useless())
     assert rec["questions_asked"] == 2 and len(rec["uncertainty"]) == 3
     assert all(u == pytest.approx(0.5) for u in rec["uncertainty"])
-    s0 = InquirySettings(samples=2, threshold=0.1, max_rounds=0)
+    s0 = InquiryConfig(samples=2, threshold=0.1, max_rounds=0)
     assert run_inquiry(gen, [problem("x")], s0, fake_embed, Useless())[0]["questions_asked"] == 0
     with pytest.raises(ValueError, match="selection"):
-        run_inquiry(gen, [problem("x")], InquirySettings(selection="best"), fake_embed, Useless())
+        run_inquiry(gen, [problem("x")], InquiryConfig(selection="best"), fake_embed, Useless())
 
 
 def test_lamai_prefers_the_informative_question():
@@ -178,7 +178,7 @@ def test_lamai_prefers_the_informative_question():
                     o.completions = [Completion("KEY=A", [], "stop") for _ in o.completions]
             return outs
 
-    s = InquirySettings(samples=2, threshold=0.1, max_rounds=1, candidates=3, selection="lamai")
+    s = InquiryConfig(samples=2, threshold=0.1, max_rounds=1, candidates=3, selection="lamai")
     gen_q = ["What color is it?", "Question: What is KEY?"]
 
     class Reordered(Imagines):

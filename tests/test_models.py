@@ -13,7 +13,7 @@ import torch
 
 from llmkit.errors import ConfigError, ModelError
 from llmkit.models import (
-    LoraSettings, ModelConfig, TinyModelSettings, apply_lora, export_merged, load_model, load_trained, merged_for_serving,
+    LoraAdapterConfig, ModelConfig, TinyModelConfig, apply_lora, export_merged, load_model, load_trained, merged_for_serving,
     model_fingerprint, resolve_model_path,
 )
 
@@ -33,7 +33,7 @@ def test_tiny_head_dim_below_32_is_refused():
     with pytest.raises(ConfigError, match="head_dim .* must be >= 32"):
         load_config(RecipeConfig, None, ["--model.tiny.num_attention_heads", "4"])
     with pytest.raises(ValueError):
-        TinyModelSettings(hidden_size=64, num_attention_heads=4)
+        TinyModelConfig(hidden_size=64, num_attention_heads=4)
 
 
 def test_missing_model_folder_is_named():
@@ -44,7 +44,7 @@ def test_missing_model_folder_is_named():
 def saved_adapter(folder, tokenizer):
     """A tiny Llama with a non-zero LoRA adapter (so merging matters), saved to `folder` as a recipe saves it."""
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
-    peft_model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    peft_model = apply_lora(model, LoraAdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:

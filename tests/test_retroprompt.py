@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from llmkit.prompting.retroprompt import (
     KnowledgeStore,
-    RetroPromptSettings,
+    RetroPromptRetrievalConfig,
     StoreRefreshSchedule,
     faiss_available,
     insert_demonstrations,
@@ -379,16 +379,16 @@ def test_refresh_schedule_every_epoch_and_after_every_evaluation():
 
 
 def test_settings_defaults_and_validation():
-    settings = RetroPromptSettings()
+    settings = RetroPromptRetrievalConfig()
     assert (settings.knn_k, settings.knn_beta, settings.knn_lambda, settings.demo_topk) == (16, 1e-4, 0.2, 8)
     assert settings.interpolation == "linear" and settings.loss_form == "batch_mean"
     assert settings.knn_exclude_self  # the kNN loss is leave-one-out by default (issue 25)
     with pytest.raises(ValueError, match="knn_lambda"):
-        RetroPromptSettings(knn_lambda=1.2)
+        RetroPromptRetrievalConfig(knn_lambda=1.2)
     with pytest.raises(ValueError, match="knn_k"):
-        RetroPromptSettings(knn_k=0)
+        RetroPromptRetrievalConfig(knn_k=0)
     with pytest.raises(ValueError, match="knn_beta"):
-        RetroPromptSettings(knn_beta=-1.0)
+        RetroPromptRetrievalConfig(knn_beta=-1.0)
 
 
 # ----- causal-LM features and label-word scores (tiny random Llama) --------------------------------------
@@ -396,9 +396,9 @@ def test_settings_defaults_and_validation():
 
 @pytest.fixture(scope="module")
 def tiny_llama():
-    from llmkit.models import TinyModelSettings, build_tiny_model
+    from llmkit.models import TinyModelConfig, build_tiny_model
 
-    return build_tiny_model(TinyModelSettings(), vocab_size=96).eval()
+    return build_tiny_model(TinyModelConfig(), vocab_size=96).eval()
 
 
 def test_last_token_positions_right_and_left_padding():
@@ -577,7 +577,7 @@ def test_scienceqa_subject_label_words_are_distinct_single_tokens(tokenizer):
 
 
 def test_text_hash_settings_validation(recipe_module):
-    method = recipe_module.RetroPromptMethod
+    method = recipe_module.RetroPromptMethodConfig
     with pytest.raises(ValueError, match="label_values"):
         method(label_values=["a"], label_words=[" x", " y"])
     with pytest.raises(ValueError, match="text_hash"):

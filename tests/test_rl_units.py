@@ -208,10 +208,10 @@ TOY_HARD = torch.tensor([True, False])
 
 
 def toy_objective(**settings):
-    from llmkit.rl.grpo import GRPOSettings, grpo_objective
+    from llmkit.rl.grpo import GRPOMethodConfig, grpo_objective
 
     schedule = settings.pop("schedule", 1.0)
-    return grpo_objective(TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOSettings(**settings), schedule=schedule)
+    return grpo_objective(TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOMethodConfig(**settings), schedule=schedule)
 
 
 def test_objective_plain_grpo_by_hand():
@@ -239,21 +239,21 @@ def test_objective_me_by_hand():
 
 
 def test_objective_me_gradient_flows_to_entropy_with_its_weights():
-    from llmkit.rl.grpo import GRPOSettings, grpo_objective
+    from llmkit.rl.grpo import GRPOMethodConfig, grpo_objective
 
     entropy = TOY_ENTROPY.clone().requires_grad_(True)
     loss, _ = grpo_objective(TOY_LOGP, entropy, TOY_MASK, TOY_ADV, TOY_HARD,
-                             GRPOSettings(entropy_mode="me", me_coef=0.001), schedule=0.5)
+                             GRPOMethodConfig(entropy_mode="me", me_coef=0.001), schedule=0.5)
     loss.backward()
     expected = -0.001 * 0.5 * torch.tensor([[5.0, 5.0, 5.0], [1.0, 1.0, 0.0]]) / 17
     torch.testing.assert_close(entropy.grad, expected)
 
 
 def test_objective_clips_against_stored_old_log_probs():
-    from llmkit.rl.grpo import GRPOSettings, grpo_objective
+    from llmkit.rl.grpo import GRPOMethodConfig, grpo_objective
 
     old = TOY_LOGP - torch.log(torch.tensor([[1.5, 1.0, 1.0], [1.0, 0.5, 1.0]]))  # ρ = 1.5 (A > 0), 0.5 (A < 0)
-    loss, metrics = grpo_objective(TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOSettings(), old_log_probs=old)
+    loss, metrics = grpo_objective(TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOMethodConfig(), old_log_probs=old)
     # row 0: −(1.28·0.5), −0.5, −0.5; row 1: −min(−0.5, −0.5) = 0.5, −min(0.5·−0.5, 0.8·−0.5) = 0.4
     assert loss.item() == pytest.approx((-0.64 - 0.5 - 0.5 + 0.5 + 0.4) / 5, rel=1e-6)
     assert metrics["clip_fraction"] == pytest.approx(2 / 5) and metrics["ratio_deviation_max"] == pytest.approx(0.5)

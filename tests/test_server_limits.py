@@ -22,7 +22,7 @@ from llmkit.generation import Completion, GenerationOutput, Generator
 from llmkit.generation.hf import HFGenerator
 from llmkit.generation.server import MAX_SEED, GeneratorServer, ServerLimits, _Job, _Scheduler
 from llmkit.generation.types import SamplingParams
-from llmkit.models import TinyModelSettings, build_tiny_model
+from llmkit.models import TinyModelConfig, build_tiny_model
 
 BACKSTOP_S = 60.0
 HOLD = "HOLD"  # a prompt with this word waits for the gate before generating
@@ -67,7 +67,7 @@ class _Echo(Generator):
 
 @pytest.fixture(scope="module")
 def tiny_hf(tokenizer):
-    model = build_tiny_model(TinyModelSettings(seed=0), vocab_size=len(tokenizer)).eval()
+    model = build_tiny_model(TinyModelConfig(seed=0), vocab_size=len(tokenizer)).eval()
     return HFGenerator(model, tokenizer, batch_size=32, show_progress=False)
 
 

@@ -22,7 +22,7 @@ import json
 import torch
 from llmkit.generation.hf import HFGenerator
 from llmkit.generation.types import SamplingParams
-from llmkit.models import LoraSettings, ModelConfig, apply_lora, load_model_and_tokenizer, smollm2_path
+from llmkit.models import LoraAdapterConfig, ModelConfig, apply_lora, load_model_and_tokenizer, smollm2_path
 from llmkit.rl.weight_sync import VLLMRollouts
 
 PROMPTS = [[{"role": "user", "content": "What is the capital of France?"}],
@@ -38,7 +38,7 @@ def greedy(gen):
 if __name__ == "__main__":
     torch.manual_seed(0)
     model, tok = load_model_and_tokenizer(ModelConfig())
-    policy = apply_lora(model, LoraSettings(r=8, alpha=16, dropout=0.0))
+    policy = apply_lora(model, LoraAdapterConfig(r=8, alpha=16, dropout=0.0))
     hf = HFGenerator(policy, tok, batch_size=1, show_progress=False)
     rollouts = VLLMRollouts(str(smollm2_path()), max_model_len=256)
     policy.eval()

@@ -6,19 +6,19 @@ import copy
 
 import torch
 
-from llmkit.models import LoraSettings, TinyModelSettings, apply_lora, build_tiny_model
+from llmkit.models import LoraAdapterConfig, TinyModelConfig, apply_lora, build_tiny_model
 from llmkit.rl.weight_sync import inference_weights
 
 
 def _tiny(seed=0):
     torch.manual_seed(seed)
-    return build_tiny_model(TinyModelSettings(), vocab_size=128)
+    return build_tiny_model(TinyModelConfig(), vocab_size=128)
 
 
 def test_lora_weights_folded_under_checkpoint_names():
     base = _tiny()
     reference = copy.deepcopy(base)
-    policy = apply_lora(base, LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "down_proj"]))
+    policy = apply_lora(base, LoraAdapterConfig(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "down_proj"]))
     with torch.no_grad():  # an "update": LoRA B starts at zero, which would make the test vacuous
         for name, p in policy.named_parameters():
             if "lora_B" in name:
@@ -49,7 +49,7 @@ def test_full_model_gives_every_parameter():
 
 def test_modules_to_save_give_the_trained_copy():
     base = _tiny()
-    policy = apply_lora(base, LoraSettings(r=4, alpha=4, dropout=0.0, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    policy = apply_lora(base, LoraAdapterConfig(r=4, alpha=4, dropout=0.0, target_modules=["q_proj"], modules_to_save=["lm_head"]))
     head = policy.base_model.model.lm_head
     with torch.no_grad():
         head.modules_to_save["default"].weight.add_(1.0)

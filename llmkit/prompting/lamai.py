@@ -224,7 +224,7 @@ class LLMUser:
 
 
 @dataclass
-class InquirySettings:
+class InquiryConfig:
     """The loop's knobs; every UNVERIFIED detail of docs/methods/lamai.md is one of these."""
 
     samples: int = 5                 # T answers for the uncertainty
@@ -244,7 +244,7 @@ class InquirySettings:
     seed: int = 0
 
 
-def sample_uncertainty(generator: Generator, prompts: Sequence[Prompt], s: InquirySettings, embed: Embed,
+def sample_uncertainty(generator: Generator, prompts: Sequence[Prompt], s: InquiryConfig, embed: Embed,
                        seed: int) -> tuple[list[float], list[list[str]]]:
     """T samples per prompt (the n-sample primitive's generator call) → uncertainty and the texts."""
     if not prompts:
@@ -264,7 +264,7 @@ def greedy_answers(generator: Generator, prompts: Sequence[Prompt], tokens: int)
     return [o.completions[0].text for o in outs]
 
 
-def propose_questions(generator: Generator, problems, dialogues, s: InquirySettings, seed: int) -> list[list[str]]:
+def propose_questions(generator: Generator, problems, dialogues, s: InquiryConfig, seed: int) -> list[list[str]]:
     """Candidate clarifying questions per problem (n samples, cleaned, duplicates and empties dropped)."""
     outs = generator.generate([question_prompt(p, d) for p, d in zip(problems, dialogues)],
                               SamplingParams(n=s.candidates, temperature=s.question_temperature,
@@ -281,7 +281,7 @@ def propose_questions(generator: Generator, problems, dialogues, s: InquirySetti
 
 
 def score_candidates(generator: Generator, problem, dialogue, u_now: float, questions: list[str],
-                     s: InquirySettings, embed: Embed, seed: int) -> dict[str, Any]:
+                     s: InquiryConfig, embed: Embed, seed: int) -> dict[str, Any]:
     """LaMAI's active-learning score of each candidate: imagined replies → new uncertainty → informativeness;
     candidate embeddings → representativeness."""
     replies = generator.generate([hypothetical_reply_prompt(problem, dialogue, q) for q in questions],
@@ -296,7 +296,7 @@ def score_candidates(generator: Generator, problem, dialogue, u_now: float, ques
     return {"best": best, "informativeness": info, "representativeness": rep, "scores": scores, "hypothetical_replies": hyp}
 
 
-def run_inquiry(generator: Generator, problems: Sequence[dict[str, Any]], s: InquirySettings, embed: Embed,
+def run_inquiry(generator: Generator, problems: Sequence[dict[str, Any]], s: InquiryConfig, embed: Embed,
                 user: SimulatedUser, initial: tuple[list[float], list[list[str]]] | None = None) -> list[dict[str, Any]]:
     """The LaMAI loop over `problems` (batched across the items still asking). One record per problem:
     dialogue, uncertainty per round, candidates and their scores, final answer and verdict.
@@ -369,6 +369,6 @@ class CachedEmbedder:
 
 
 __all__ = [
-    "CachedEmbedder", "InquirySettings", "LLMUser", "SentenceOracle", "answer_prompt", "answer_uncertainty", "auroc",
+    "CachedEmbedder", "InquiryConfig", "LLMUser", "SentenceOracle", "answer_prompt", "answer_uncertainty", "auroc",
     "choose_threshold", "context_prompt", "informativeness", "representativeness", "run_inquiry", "select_question",
 ]

@@ -34,7 +34,7 @@ LOG_PROB_FLOOR = -100.0
 
 
 @dataclass
-class RetroPromptSettings:
+class RetroPromptRetrievalConfig:
     """RetroPrompt's knobs; defaults are the paper's GLUE settings (docs/methods/retroprompt.md)."""
 
     # kNN store neighbours for p_kNN: 16 for GLUE (64 for RE, 16 for CV).

@@ -54,7 +54,7 @@ RewardFn = Callable[[str, dict[str, Any]], float]
 
 
 @dataclass
-class GRPOSettings:
+class GRPOMethodConfig:
     """GRPO and CEEH settings (the recipe's `method` section); defaults follow CEEH's train.sh where it sets them."""
 
     num_generations: int = 4
@@ -121,7 +121,7 @@ class Rollout:
 
 
 def grpo_objective(log_probs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
-                   hard: torch.Tensor, settings: GRPOSettings, old_log_probs: torch.Tensor | None = None,
+                   hard: torch.Tensor, settings: GRPOMethodConfig, old_log_probs: torch.Tensor | None = None,
                    ref_log_probs: torch.Tensor | None = None, schedule: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO/CEEH loss of one micro-batch in its aggregated (mean) form, from per-token tensors; and metrics.
 
@@ -183,7 +183,7 @@ class GRPOTrainer(Trainer):
     # neither packing mode (dynamic, padding_free) keeps apart; refused at start (`check_packing`).
     supports_packing = ("none",)
 
-    def __init__(self, cfg, settings: GRPOSettings, model, tokenizer, prompts: list[dict[str, Any]], reward_fn: RewardFn,
+    def __init__(self, cfg, settings: GRPOMethodConfig, model, tokenizer, prompts: list[dict[str, Any]], reward_fn: RewardFn,
                  generator_factory: Callable | None = None, **kwargs):
         self.settings = settings  # before the base class plans the steps (steps_for_epochs reads it)
         super().__init__(cfg, model, tokenizer, prompts, **kwargs)

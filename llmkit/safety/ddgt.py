@@ -17,7 +17,7 @@ import torch
 
 
 @dataclass(frozen=True)
-class DDGTSettings:
+class DDGTConfig:
     """threshold: cosine below which DDGT steers; alpha: SafeDecoding α; top_k / min_common: the pool;
     max_steps: steer only the first `max_steps` generated tokens (None = every step)."""
 
@@ -64,7 +64,7 @@ def common_topk_mask(p_base: torch.Tensor, p_twin: torch.Tensor, top_k: int, min
     return joint < k.unsqueeze(-1)
 
 
-def ddgt_mix(p_base: torch.Tensor, p_twin: torch.Tensor, settings: DDGTSettings = DDGTSettings()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ddgt_mix(p_base: torch.Tensor, p_twin: torch.Tensor, settings: DDGTConfig = DDGTConfig()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(p, steered, cos) for next-token distributions (b, V): p is the distribution to decode from.
 
     Rows with cos ≥ threshold return p_base unchanged (steered False); the others the SafeDecoding mix over
@@ -94,7 +94,7 @@ class DDGTLogitsProcessor:
     generate. Counts: `steps`, `steered` (per row), for the extra-forward-pass report.
     """
 
-    def __init__(self, twin, prompt_attention_mask: torch.Tensor, settings: DDGTSettings = DDGTSettings()):
+    def __init__(self, twin, prompt_attention_mask: torch.Tensor, settings: DDGTConfig = DDGTConfig()):
         self.twin, self.settings = twin.eval(), settings
         self.prompt_mask = prompt_attention_mask
         self.steps = 0
@@ -138,7 +138,7 @@ class DDGTResult:
 
 @torch.no_grad()
 def ddgt_generate(base, twin, tokenizer, prompt_ids: list[int], max_new_tokens: int,
-                  settings: DDGTSettings = DDGTSettings(), temperature: float = 0.0,
+                  settings: DDGTConfig = DDGTConfig(), temperature: float = 0.0,
                   generator: torch.Generator | None = None, eos_ids: set[int] | None = None) -> DDGTResult:
     """Decode one prompt with DDGT: both models keep their own KV cache, one forward each per token.
 

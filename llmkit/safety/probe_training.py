@@ -87,7 +87,7 @@ class ProbeTrainerConfig(TrainerConfig):
 
 
 @dataclass
-class ProbeHeadSettings:
+class ProbeHeadConfig:
     """What the probe trainer adds to the shared trainer."""
 
     standardize: bool = True  # head on (x − mean) / std of the training features (folded back into w, b)
@@ -99,7 +99,7 @@ class ProbeTrainingConfig:
     """`trainer` (the shared trainer's keys) + `probe`; load with `llmkit.config.load_config`."""
 
     trainer: ProbeTrainerConfig = field(default_factory=ProbeTrainerConfig)
-    probe: ProbeHeadSettings = field(default_factory=ProbeHeadSettings)
+    probe: ProbeHeadConfig = field(default_factory=ProbeHeadConfig)
 
 
 # ----- data and head ---------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class ProbeTrainer(Trainer):
 
     method_name = "safethinker-probe"
 
-    def __init__(self, cfg: TrainerConfig, settings: ProbeHeadSettings, llm, tokenizer, train_data: list[ProbeExample],
+    def __init__(self, cfg: TrainerConfig, settings: ProbeHeadConfig, llm, tokenizer, train_data: list[ProbeExample],
                  eval_data: list[ProbeExample] | None = None, layer: int = -1, run_config: dict[str, Any] | None = None,
                  accelerator=None):
         if cfg.packing != "none":

@@ -13,7 +13,7 @@ import torch
 
 from llmkit.generation.hf import render_prompt
 from llmkit.generation.types import Completion, GenerationOutput, Generator, Prompt, SamplingParams, truncate_at_stop
-from llmkit.safety.ddgt import DDGTSettings, ddgt_generate
+from llmkit.safety.ddgt import DDGTConfig, ddgt_generate
 from llmkit.safety.refusal import STANDARD_REFUSAL
 
 
@@ -32,7 +32,7 @@ class DDGTGenerator(Generator):
 
     backend_name = "hf-ddgt"
 
-    def __init__(self, base, twin, tokenizer, settings: DDGTSettings = DDGTSettings()):
+    def __init__(self, base, twin, tokenizer, settings: DDGTConfig = DDGTConfig()):
         self.base, self.twin, self.tokenizer, self.settings = base.eval(), twin.eval(), tokenizer, settings
         eos = base.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
@@ -113,7 +113,7 @@ class SafeThinker(Generator):
 
 
 def load_safethinker(twin_dir: str, gateway_path: str, base: str | None = None,
-                     settings: DDGTSettings = DDGTSettings(), batch_size: int = 8) -> SafeThinker:
+                     settings: DDGTConfig = DDGTConfig(), batch_size: int = 8) -> SafeThinker:
     """Build the routed system from a trained SATE twin folder and a saved gateway (`save_gateway`).
 
     The base model is `base` (alias, folder or hub id) or, by default, the twin adapter's own base. The twin

@@ -29,7 +29,7 @@ from llmkit.unlearning.schedules import efuf_weights
 
 
 @dataclass
-class UnlearningSettings:
+class UnlearningConfig:
     """Which unlearning algorithm, and the EFUF/SARE hyper-parameters (EFUF's code defaults)."""
 
     algorithm: Literal["ga", "efuf", "sare"] = "sare"
@@ -71,7 +71,7 @@ class UnlearningTrainer(Trainer):
     def __init__(
         self,
         cfg: TrainerConfig,
-        settings: UnlearningSettings,
+        settings: UnlearningConfig,
         model,
         tokenizer,
         forget: list[ScoredExample],

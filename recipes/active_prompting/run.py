@@ -40,7 +40,7 @@ SPLIT_FILE = Path(__file__).with_name("scienceqa_split.json")
 
 
 @dataclass
-class RunSection:
+class RunConfig:
     """Model, backend, where results go, which experiments."""
 
     model: str = "tiny-random-llama"
@@ -52,7 +52,7 @@ class RunSection:
 
 
 @dataclass
-class APIESection:
+class APIEConfig:
     """APIE settings (docs/methods/apie.md); defaults as the paper's run script (k=3, T=0.8, α=β=γ=0.33, K=3)."""
 
     data_path: str = "wnut17/emerging.test.annotated"
@@ -70,7 +70,7 @@ class APIESection:
 
 
 @dataclass
-class CAMSSection:
+class CAMSConfig:
     """CAMS settings (docs/methods/cams.md): k samples → unique-answer ratio, hard if > threshold, per_cell per cell."""
 
     pool_size: int = 200
@@ -86,9 +86,9 @@ class CAMSSection:
 class ActivePromptingConfig:
     """run + apie + cams sections."""
 
-    run: RunSection = field(default_factory=RunSection)
-    apie: APIESection = field(default_factory=APIESection)
-    cams: CAMSSection = field(default_factory=CAMSSection)
+    run: RunConfig = field(default_factory=RunConfig)
+    apie: APIEConfig = field(default_factory=APIEConfig)
+    cams: CAMSConfig = field(default_factory=CAMSConfig)
 
 
 def mean_std_n(values: list[float]) -> dict[str, float]:

@@ -28,7 +28,7 @@ from llmkit.errors import ConfigError, DataError, exit_on_user_error
 from llmkit.models import TINY_ALIAS, load_model_and_tokenizer, resolve_model_path
 from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
 from llmkit.rl.evaluate import evaluate_policy, with_nag
-from llmkit.rl.grpo import GRPOSettings, GRPOTrainer
+from llmkit.rl.grpo import GRPOMethodConfig, GRPOTrainer
 from llmkit.rl.rewards import INSTRUCTION, REWARDS, mbpp_prompts, toy_arithmetic_prompts
 from llmkit.rl.weight_sync import VLLMRollouts
 from llmkit.train import build_accelerator
@@ -37,7 +37,7 @@ logger = logging.getLogger("recipes.ceeh")
 
 
 @dataclass
-class CEEHMethod:
+class CEEHMethodConfig:
     """Where the prompts come from, which verifier rewards them, and the GRPO/CEEH settings."""
 
     name: Literal["ceeh"] = "ceeh"
@@ -57,7 +57,7 @@ class CEEHMethod:
     rollout_backend: Literal["hf", "vllm"] = "hf"
     vllm_max_model_len: int = 1024
     vllm_gpu_memory_utilization: float = 0.3
-    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    grpo: GRPOMethodConfig = field(default_factory=GRPOMethodConfig)
 
     def __post_init__(self):
         for name in ("num_prompts", "eval_prompts", "mbpp_shown_tests"):
@@ -71,7 +71,7 @@ class CEEHMethod:
 class CEEHConfig(RecipeConfig):
     """model + data (prompt = question column, response = answer column) + trainer + method."""
 
-    method: CEEHMethod = field(default_factory=CEEHMethod)
+    method: CEEHMethodConfig = field(default_factory=CEEHMethodConfig)
 
 
 def build_prompts(cfg: CEEHConfig) -> tuple[list[dict], list[dict]]:

@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from llmkit.config import to_dict
 from llmkit.data import load_sft_data
 from llmkit.data.loading import SOURCE_KEY, read_records
-from llmkit.data.selection.run import SelectConfig, SelectionSettings, run_selection
+from llmkit.data.selection.run import SelectConfig, SelectionConfig, run_selection
 from llmkit.errors import ConfigError, DataError, exit_on_user_error
 from llmkit.io import atomic_write_text
 from llmkit.models import load_model_and_tokenizer
@@ -34,12 +34,12 @@ logger = logging.getLogger("recipes.code_selection")
 
 
 @dataclass
-class CodeSelectionMethod:
+class CodeSelectionMethodConfig:
     """Whether to select, and how (llmkit.data.selection; paper defaults)."""
 
     name: Literal["code_selection"] = "code_selection"
     select: bool = True
-    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     # after training, score the saved model with the harness (greedy): e.g. [humaneval, mbpp]
     eval_tasks: list[str] = field(default_factory=list)
     eval_backend: Literal["hf", "vllm"] = "hf"
@@ -51,7 +51,7 @@ class CodeSelectionMethod:
 class CodeSelectionConfig(RecipeConfig):
     """model + data (the pool) + trainer (with packing) + method (selection)."""
 
-    method: CodeSelectionMethod = field(default_factory=CodeSelectionMethod)
+    method: CodeSelectionMethodConfig = field(default_factory=CodeSelectionMethodConfig)
 
 
 def prepare_pool(cfg: CodeSelectionConfig, accelerator) -> tuple[Path, Path | None]:

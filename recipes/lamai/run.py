@@ -19,29 +19,28 @@ import collections
 import json
 import logging
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from llmkit.config import load_config, split_config_arg, to_dict
+from llmkit.config import to_dict
 from llmkit.errors import exit_on_user_error
 from llmkit.evaluation.tasks.scienceqa import ScienceQA, scienceqa_verdict
 from llmkit.generation import build_generator
 from llmkit.prompting.lamai import (
-    CachedEmbedder, InquirySettings, LLMUser, SentenceOracle, answer_prompt, auroc, choose_threshold, context_prompt,
+    CachedEmbedder, InquiryConfig, LLMUser, SentenceOracle, answer_prompt, auroc, choose_threshold, context_prompt,
     greedy_answers, run_inquiry, sample_uncertainty,
 )
-from llmkit.recipe import setup_logging
+from llmkit.recipe import parse_recipe_args, setup_logging
 
 logger = logging.getLogger("recipes.lamai")
 CONDITIONS = ("direct", "context", "random", "lamai")
 
 
 @dataclass
-class RunSection:
+class RunConfig:
     """Model, backend, simulated user, where results go."""
 
     model: str = "tiny-random-llama"
@@ -64,7 +63,7 @@ class RunSection:
 
 
 @dataclass
-class TaskSection:
+class TaskConfig:
     """Which ScienceQA items (text-only, item-specific hint), split into validation and evaluation parts."""
 
     val_size: int = 40
@@ -80,7 +79,7 @@ class TaskSection:
 
 
 @dataclass
-class MethodSection:
+class MethodConfig:
     """LaMAI's knobs (docs/methods/lamai.md). UNVERIFIED in the paper: variance definition, threshold, score formula,
     weights, candidates, simulated replies, round limit — all chosen here and documented in the README."""
 
@@ -120,9 +119,9 @@ class MethodSection:
         if self.w_info < 0 or self.w_rep < 0 or self.w_info + self.w_rep == 0:
             raise ValueError(f"method.w_info and method.w_rep must be >= 0 and not both 0, got {self.w_info}, {self.w_rep}")
 
-    def settings(self, threshold: float, selection: str) -> InquirySettings:
+    def settings(self, threshold: float, selection: str) -> InquiryConfig:
         """The loop's settings for one condition."""
-        return InquirySettings(
+        return InquiryConfig(
             samples=self.samples, temperature=self.temperature, answer_tokens=self.answer_tokens, threshold=threshold,
             max_rounds=self.max_rounds, candidates=self.candidates, question_temperature=self.question_temperature,
             question_tokens=self.question_tokens, sim_replies=self.sim_replies, reply_tokens=self.reply_tokens,
@@ -133,12 +132,12 @@ class MethodSection:
 class LamaiConfig:
     """run + task + method sections."""
 
-    run: RunSection = field(default_factory=RunSection)
-    task: TaskSection = field(default_factory=TaskSection)
-    method: MethodSection = field(default_factory=MethodSection)
+    run: RunConfig = field(default_factory=RunConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
 
 
-def load_items(t: TaskSection) -> tuple[list[dict], list[dict]]:
+def load_items(t: TaskConfig) -> tuple[list[dict], list[dict]]:
     """Validation and evaluation problems: text-only ScienceQA test items whose hint is item-specific."""
     problems = ScienceQA(use_caption=False, text_only=True).load()
     counts = collections.Counter(p.get("hint") or "" for p in problems)
@@ -181,8 +180,7 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Parse the config, run the conditions, write results.json, samples.jsonl and report.md."""
     setup_logging()
-    path, overrides = split_config_arg(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(LamaiConfig, path, overrides)
+    cfg = parse_recipe_args(LamaiConfig, argv)  # --help lists the keys (`llmkit run lamai --help`)
     m = cfg.method
     out_dir = Path(cfg.run.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from llmkit.models import load_model_and_tokenizer
 from llmkit.prompting.retroprompt import (
     KnowledgeStore,
     LabelPositionOutput,
-    RetroPromptSettings,
+    RetroPromptRetrievalConfig,
     StoreRefreshSchedule,
     insert_demonstrations,
     interpolate_knn,
@@ -65,7 +65,7 @@ logger = logging.getLogger("recipes.retroprompt")
 
 
 @dataclass
-class RetroPromptMethod:
+class RetroPromptMethodConfig:
     """The task (files, columns, template, label words) and RetroPrompt's settings."""
 
     name: Literal["retroprompt"] = "retroprompt"
@@ -90,7 +90,7 @@ class RetroPromptMethod:
     demo_template: str = "{slot} It was{label_word}.\n"
     max_text_tokens: int = 128
     encode_batch_size: int = 16  # batch size of the no-grad passes (store keys, evaluation)
-    retroprompt: RetroPromptSettings = field(default_factory=RetroPromptSettings)
+    retroprompt: RetroPromptRetrievalConfig = field(default_factory=RetroPromptRetrievalConfig)
 
     def __post_init__(self):
         if len(self.label_words) < 2:
@@ -110,7 +110,7 @@ class RetroPromptMethod:
 class RetroPromptConfig(RecipeConfig):
     """model + trainer + method (the `data` section is unused: the task files are in `method`)."""
 
-    method: RetroPromptMethod = field(default_factory=RetroPromptMethod)
+    method: RetroPromptMethodConfig = field(default_factory=RetroPromptMethodConfig)
 
 
 # ----- data ----------------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class PromptExample(TokenizedExample):
     plain_ids: list[int] = field(default_factory=list)
 
 
-def encode_prompt(tokenizer, method: RetroPromptMethod, text: str, with_slots: bool, slot_token: int) -> tuple[list[int], list[int]]:
+def encode_prompt(tokenizer, method: RetroPromptMethodConfig, text: str, with_slots: bool, slot_token: int) -> tuple[list[int], list[int]]:
     """Token ids of a prompt (without the label word) and the positions of its demonstration slots."""
     encode = lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []  # noqa: E731
     ids: list[int] = []
@@ -191,7 +191,7 @@ def encode_prompt(tokenizer, method: RetroPromptMethod, text: str, with_slots: b
     return ids, slots
 
 
-def load_examples(path: str, method: RetroPromptMethod, tokenizer, label_word_ids: torch.Tensor,
+def load_examples(path: str, method: RetroPromptMethodConfig, tokenizer, label_word_ids: torch.Tensor,
                   limit: int | None = None, shots_per_class: int | None = None,
                   records: list[dict[str, Any]] | None = None) -> list[PromptExample]:
     """Read a classification file (or rows of it, `records`) into prompts; row i of the result is store row i."""
@@ -253,7 +253,7 @@ class RetroPromptTrainer(Trainer):
     # One prompt per row: the label position of each row is known.
     supports_packing = ("none",)
 
-    def __init__(self, cfg, settings: RetroPromptSettings, label_word_ids: torch.Tensor, model, tokenizer,
+    def __init__(self, cfg, settings: RetroPromptRetrievalConfig, label_word_ids: torch.Tensor, model, tokenizer,
                  train_data: list[PromptExample], eval_data: list[PromptExample] | None = None,
                  encode_batch_size: int = 16, **kwargs):
         super().__init__(cfg, model, tokenizer, train_data, eval_data, **kwargs)

@@ -29,7 +29,7 @@ from llmkit.generation import SamplingParams
 from llmkit.generation.hf import HFGenerator
 from llmkit.models import ModelConfig, load_model_and_tokenizer, load_trained
 from llmkit.safety.data import balanced, load_all, split_prompts
-from llmkit.safety.ddgt import DDGTSettings, ddgt_generate
+from llmkit.safety.ddgt import DDGTConfig, ddgt_generate
 from llmkit.safety.evaluate import attack_prompt, attack_success_rate, compose_routes, over_refusal_rate
 from llmkit.evaluation.answers import gsm8k_correct, gsm8k_gold
 from llmkit.evaluation.tasks.gsm8k import CHAT_SUFFIX as GSM8K_CHAT_SUFFIX
@@ -144,7 +144,7 @@ def main() -> None:
         conditions["gsm8k"] = (users, [attack_prompt(tok, u) for u in users], "gsm8k", args.gsm8k_max_new_tokens)
     cond_routes = {name: [r for r, _ in gw.route(users)] for name, (users, _, _, _) in conditions.items()}
     results["routes_eval"] = {name: {r: v.count(r) for r in ("refuse", "twin", "ddgt", "base")} for name, v in cond_routes.items()}
-    settings = DDGTSettings(threshold=args.ddgt_threshold, alpha=args.alpha)
+    settings = DDGTConfig(threshold=args.ddgt_threshold, alpha=args.alpha)
     eos = {tok.eos_token_id} | ({base.generation_config.eos_token_id} if isinstance(base.generation_config.eos_token_id, int) else set(base.generation_config.eos_token_id or []))
     decoded: dict = {}
     latency: dict = {"base": [], "twin": [], "ddgt": []}

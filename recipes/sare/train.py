@@ -34,7 +34,7 @@ from accelerate.utils import set_seed
 from llmkit.config import to_dict
 from llmkit.errors import ConfigError, exit_on_user_error
 from llmkit.io import replace_dir
-from llmkit.models import TINY_ALIAS, LoraSettings, ModelConfig, _torch_dtype, apply_lora, load_model, load_tokenizer, resolve_model_path
+from llmkit.models import TINY_ALIAS, LoraAdapterConfig, ModelConfig, _torch_dtype, apply_lora, load_model, load_tokenizer, resolve_model_path
 from llmkit.recipe import parse_recipe_args, setup_logging
 from llmkit.train import Trainer, TrainerConfig, build_accelerator
 from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS
@@ -44,14 +44,14 @@ from llmkit.unlearning.proxy import (
     pope_objects, read_sentences, tokenize_rows, write_json,
 )
 from llmkit.unlearning.sam import sharpness_probe
-from llmkit.unlearning.trainer import UnlearningSettings, UnlearningTrainer
+from llmkit.unlearning.trainer import UnlearningConfig, UnlearningTrainer
 
 logger = logging.getLogger("recipes.sare")
 COMPLETE = ".llmkit-complete"
 
 
 @dataclass
-class ProxySettings:
+class ProxyConfig:
     """The text proxy: which objects, how many taught hallucinations, which general text, span scores."""
 
     pope_files: list[str] = field(default_factory=lambda: [
@@ -69,18 +69,18 @@ class ProxySettings:
 
 
 @dataclass
-class TeachSettings:
+class TeachConfig:
     """Stage 0: teach the false statements (LoRA SFT, merged). Reused when `output_dir` is complete."""
 
     output_dir: str = "outputs/sare-taught"
     max_steps: int = 60
     learning_rate: float = 1.0e-3
     batch_size: int = 16
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0))
+    lora: LoraAdapterConfig = field(default_factory=lambda: LoraAdapterConfig(r=16, alpha=32, dropout=0.0))
 
 
 @dataclass
-class RelearnSettings:
+class RelearnConfig:
     """The relearning attack: fine-tune the unlearned adapter on N forget samples, a fixed number of steps."""
 
     sizes: list[int] = field(default_factory=lambda: [0, 10, 50, 140])
@@ -90,7 +90,7 @@ class RelearnSettings:
 
 
 @dataclass
-class ProbeSettings:
+class ProbeConfig:
     """Sharpness probe: forget-CE change under random and adversarial perturbations of norm ρ (trainable weights)."""
 
     rhos: list[float] = field(default_factory=lambda: [0.05])
@@ -99,15 +99,15 @@ class ProbeSettings:
 
 
 @dataclass
-class SAREMethod:
+class SAREMethodConfig:
     """The unlearning algorithm and its settings, plus the proxy, teach, probe and relearning stages."""
 
     name: Literal["sare"] = "sare"
-    unlearning: UnlearningSettings = field(default_factory=UnlearningSettings)
-    proxy: ProxySettings = field(default_factory=ProxySettings)
-    teach: TeachSettings = field(default_factory=TeachSettings)
-    probe: ProbeSettings = field(default_factory=ProbeSettings)
-    relearn: RelearnSettings = field(default_factory=RelearnSettings)
+    unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    teach: TeachConfig = field(default_factory=TeachConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
     emission_max_new_tokens: int = 6
 
 
@@ -117,7 +117,7 @@ class SAREConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    method: SAREMethod = field(default_factory=SAREMethod)
+    method: SAREMethodConfig = field(default_factory=SAREMethodConfig)
 
 
 def build_data(cfg: SAREConfig, tokenizer) -> dict:
@@ -156,7 +156,7 @@ def load_base_model(model_cfg: ModelConfig, vocab_size: int):
     return load_model(model_cfg, vocab_size=vocab_size)
 
 
-def with_lora(model, lora: LoraSettings):
+def with_lora(model, lora: LoraAdapterConfig):
     """`apply_lora`, with an image-text model's adapters on its language model only (not the vision tower)."""
     return apply_lora(model, dataclasses.replace(lora, target_modules=language_model_lora_targets(model, lora.target_modules)))
 
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
 
     set_seed(cfg.trainer.seed)
     model = load_base_model(dataclasses.replace(cfg.model, name=taught_dir, lora=None), len(tokenizer))
-    model = with_lora(model, cfg.model.lora or LoraSettings(dropout=0.0))
+    model = with_lora(model, cfg.model.lora or LoraAdapterConfig(dropout=0.0))
     results = {"algorithm": cfg.method.unlearning.algorithm, "config": to_dict(cfg),
                "pairs": data["pairs"], "taught": evaluate(cfg, model, tokenizer, data, probe=True)}
     logger.info("taught: %s", results["taught"])

@@ -33,7 +33,7 @@ METHODS = ("cdas", "distribution", "random", "ifd", "kcenter")
 
 
 @dataclass
-class SelectionSettings:
+class SelectionConfig:
     """How to select (paper defaults; docs/methods/code_selection.md). Recipes embed this as their selection section."""
 
     method: Literal["cdas", "distribution", "random", "ifd", "kcenter"] = "cdas"
@@ -65,7 +65,7 @@ class SelectionSettings:
 
 
 @dataclass
-class SelectConfig(SelectionSettings):
+class SelectConfig(SelectionConfig):
     """`llmkit select`: the selection settings plus the pool, the scoring model and the output folder."""
 
     data_path: str = "codealpaca/code_alpaca_2k.json"
