@@ -57,6 +57,8 @@ def run_launch(cmd: list[str], multi_process: bool, log_dir: str | os.PathLike |
     folder = Path(log_dir) if log_dir else Path(tempfile.gettempdir())
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="llmkit-launch-", suffix=".log", dir=folder)
+    print(f"(the processes' stderr, progress bars included, goes to {name}; `tail -f` it to follow)",
+          file=sys.stderr, flush=True)
     with os.fdopen(fd, "w") as log:
         code = subprocess.call(cmd, env=dict(os.environ), stderr=log)
     if code != 0:

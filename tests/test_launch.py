@@ -23,7 +23,7 @@ def test_first_useful_line_finds_the_llmkit_error_in_the_wall():
 def test_failed_multi_process_launch_prints_one_line_and_the_log(tmp_path, capsys):
     script = "import sys; sys.stderr.write(" + repr(WALL) + "); sys.exit(1)"
     code = run_launch([sys.executable, "-c", script], multi_process=True, log_dir=tmp_path)
-    err = capsys.readouterr().err.strip().splitlines()
+    err = capsys.readouterr().err.strip().splitlines()[1:]  # after the line naming the log
     assert code == 1 and len(err) == 2
     assert err[0].endswith("pass --trainer.overwrite_output_dir") and "already holds" in err[0]
     log = err[1].split("full log: ")[1].rstrip(")")
