@@ -4,7 +4,7 @@ select → pack → train → merge → evaluate → serve → report, each stag
 does that job everywhere else:
 
 1. + 2. the `code_selection` recipe (`recipes/code_selection/train.py`, launched as `llmkit train` does): CDAS
-   picks 40% of 120 CodeAlpaca rows (IFD by SmolLM2 itself, MiniLM embeddings; both cached under
+   picks 40% of 80 CodeAlpaca rows (IFD by SmolLM2 itself, MiniLM embeddings; both cached under
    `<out>/cache` so a second demo skips them), then LoRA SFT of SmolLM2-135M-Instruct on the shared trainer
    with Dynamic Pack;
 3. `export_merged` (= `llmkit export`) merges the adapter;
@@ -48,18 +48,18 @@ FULL = DemoConfig(
     config="recipes/code_selection/configs/smollm2_codealpaca.yaml",
     overrides=(
         "--model.lora.r", "8", "--model.lora.alpha", "16",
-        # IFD costs two forward passes per row: 120 rows at ≤128 tokens keep selection near a minute on 2 cores
-        "--data.max_rows", "120", "--data.max_length", "256",
+        # IFD costs two forward passes per row (≈ 2 CPU-s a row at ≤ 128 tokens): 80 rows keep it near 2 CPU-min
+        "--data.max_rows", "80", "--data.max_length", "256",
         "--method.selection.num_clusters", "4", "--method.selection.ifd_max_length", "128",
         "--method.eval_tasks", "[]",  # the demo scores base and tuned itself, with the same harness
         "--trainer.packing", "dynamic", "--trainer.packing_max_length", "512",
-        "--trainer.max_steps", "8", "--trainer.per_device_batch_size", "4", "--trainer.gradient_accumulation_steps", "2",
+        "--trainer.max_steps", "8", "--trainer.per_device_batch_size", "4", "--trainer.gradient_accumulation_steps", "1",
         "--trainer.learning_rate", "1e-3", "--trainer.lr_scheduler", "constant", "--trainer.warmup_ratio", "0",
         "--trainer.logging_steps", "1", "--trainer.eval_steps", "4", "--trainer.save_steps", "4",
     ),
     base_model="smollm2-135m-instruct",
     eval_task="humaneval",
-    eval_limit=6,
+    eval_limit=4,
     eval_max_new_tokens=128,
     serve_max_tokens=64,
 )
