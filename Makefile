@@ -37,6 +37,8 @@ demo: install
 # independent). Under a second; .ci/run calls it before the tests so a broken layer fails the run early.
 lint: install
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

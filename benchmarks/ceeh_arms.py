@@ -41,11 +41,32 @@ ARMS = ["grpo", "length_penalty", "ceeh_me", "ceeh_ea"]
 # have a right answer: the only case where EA differs from the length penalty. 112 new tokens, a LoRA
 # learning rate that moves in 9 steps; held out: 8 prompts × 4 samples. GSM8K verifier (final number).
 BUDGETS = {
-    "cpu": ["--method.num_prompts", "6", "--method.eval_prompts", "8", "--method.eval_samples", "4",
-            "--method.max_operand", "6",
-            "--trainer.max_steps", "9", "--trainer.per_device_batch_size", "2", "--trainer.gradient_accumulation_steps", "1",
-            "--trainer.learning_rate", "2e-4", "--trainer.save_steps", "3",
-            "--method.grpo.num_generations", "6", "--method.grpo.max_new_tokens", "112", "--method.reward", "gsm8k"],
+    "cpu": [
+        "--method.num_prompts",
+        "6",
+        "--method.eval_prompts",
+        "8",
+        "--method.eval_samples",
+        "4",
+        "--method.max_operand",
+        "6",
+        "--trainer.max_steps",
+        "9",
+        "--trainer.per_device_batch_size",
+        "2",
+        "--trainer.gradient_accumulation_steps",
+        "1",
+        "--trainer.learning_rate",
+        "2e-4",
+        "--trainer.save_steps",
+        "3",
+        "--method.grpo.num_generations",
+        "6",
+        "--method.grpo.max_new_tokens",
+        "112",
+        "--method.reward",
+        "gsm8k",
+    ],
     "none": [],
 }
 
@@ -55,9 +76,21 @@ def run_arm(arm: str, seed: int, out: Path, args) -> float:
     if (out / "rl_eval.json").exists():
         return 0.0
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [args.python, str(ROOT / "recipes/ceeh/train.py"), "--config", str(ROOT / f"recipes/ceeh/configs/smollm2_{arm}.yaml"),
-           "--trainer.output_dir", str(out), "--trainer.seed", str(seed), "--trainer.overwrite_output_dir", "true",
-           "--method.rollout_backend", args.rollout_backend, *BUDGETS[args.budget]]
+    cmd = [
+        args.python,
+        str(ROOT / "recipes/ceeh/train.py"),
+        "--config",
+        str(ROOT / f"recipes/ceeh/configs/smollm2_{arm}.yaml"),
+        "--trainer.output_dir",
+        str(out),
+        "--trainer.seed",
+        str(seed),
+        "--trainer.overwrite_output_dir",
+        "true",
+        "--method.rollout_backend",
+        args.rollout_backend,
+        *BUDGETS[args.budget],
+    ]
     # one torch thread per run: two runs on two cores beat one run on two (no oversubscription when loaded)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     start = time.time()
@@ -77,12 +110,22 @@ def summarize(arm: str, out: Path) -> dict:
     rollouts = [r for r in rows if "hard_mixed_fraction" in r]
     half = len(steps) // 2
     mean = lambda key, rs: float(np.nanmean([r.get(key, math.nan) for r in rs])) if rs else math.nan  # noqa: E731
-    return {"arm": arm, "base": base, "accuracy": final["accuracy"], "pass": {k: v for k, v in final.items() if k.startswith("pass@")},
-            "length": final["length"], "correct_length": final["correct_length"], "nag": final.get("nag", math.nan),
-            "entropy_hard_first": mean("entropy_hard", steps[:half]), "entropy_hard_last": mean("entropy_hard", steps[half:]),
-            "entropy_easy_last": mean("entropy_easy", steps[half:]), "train_acc_last": mean("accuracy", steps[half:]),
-            "hard_mixed": mean("hard_mixed_fraction", rollouts), "ea_bonus": mean("ea_bonus_fraction", steps),
-            "hard_mixed_per_step": [r["hard_mixed_fraction"] for r in rollouts]}
+    return {
+        "arm": arm,
+        "base": base,
+        "accuracy": final["accuracy"],
+        "pass": {k: v for k, v in final.items() if k.startswith("pass@")},
+        "length": final["length"],
+        "correct_length": final["correct_length"],
+        "nag": final.get("nag", math.nan),
+        "entropy_hard_first": mean("entropy_hard", steps[:half]),
+        "entropy_hard_last": mean("entropy_hard", steps[half:]),
+        "entropy_easy_last": mean("entropy_easy", steps[half:]),
+        "train_acc_last": mean("accuracy", steps[half:]),
+        "hard_mixed": mean("hard_mixed_fraction", rollouts),
+        "ea_bonus": mean("ea_bonus_fraction", steps),
+        "hard_mixed_per_step": [r["hard_mixed_fraction"] for r in rollouts],
+    }
 
 
 def _ms(values) -> str:
@@ -97,17 +140,25 @@ def table(runs: dict[str, list[dict]]) -> str:
     """Markdown: the base model, then each arm's mean ± sd over seeds."""
     all_rows = [r for rs in runs.values() for r in rs]
     ks = sorted({k for r in all_rows for k in r["pass"]}, key=lambda k: int(k.split("@")[1]))
-    head = ("| arm | held-out acc (avg@n) | " + " | ".join(ks) + " | length | correct length | NAG ↓ | "
-            "hard-mixed prompts / step | EA token fraction | hard entropy 1st→2nd half | train acc 2nd half |")
+    head = (
+        "| arm | held-out acc (avg@n) | " + " | ".join(ks) + " | length | correct length | NAG ↓ | "
+        "hard-mixed prompts / step | EA token fraction | hard entropy 1st→2nd half | train acc 2nd half |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     bases = [r["base"] for r in next(iter(runs.values()))]
-    lines.append(f"| base model | {_ms([b['accuracy'] for b in bases])} | " + " | ".join(_ms([b.get(k, math.nan) for b in bases]) for k in ks)
-                 + f" | {_ms([b['length'] for b in bases])} | {_ms([b['correct_length'] for b in bases])} | – | – | – | – | – |")
+    lines.append(
+        f"| base model | {_ms([b['accuracy'] for b in bases])} | "
+        + " | ".join(_ms([b.get(k, math.nan) for b in bases]) for k in ks)
+        + f" | {_ms([b['length'] for b in bases])} | {_ms([b['correct_length'] for b in bases])} | – | – | – | – | – |"
+    )
     for arm, rs in runs.items():
         col = lambda key: _ms([r[key] for r in rs])  # noqa: E731
-        lines.append(f"| {arm} | {col('accuracy')} | " + " | ".join(_ms([r['pass'].get(k, math.nan) for r in rs]) for k in ks)
-                     + f" | {col('length')} | {col('correct_length')} | {col('nag')} | {col('hard_mixed')} | {col('ea_bonus')} | "
-                     f"{col('entropy_hard_first')} → {col('entropy_hard_last')} | {col('train_acc_last')} |")
+        lines.append(
+            f"| {arm} | {col('accuracy')} | "
+            + " | ".join(_ms([r["pass"].get(k, math.nan) for r in rs]) for k in ks)
+            + f" | {col('length')} | {col('correct_length')} | {col('nag')} | {col('hard_mixed')} | {col('ea_bonus')} | "
+            f"{col('entropy_hard_first')} → {col('entropy_hard_last')} | {col('train_acc_last')} |"
+        )
     return "\n".join(lines)
 
 
@@ -164,7 +215,8 @@ def main() -> None:
                 f"- wall s per run: {', '.join(f'{a}/{s} {w:.0f}' for (a, s), w in walls.items())}\n"
                 f"- code: after the GRPO fixes of issue 20 (log-probs at the sampling temperature, per-rollout CEEH state)\n\n"
                 f"Mean ± sd over seeds:\n\n{text}\n\nHard prompts with a mixed group, fraction of each step's prompts "
-                f"(mean over seeds):\n\n{steps}\n")
+                f"(mean over seeds):\n\n{steps}\n"
+            )
 
 
 if __name__ == "__main__":

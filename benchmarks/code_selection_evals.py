@@ -31,7 +31,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     n = only_a + only_b
     if n == 0:
         return 1.0
-    tail = sum(comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n
+    tail = sum(comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
@@ -66,8 +66,10 @@ def main() -> None:
     arms = {name: Path(path) for name, path in pairs}
     runs = {name: {t: task_folder(path, t) for t in TASKS} for name, path in arms.items()}
     outcome = {name: {t: solved(f) for t, f in tasks.items() if f} for name, tasks in runs.items()}
-    lines = ["| arm | held-out loss | " + " | ".join(f"{t} pass@1 % (solved)" for t in TASKS) + " |",
-             "|---|---|" + "---|" * len(TASKS)]
+    lines = [
+        "| arm | held-out loss | " + " | ".join(f"{t} pass@1 % (solved)" for t in TASKS) + " |",
+        "|---|---|" + "---|" * len(TASKS),
+    ]
     for name, arm in arms.items():
         loss = held_out_loss(arm)
         cells = []
@@ -89,9 +91,11 @@ def main() -> None:
     print(table)
     sources = "; ".join(f"{n}: {f}" for n, tasks in runs.items() for f in tasks.values() if f)
     with RESULTS.open("a") as fh:
-        fh.write(f"\n## Code selection arms: HumanEval and MBPP (greedy)\n\n- date: {dt.date.today().isoformat()}\n"
-                 f"- machine: CPU {platform.machine()} (2 cores)\n- command: `python {' '.join(sys.argv)}`\n"
-                 f"- runs: {sources}\n\n{table}\n")
+        fh.write(
+            f"\n## Code selection arms: HumanEval and MBPP (greedy)\n\n- date: {dt.date.today().isoformat()}\n"
+            f"- machine: CPU {platform.machine()} (2 cores)\n- command: `python {' '.join(sys.argv)}`\n"
+            f"- runs: {sources}\n\n{table}\n"
+        )
 
 
 if __name__ == "__main__":

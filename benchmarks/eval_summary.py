@@ -1,6 +1,6 @@
 """Summarise harness runs (their results.json) as a table and append it to benchmarks/RESULTS.md.
 
-    python benchmarks/eval_summary.py outputs/eval/humaneval outputs/eval/scienceqa ...
+python benchmarks/eval_summary.py outputs/eval/humaneval outputs/eval/scienceqa ...
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ def row(results: dict) -> str:
     wall = str(results["wall_seconds"])
     if results.get("resumed_problems"):  # the wall time is the last process's only
         wall += f" (resumed: {results['resumed_problems']} problems from earlier runs)"
-    return (f"| {results['task']} | {results['model']} | {results['generator'].get('backend')} | {results['num_problems']} | "
-            f"{head} = {metrics[head]:.4g} | {shown} | {wall} | `{results.get('command', '-')}` |")
+    return (
+        f"| {results['task']} | {results['model']} | {results['generator'].get('backend')} | {results['num_problems']} | "
+        f"{head} = {metrics[head]:.4g} | {shown} | {wall} | `{results.get('command', '-')}` |"
+    )
 
 
 def main() -> None:
@@ -33,13 +35,18 @@ def main() -> None:
     if not folders:
         raise SystemExit(__doc__)
     runs = [json.loads((f / "results.json").read_text()) for f in folders]
-    lines = ["| task | model | backend | problems | headline | metrics | wall s | command |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | model | backend | problems | headline | metrics | wall s | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     lines += [row(r) for r in runs]
     table = "\n".join(lines)
     print(table)
     with RESULTS.open("a") as fh:
-        fh.write(f"\n## Harness runs\n\n- date: {dt.date.today().isoformat()}\n- machine: CPU {platform.machine()} (2 cores)\n"
-                 f"- command: `python {' '.join(sys.argv)}`; each run's own command is in the table\n\n{table}\n")
+        fh.write(
+            f"\n## Harness runs\n\n- date: {dt.date.today().isoformat()}\n- machine: CPU {platform.machine()} (2 cores)\n"
+            f"- command: `python {' '.join(sys.argv)}`; each run's own command is in the table\n\n{table}\n"
+        )
 
 
 if __name__ == "__main__":

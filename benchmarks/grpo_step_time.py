@@ -41,11 +41,29 @@ def run_llmkit(args) -> float:
     model, tokenizer = load_model_and_tokenizer(ModelConfig(name=args.model))
     times = []
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainerConfig(output_dir=out, max_steps=args.steps, per_device_batch_size=args.prompts, learning_rate=1e-5,
-                            lr_scheduler="constant", save_final_model=False)
-        trainer = GRPOTrainer(cfg, GRPOMethodConfig(num_generations=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                                                advantage="grpo", clip_high=0.2, loss_aggregation="seq-mean-token-mean"),
-                              model, tokenizer, prompts(args.prompts * args.steps), boxed_reward)
+        cfg = TrainerConfig(
+            output_dir=out,
+            max_steps=args.steps,
+            per_device_batch_size=args.prompts,
+            learning_rate=1e-5,
+            lr_scheduler="constant",
+            save_final_model=False,
+        )
+        trainer = GRPOTrainer(
+            cfg,
+            GRPOMethodConfig(
+                num_generations=args.n,
+                temperature=args.temperature,
+                max_new_tokens=args.max_new_tokens,
+                advantage="grpo",
+                clip_high=0.2,
+                loss_aggregation="seq-mean-token-mean",
+            ),
+            model,
+            tokenizer,
+            prompts(args.prompts * args.steps),
+            boxed_reward,
+        )
         original = trainer.step_batches
 
         def timed(step):
@@ -72,7 +90,10 @@ def run_trl(args) -> float:
     dataset = Dataset.from_list([{"prompt": p["prompt"], "answer": p["answer"]} for p in data])
 
     def reward(completions, answer, **kwargs):
-        return [boxed_reward(c[0]["content"] if isinstance(c, list) else c, {"answer": a}) for c, a in zip(completions, answer)]
+        return [
+            boxed_reward(c[0]["content"] if isinstance(c, list) else c, {"answer": a})
+            for c, a in zip(completions, answer)
+        ]
 
     stamps = []
 
@@ -84,12 +105,31 @@ def run_trl(args) -> float:
             stamps.append(time.time())
 
     with tempfile.TemporaryDirectory() as out:
-        config = GRPOConfig(output_dir=out, per_device_train_batch_size=args.prompts * args.n, num_generations=args.n,
-                            max_completion_length=args.max_new_tokens, max_steps=args.steps, learning_rate=1e-5, beta=0.0,
-                            loss_type="grpo", temperature=args.temperature, use_cpu=True, report_to=[], bf16=False, save_strategy="no",
-                            logging_steps=1, disable_tqdm=True)
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer,
-                              callbacks=[Stamp()])
+        config = GRPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=args.prompts * args.n,
+            num_generations=args.n,
+            max_completion_length=args.max_new_tokens,
+            max_steps=args.steps,
+            learning_rate=1e-5,
+            beta=0.0,
+            loss_type="grpo",
+            temperature=args.temperature,
+            use_cpu=True,
+            report_to=[],
+            bf16=False,
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[Stamp()],
+        )
         trainer.train()
     return sum(b - a for a, b in zip(stamps[1:-1], stamps[2:])) / (len(stamps) - 2)
 
@@ -102,9 +142,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="completions per prompt")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (both score log-probs at it)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="alternate the two trainers this many times and take the median (other load on the machine hits both)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.6, help="sampling temperature (both score log-probs at it)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="alternate the two trainers this many times and take the median (other load on the machine hits both)",
+    )
     parser.add_argument("--no_append", action="store_true")
     args = parser.parse_args()
     ours_all, theirs_all = [], []
@@ -113,15 +159,19 @@ def main() -> None:
         theirs_all.append(run_trl(args))
     ours, theirs = statistics.median(ours_all), statistics.median(theirs_all)
     runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
-    table = ("| trainer | s/step (median) | runs | × TRL |\n|---|---|---|---|\n"
-             f"| llmkit GRPOTrainer | {ours:.2f} | {runs(ours_all)} | {ours / theirs:.2f} |\n"
-             f"| TRL GRPOTrainer | {theirs:.2f} | {runs(theirs_all)} | 1.00 |")
+    table = (
+        "| trainer | s/step (median) | runs | × TRL |\n|---|---|---|---|\n"
+        f"| llmkit GRPOTrainer | {ours:.2f} | {runs(ours_all)} | {ours / theirs:.2f} |\n"
+        f"| TRL GRPOTrainer | {theirs:.2f} | {runs(theirs_all)} | 1.00 |"
+    )
     print(table)
     if not args.no_append:
-        section = (f"\n## GRPO step time vs TRL: {args.model}, {args.prompts} prompts × {args.n} completions, "
-                   f"{args.max_new_tokens} new tokens, T {args.temperature}\n\n- date: {dt.date.today().isoformat()}\n"
-                   f"- machine: CPU {platform.machine()} (2 cores, shared with other jobs), fp32, hf generation, "
-                   f"{torch.get_num_threads()} torch thread(s)\n- command: `python {' '.join(sys.argv)}`\n\n{table}\n")
+        section = (
+            f"\n## GRPO step time vs TRL: {args.model}, {args.prompts} prompts × {args.n} completions, "
+            f"{args.max_new_tokens} new tokens, T {args.temperature}\n\n- date: {dt.date.today().isoformat()}\n"
+            f"- machine: CPU {platform.machine()} (2 cores, shared with other jobs), fp32, hf generation, "
+            f"{torch.get_num_threads()} torch thread(s)\n- command: `python {' '.join(sys.argv)}`\n\n{table}\n"
+        )
         with RESULTS.open("a") as fh:
             fh.write(section)
 

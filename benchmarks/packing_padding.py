@@ -41,8 +41,22 @@ def deepseek_coder_tokenizer():
     if not (folder / DEEPSEEK_VOCAB).exists():
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", LLAMA_CPP_SDIST, "--no-deps", "--no-binary", ":all:",
-                            "-d", tmp, "-q"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    LLAMA_CPP_SDIST,
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "-d",
+                    tmp,
+                    "-q",
+                ],
+                check=True,
+            )
             sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
             with tarfile.open(sdist) as tar:
                 member = next(m for m in tar.getmembers() if m.name.endswith("models/" + DEEPSEEK_VOCAB))
@@ -64,7 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="codealpaca/code_alpaca_2k.json")
     parser.add_argument("--tokenizer", default="smollm2-135m-instruct", help="a model name, or deepseek-coder-vocab")
-    parser.add_argument("--with_mbpp", action="store_true", help="add MBPP (text → code, all 974 rows) to the pool, as the paper's mix")
+    parser.add_argument(
+        "--with_mbpp", action="store_true", help="add MBPP (text → code, all 974 rows) to the pool, as the paper's mix"
+    )
     parser.add_argument("--template", default="chat", choices=["chat", "plain"])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=2048)
@@ -72,17 +88,27 @@ def main() -> None:
     parser.add_argument("--no_append", action="store_true")
     args = parser.parse_args()
 
-    tokenizer = deepseek_coder_tokenizer() if args.tokenizer == "deepseek-coder-vocab" else load_tokenizer(ModelConfig(name=args.tokenizer))
+    tokenizer = (
+        deepseek_coder_tokenizer()
+        if args.tokenizer == "deepseek-coder-vocab"
+        else load_tokenizer(ModelConfig(name=args.tokenizer))
+    )
     sources = [(args.data, {"prompt": ["instruction", "input"], "response": "output"})]
     if args.with_mbpp:
         sources.append(("mbpp/mbpp.jsonl", {"prompt": "text", "response": "code"}))
     data = []
     for path, columns in sources:
-        data += load_sft_data(DataConfig(
-            path=path, columns=columns, template=args.template,
-            # the paper's DeepSeek-Coder template for the plain variant
-            plain_prompt_format="### Instruction:\n{prompt}\n### Response:\n", max_length=args.max_length,
-        ), tokenizer).train
+        data += load_sft_data(
+            DataConfig(
+                path=path,
+                columns=columns,
+                template=args.template,
+                # the paper's DeepSeek-Coder template for the plain variant
+                plain_prompt_format="### Instruction:\n{prompt}\n### Response:\n",
+                max_length=args.max_length,
+            ),
+            tokenizer,
+        ).train
     order = epoch_permutation(len(data), args.seed, 0)
     batches = [[data[i] for i in order[s : s + args.batch]] for s in range(0, len(order) - args.batch + 1, args.batch)]
     stats, targets = {}, {}
@@ -95,10 +121,15 @@ def main() -> None:
     if len(set(targets.values())) != 1:
         sys.exit(f"loss tokens differ between collators: {targets}")
     lengths = sorted(len(ex.input_ids) for ex in data)
-    lines = ["| collator | rows | examples/row | real tokens | tensor positions | padding rate | loss tokens |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| collator | rows | examples/row | real tokens | tensor positions | padding rate | loss tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for mode, st in stats.items():
-        lines.append(f"| {mode} | {st.rows} | {st.examples_per_row:.2f} | {st.real_tokens} | {st.slots} | "
-                     f"{st.padding_rate:.1%} | {targets[mode]} |")
+        lines.append(
+            f"| {mode} | {st.rows} | {st.examples_per_row:.2f} | {st.real_tokens} | {st.slots} | "
+            f"{st.padding_rate:.1%} | {targets[mode]} |"
+        )
     table = "\n".join(lines)
     print(table)
     if not args.no_append:

@@ -63,7 +63,9 @@ def attention_rows(heads: int, kv_heads: int, head_dim: int, pos: torch.Tensor, 
         rows = {
             "per-example SDPA fwd": timed(lambda: per_example_causal_attention(q, k, v, lengths), repeats),
             "flex (compiled) fwd": timed(lambda: compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa), repeats),
-            "flex (eager) fwd": timed(lambda: flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa), max(1, repeats // 3)),
+            "flex (eager) fwd": timed(
+                lambda: flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa), max(1, repeats // 3)
+            ),
         }
     rows["per-example SDPA fwd+bwd"] = timed(per_example_fwd_bwd, repeats)
     rows["flex fwd+bwd"] = float("nan")  # NotImplementedError on CPU (torch 2.13)
@@ -85,7 +87,9 @@ def tiny_model_rows(pos: torch.Tensor, repeats: int) -> dict[str, float]:
         model = load_model(ModelConfig(name="tiny-random-llama", attn_implementation="sdpa"), vocab_size=49152).eval()
         use_padding_free_attention(model, path)
         with torch.no_grad():
-            rows[f"tiny model {label} fwd"] = timed(lambda m=model: m(input_ids=ids, position_ids=pos, use_cache=False), repeats)
+            rows[f"tiny model {label} fwd"] = timed(
+                lambda m=model: m(input_ids=ids, position_ids=pos, use_cache=False), repeats
+            )
     return rows
 
 
@@ -96,12 +100,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     pos = packed_positions(args.examples, args.seed)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, row {pos.shape[1]} tokens / {args.examples} examples")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, row {pos.shape[1]} tokens / {args.examples} examples"
+    )
     shapes = {"tiny (2 h / 1 kv × 32)": (2, 1, 32), "SmolLM2-135M (9 h / 3 kv × 64)": (9, 3, 64)}
     print("| shape | path | ms |\n|---|---|---|")
     for name, shape in shapes.items():
         for path, ms in attention_rows(*shape, pos, args.repeats).items():
-            print(f"| {name}, attention op | {path} | {ms:.1f} |" if not math.isnan(ms) else f"| {name}, attention op | {path} | no CPU backward |")
+            print(
+                f"| {name}, attention op | {path} | {ms:.1f} |"
+                if not math.isnan(ms)
+                else f"| {name}, attention op | {path} | no CPU backward |"
+            )
     for path, ms in tiny_model_rows(pos, args.repeats).items():
         print(f"| tiny random Llama (2 layers), whole model | {path} | {ms:.1f} |")
 

@@ -64,7 +64,9 @@ def worker(stage: str, n: int, args) -> dict:
         model, tokenizer = load_model_and_tokenizer(ModelConfig(name=args.ifd_model))
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            score_ifd(model, tokenizer, instructions, responses, Path(tmp) / "ifd.jsonl", max_length=1024, show_progress=False)
+            score_ifd(
+                model, tokenizer, instructions, responses, Path(tmp) / "ifd.jsonl", max_length=1024, show_progress=False
+            )
             seconds = time.perf_counter() - start
     elif stage == "embed":
         embed_texts(instructions[:8], show_progress=False)  # load the model outside the timing
@@ -89,7 +91,13 @@ def worker(stage: str, n: int, args) -> dict:
             assign = time.perf_counter() - start - trained
             seconds = trained / args.centroid_iterations * 300 + assign
             extra = {"s_per_iteration": trained / args.centroid_iterations}
-    return {"stage": stage, "n": n, "seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **extra}
+    return {
+        "stage": stage,
+        "n": n,
+        "seconds": seconds,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        **extra,
+    }
 
 
 def main() -> None:
@@ -98,8 +106,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="2000,8000,32000")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--ifd_model", default="tiny-random-llama")
-    parser.add_argument("--ifd_sizes", default="2000,4000,8000",
-                        help="IFD runs a language model over every row: its own (smaller) sizes keep the run short")
+    parser.add_argument(
+        "--ifd_sizes",
+        default="2000,4000,8000",
+        help="IFD runs a language model over every row: its own (smaller) sizes keep the run short",
+    )
     parser.add_argument("--budget", type=int, default=800, help="m for the centroid stage (fixed across N)")
     parser.add_argument("--centroid_iterations", type=int, default=20)
     parser.add_argument("--worker", nargs=2, metavar=("STAGE", "N"), help=argparse.SUPPRESS)
@@ -115,8 +126,19 @@ def main() -> None:
     stage_sizes = {stage: (ifd_sizes if stage == "ifd" else sizes) for stage in stages}
     for stage in stages:
         for n in stage_sizes[stage]:
-            cmd = [sys.executable, __file__, "--worker", stage, str(n), "--ifd_model", args.ifd_model,
-                   "--budget", str(args.budget), "--centroid_iterations", str(args.centroid_iterations)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                stage,
+                str(n),
+                "--ifd_model",
+                args.ifd_model,
+                "--budget",
+                str(args.budget),
+                "--centroid_iterations",
+                str(args.centroid_iterations),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{stage} at N={n} failed:\n{proc.stderr[-2000:]}")
@@ -128,19 +150,25 @@ def main() -> None:
         times = [results[stage, n]["seconds"] for n in ns]
         b = float(np.polyfit(np.log(ns), np.log(times), 1)[0]) if len(ns) > 1 else float("nan")
         for n in ns:
-            lines.append(f"| {stage} | {n:,} | {results[stage, n]['seconds']:.1f} | {results[stage, n]['peak_rss_gib']:.2f} | "
-                         f"{b:.2f} |" if n == ns[-1] else f"| {stage} | {n:,} | {results[stage, n]['seconds']:.1f} | "
-                         f"{results[stage, n]['peak_rss_gib']:.2f} | |")
+            lines.append(
+                f"| {stage} | {n:,} | {results[stage, n]['seconds']:.1f} | {results[stage, n]['peak_rss_gib']:.2f} | "
+                f"{b:.2f} |"
+                if n == ns[-1]
+                else f"| {stage} | {n:,} | {results[stage, n]['seconds']:.1f} | "
+                f"{results[stage, n]['peak_rss_gib']:.2f} | |"
+            )
     table = "\n".join(lines)
     print(table)
     if not args.no_append:
         with RESULTS.open("a") as fh:
             threads = os.environ.get("OMP_NUM_THREADS", "all")
-            fh.write(f"\n## Selection cost vs pool size (CodeAlpaca-2k replicated)\n\n- date: {dt.date.today().isoformat()}\n"
-                     f"- machine: CPU {platform.machine()} (2 cores; OMP_NUM_THREADS={threads})\n- command: `python {' '.join(sys.argv)}`\n"
-                     f"- IFD by {args.ifd_model}, max length 1024; embeddings all-MiniLM-L6-v2; K-means k=10; centroids "
-                     f"m={args.budget}, {args.centroid_iterations} iterations timed and scaled to 300, plus the nearest-unused "
-                     f"assignment\n\n{table}\n")
+            fh.write(
+                f"\n## Selection cost vs pool size (CodeAlpaca-2k replicated)\n\n- date: {dt.date.today().isoformat()}\n"
+                f"- machine: CPU {platform.machine()} (2 cores; OMP_NUM_THREADS={threads})\n- command: `python {' '.join(sys.argv)}`\n"
+                f"- IFD by {args.ifd_model}, max length 1024; embeddings all-MiniLM-L6-v2; K-means k=10; centroids "
+                f"m={args.budget}, {args.centroid_iterations} iterations timed and scaled to 300, plus the nearest-unused "
+                f"assignment\n\n{table}\n"
+            )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,12 @@ def mixed_pool(path: Path) -> int:
     from llmkit.data.loading import read_records
 
     rows = []
-    for name, q, a in (("gsm8k/train.jsonl", "question", "answer"), ("codealpaca/code_alpaca_2k.json", "instruction", "output"),
-                       ("scienceqa/test.jsonl", "question", "solution"), ("sst2/train.jsonl", "text", "label_text")):
+    for name, q, a in (
+        ("gsm8k/train.jsonl", "question", "answer"),
+        ("codealpaca/code_alpaca_2k.json", "instruction", "output"),
+        ("scienceqa/test.jsonl", "question", "solution"),
+        ("sst2/train.jsonl", "text", "label_text"),
+    ):
         for r in read_records(name):
             rows.append({"instruction": str(r.get(q) or ""), "output": str(r.get(a) or "-")})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -63,14 +67,24 @@ def main() -> None:
     budget = args.budget
     results = []
     for method in methods:
-        cfg = SelectConfig(method=method, data_path=data_path, budget=budget or 0.4, output_dir=f"{args.output_dir}/{args.pool}-{method}",
-                           cache_dir=args.cache_dir, ifd_max_length=args.ifd_max_length, iterations=args.iterations, **columns)
+        cfg = SelectConfig(
+            method=method,
+            data_path=data_path,
+            budget=budget or 0.4,
+            output_dir=f"{args.output_dir}/{args.pool}-{method}",
+            cache_dir=args.cache_dir,
+            ifd_max_length=args.ifd_max_length,
+            iterations=args.iterations,
+            **columns,
+        )
         summary = run_selection(cfg)
         if method == "cdas" and not budget:
             budget = float(summary["selected"])  # the other methods select as many as CDAS did
         results.append(summary)
-    lines = ["| method | pool | selected | nearest-selected cosine ↑ | cluster KL ↓ | subset mean IFD | select s | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | pool | selected | nearest-selected cosine ↑ | cluster KL ↓ | subset mean IFD | select s | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in results:
         ifd = f"{s['ifd']['selected_mean']:.3f}" if s["ifd"] else "-"
         note = ""
@@ -78,15 +92,19 @@ def main() -> None:
             note = f"J {s['centroid_loss']['first']:.3f} → {s['centroid_loss']['last']:.3f}"
         if s["ifd"]:
             note += f"pool mean IFD {s['ifd']['pool_mean']:.3f}, {s['ifd']['pool_at_least_max']} with IFD ≥ 1"
-        lines.append(f"| {s['method']} | {s['pool']} | {s['selected']} | {s['coverage']['mean_nearest_selected_cosine']:.4f} | "
-                     f"{s['coverage']['cluster_kl']:.4f} | {ifd} | {s['timings_s']['select_s']:.1f} | {note} |")
+        lines.append(
+            f"| {s['method']} | {s['pool']} | {s['selected']} | {s['coverage']['mean_nearest_selected_cosine']:.4f} | "
+            f"{s['coverage']['cluster_kl']:.4f} | {ifd} | {s['timings_s']['select_s']:.1f} | {note} |"
+        )
     table = "\n".join(lines)
     print(table)
     if not args.no_append:
-        section = (f"\n## Data selection on {args.pool}: coverage at equal subset size\n\n- date: {dt.date.today().isoformat()}\n"
-                   f"- machine: CPU {platform.machine()} (2 cores)\n- command: `python {' '.join(sys.argv)}`\n"
-                   f"- embeddings: all-MiniLM-L6-v2; clusters: K-means k = 10, seed 42 (the same clusters for every row); "
-                   f"coverage = mean over the pool of the cosine to the closest selected sample; KL(pool ‖ subset) of the cluster histograms\n\n{table}\n")
+        section = (
+            f"\n## Data selection on {args.pool}: coverage at equal subset size\n\n- date: {dt.date.today().isoformat()}\n"
+            f"- machine: CPU {platform.machine()} (2 cores)\n- command: `python {' '.join(sys.argv)}`\n"
+            f"- embeddings: all-MiniLM-L6-v2; clusters: K-means k = 10, seed 42 (the same clusters for every row); "
+            f"coverage = mean over the pool of the cosine to the closest selected sample; KL(pool ‖ subset) of the cluster histograms\n\n{table}\n"
+        )
         with RESULTS.open("a") as fh:
             fh.write(section)
 

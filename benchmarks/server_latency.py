@@ -52,16 +52,22 @@ def percentile(values: list[float], q: float) -> float:
 
 def short_round(url: str, count: int, tokens: int, timeout: float) -> dict:
     """`count` concurrent short chat requests; their statuses and latencies."""
-    bodies = [{"messages": [{"role": "user", "content": f"Name a colour. ({i})"}], "max_tokens": tokens,
-               "temperature": 0} for i in range(count)]
+    bodies = [
+        {"messages": [{"role": "user", "content": f"Name a colour. ({i})"}], "max_tokens": tokens, "temperature": 0}
+        for i in range(count)
+    ]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=count) as pool:
         results = list(pool.map(lambda b: post(url + "/chat/completions", b, timeout), bodies))
     latencies = [s for status, s in results if status == 200]
-    return {"requests": count, "answered": len(latencies), "wall_s": time.perf_counter() - started,
-            "p50": percentile(latencies, 0.5) if latencies else float("nan"),
-            "p99": percentile(latencies, 0.99) if latencies else float("nan"),
-            "max": max(latencies, default=float("nan"))}
+    return {
+        "requests": count,
+        "answered": len(latencies),
+        "wall_s": time.perf_counter() - started,
+        "p50": percentile(latencies, 0.5) if latencies else float("nan"),
+        "p99": percentile(latencies, 0.99) if latencies else float("nan"),
+        "max": max(latencies, default=float("nan")),
+    }
 
 
 def build_generator(name: str, batch_size: int):
@@ -86,8 +92,13 @@ def run(args) -> tuple[list[dict], dict]:
     try:
         post(server.url + "/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, 600)
         alone = short_round(server.url, args.short, args.short_tokens, args.timeout)
-        huge_body = {"prompt": "Write a long story about the sea. " * args.huge_prompt_repeats, "max_tokens": args.huge_tokens,
-                     "n": args.huge_n, "temperature": 1.0, "seed": 0}
+        huge_body = {
+            "prompt": "Write a long story about the sea. " * args.huge_prompt_repeats,
+            "max_tokens": args.huge_tokens,
+            "n": args.huge_n,
+            "temperature": 1.0,
+            "seed": 0,
+        }
         huge: dict = {}
         calls_before = len(server.batches)
 
@@ -104,8 +115,11 @@ def run(args) -> tuple[list[dict], dict]:
     finally:
         server.stop()
     alone["scenario"], loaded["scenario"] = "server idle", "one huge request generating"
-    huge.update(label=label, body={k: v for k, v in huge_body.items() if k != "prompt"},
-                prompt_tokens=len(generator.tokenizer(huge_body["prompt"])["input_ids"]))
+    huge.update(
+        label=label,
+        body={k: v for k, v in huge_body.items() if k != "prompt"},
+        prompt_tokens=len(generator.tokenizer(huge_body["prompt"])["input_ids"]),
+    )
     return [alone, loaded], huge
 
 
@@ -117,32 +131,43 @@ def main() -> None:
     parser.add_argument("--short_tokens", type=int, default=3)
     parser.add_argument("--huge_tokens", type=int, default=1024)
     parser.add_argument("--huge_n", type=int, default=4)
-    parser.add_argument("--huge_prompt_repeats", type=int, default=100, help="the huge prompt: a sentence this many times")
+    parser.add_argument(
+        "--huge_prompt_repeats", type=int, default=100, help="the huge prompt: a sentence this many times"
+    )
     parser.add_argument("--batch_size", type=int, default=32, help="server max_batch and hf batch size")
     parser.add_argument("--timeout", type=float, default=600.0, help="client timeout per short request (s)")
     parser.add_argument("--no_append", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     load_before = os.getloadavg()
     rows, huge = run(args)
-    lines = ["| scenario | short requests | answered | p50 s | p99 s | max s | round wall s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| scenario | short requests | answered | p50 s | p99 s | max s | round wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['scenario']} | {r['requests']} | {r['answered']} | {r['p50']:.2f} | {r['p99']:.2f} | "
-                     f"{r['max']:.2f} | {r['wall_s']:.1f} |")
+        lines.append(
+            f"| {r['scenario']} | {r['requests']} | {r['answered']} | {r['p50']:.2f} | {r['p99']:.2f} | "
+            f"{r['max']:.2f} | {r['wall_s']:.1f} |"
+        )
     table = "\n".join(lines)
-    huge_line = (f"huge request: {huge['body']}, {huge['prompt_tokens']}-token prompt; HTTP {huge['status']} after "
-                 f"{huge['seconds']:.1f} s; still generating when the last short reply arrived: "
-                 f"{'yes' if huge['running_throughout'] else 'no'}")
+    huge_line = (
+        f"huge request: {huge['body']}, {huge['prompt_tokens']}-token prompt; HTTP {huge['status']} after "
+        f"{huge['seconds']:.1f} s; still generating when the last short reply arrived: "
+        f"{'yes' if huge['running_throughout'] else 'no'}"
+    )
     print(table + "\n\n" + huge_line)
     if args.no_append:
         return
     date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
     with RESULTS.open("a") as fh:
-        fh.write(f"\n## Server latency under load: {args.short} concurrent short requests, {huge['label']} "
-                 f"(GeneratorServer, hf backend)\n\n- date: {date}\n"
-                 f"- machine: CPU {platform.machine()} ({os.cpu_count()} cores, shared; load average "
-                 f"{load_before[0]:.1f} at the start)\n- command: `python {' '.join(sys.argv)}`\n"
-                 f"- short requests: chat, greedy, max_tokens {args.short_tokens}; server max_batch {args.batch_size}, "
-                 f"default ServerLimits\n- {huge_line}\n\n{table}\n")
+        fh.write(
+            f"\n## Server latency under load: {args.short} concurrent short requests, {huge['label']} "
+            f"(GeneratorServer, hf backend)\n\n- date: {date}\n"
+            f"- machine: CPU {platform.machine()} ({os.cpu_count()} cores, shared; load average "
+            f"{load_before[0]:.1f} at the start)\n- command: `python {' '.join(sys.argv)}`\n"
+            f"- short requests: chat, greedy, max_tokens {args.short_tokens}; server max_batch {args.batch_size}, "
+            f"default ServerLimits\n- {huge_line}\n\n{table}\n"
+        )
 
 
 if __name__ == "__main__":

@@ -50,18 +50,31 @@ def run_mode(mode: str, packing: str, args) -> dict:
     label = packing
     attention = "model" if packing == "padding_free_masked" else "per_example"
     packing = "padding_free" if packing == "padding_free_masked" else packing
-    model_cfg = ModelConfig(name=args.model, lora=LoraAdapterConfig(r=16, alpha=32, dropout=0.0) if mode == "lora" else None)
+    model_cfg = ModelConfig(
+        name=args.model, lora=LoraAdapterConfig(r=16, alpha=32, dropout=0.0) if mode == "lora" else None
+    )
     model, tokenizer = load_model_and_tokenizer(model_cfg)
     data = load_sft_data(
-        DataConfig(path=args.data, columns={"prompt": ["instruction", "input"], "response": "output"},
-                   max_rows=args.rows, max_length=args.max_length),
+        DataConfig(
+            path=args.data,
+            columns={"prompt": ["instruction", "input"], "response": "output"},
+            max_rows=args.rows,
+            max_length=args.max_length,
+        ),
         tokenizer,
     )
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainerConfig(
-            output_dir=out, max_steps=args.steps, per_device_batch_size=args.batch, gradient_accumulation_steps=1,
-            learning_rate=2e-4 if mode == "lora" else 2e-5, lr_scheduler="constant", save_final_model=False,
-            packing=packing, packing_max_length=args.packing_max_length, padding_free_attention=attention,
+            output_dir=out,
+            max_steps=args.steps,
+            per_device_batch_size=args.batch,
+            gradient_accumulation_steps=1,
+            learning_rate=2e-4 if mode == "lora" else 2e-5,
+            lr_scheduler="constant",
+            save_final_model=False,
+            packing=packing,
+            packing_max_length=args.packing_max_length,
+            padding_free_attention=attention,
             # packing: random micro-batches as in the paper; otherwise the trainer's default length grouping
             group_by_length=packing == "none" and not args.no_group_by_length,
         )
@@ -73,8 +86,11 @@ def run_mode(mode: str, packing: str, args) -> dict:
         wall = time.time() - started
     rows = [r for r in trainer.history if "loss" in r][1:]  # the first step is warm-up
     seconds = sum(r["num_tokens"] / r["target_tokens_per_s"] for r in rows)
-    peak = (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    peak = (
+        (torch.cuda.max_memory_allocated() / 2**30)
+        if torch.cuda.is_available()
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "mode": mode,
@@ -104,8 +120,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--rows", type=int, default=512)
-    parser.add_argument("--packings", default="none",
-                        help="comma list of none, dynamic, padding_free, padding_free_masked (block-diagonal mask)")
+    parser.add_argument(
+        "--packings",
+        default="none",
+        help="comma list of none, dynamic, padding_free, padding_free_masked (block-diagonal mask)",
+    )
     parser.add_argument("--packing_max_length", type=int, default=2048)
     parser.add_argument("--no_group_by_length", action="store_true", help="packing none: random micro-batches")
     parser.add_argument("--no_append", action="store_true", help="print only; do not append to RESULTS.md")
@@ -125,8 +144,10 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.exit(f"{mode}/{packing} failed:\n{proc.stderr[-3000:]}")
             results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
-    header = ("| mode | packing | attention | group by length | precision | trainable M | s/step | input tok/s | target tok/s | padding | "
-              "examples/row | peak GiB | loss (last) | wall s |")
+    header = (
+        "| mode | packing | attention | group by length | precision | trainable M | s/step | input tok/s | target tok/s | padding | "
+        "examples/row | peak GiB | loss (last) | wall s |"
+    )
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in results:
         lines.append(

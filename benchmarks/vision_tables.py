@@ -42,8 +42,11 @@ def copy_block(folder: Path, readme: Path | None = None) -> str:
 
 def collect(root: Path, readme: Path | None = None) -> list[str]:
     """Copy every table.md under root (one folder per experiment) into the README."""
-    return [copy_block(table.parent, readme) for table in sorted(root.rglob("table.md"))
-            if (table.parent / "results.json").exists()]
+    return [
+        copy_block(table.parent, readme)
+        for table in sorted(root.rglob("table.md"))
+        if (table.parent / "results.json").exists()
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 from llmkit.errors import ConfigError, exit_on_user_error
-from llmkit.recipe import RECIPES_DIR as _RECIPES_DIR, recipe_verb
 from llmkit.launch import launch_command, run_launch
-from llmkit.recipe import ACCELERATE_CONFIGS_DIR, list_recipes
+from llmkit.recipe import ACCELERATE_CONFIGS_DIR, list_recipes, recipe_verb
+from llmkit.recipe import RECIPES_DIR as _RECIPES_DIR
 
 
 def _recipes_help() -> str:
@@ -77,14 +77,18 @@ def run_eval_command(argv: list[str]) -> int:
     task = get_task(cfg.task, cfg.data_path, cfg.timeout_s)
     if cfg.rescore:  # no model, no generation: the saved completions scored again
         results = rescore_eval(task, cfg)
-        print(f"{cfg.task}: {results['metrics']} (rescored; before: {results['rescored']['previous_metrics']}); "
-              f"results.json, samples.jsonl and report.md in {cfg.output_dir} rewritten")
+        print(
+            f"{cfg.task}: {results['metrics']} (rescored; before: {results['rescored']['previous_metrics']}); "
+            f"results.json, samples.jsonl and report.md in {cfg.output_dir} rewritten"
+        )
         return 0
     task.load(cfg.limit)  # fail on missing data before an engine spends minutes starting
     generator = build_generator(cfg.backend, cfg.model, cfg.batch_size, cfg.base_url)
     results = run_eval(task, generator, cfg)
-    print(f"{cfg.task}: {results['metrics']} ({results['num_problems']} problems, {results['wall_seconds']} s); "
-          f"results.json, samples.jsonl and report.md are in {cfg.output_dir}")
+    print(
+        f"{cfg.task}: {results['metrics']} ({results['num_problems']} problems, {results['wall_seconds']} s); "
+        f"results.json, samples.jsonl and report.md are in {cfg.output_dir}"
+    )
     return 0
 
 
@@ -94,16 +98,20 @@ def run_select_command(argv: list[str]) -> int:
     from llmkit.data.selection.run import SelectConfig, run_selection
 
     if wants_help(argv):
-        print("usage: llmkit select [--config FILE] --method M --data_path P [--key value ...]\n\nkeys (YAML or command line):")
+        print(
+            "usage: llmkit select [--config FILE] --method M --data_path P [--key value ...]\n\nkeys (YAML or command line):"
+        )
         print(options_help(SelectConfig))
         return 0
     path, overrides = split_config_arg(argv)
     cfg = load_config(SelectConfig, path, overrides)
     summary = run_selection(cfg)
     cov = summary["coverage"]
-    print(f"{cfg.method}: selected {summary['selected']} of {summary['pool']} "
-          f"(nearest-selected cosine {cov['mean_nearest_selected_cosine']:.4f}, cluster KL {cov['cluster_kl']:.4f}); "
-          f"subset.jsonl, selection.json and report.md are in {cfg.output_dir}")
+    print(
+        f"{cfg.method}: selected {summary['selected']} of {summary['pool']} "
+        f"(nearest-selected cosine {cov['mean_nearest_selected_cosine']:.4f}, cluster KL {cov['cluster_kl']:.4f}); "
+        f"subset.jsonl, selection.json and report.md are in {cfg.output_dir}"
+    )
     return 0
 
 
@@ -115,7 +123,7 @@ SERVER_LIMIT_HELP = {
     "max_queue": "most requests waiting for the model (503 + Retry-After above)",
     "max_connections": "most open connections (503 above)",
     "long_request_tokens": "requests estimated above this many decoding steps run in their own lane, "
-                           "so they never delay shorter ones",
+    "so they never delay shorter ones",
 }
 
 
@@ -125,8 +133,9 @@ def _add_server_limit_options(parser) -> None:
 
     defaults = ServerLimits()
     for name, text in SERVER_LIMIT_HELP.items():
-        parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name),
-                            help=f"with --safety: {text}; default %(default)s")
+        parser.add_argument(
+            f"--{name}", type=int, default=getattr(defaults, name), help=f"with --safety: {text}; default %(default)s"
+        )
 
 
 def _server_limits(args):
@@ -143,19 +152,32 @@ def run_safety_serve(args) -> int:
     from llmkit.safety.system import load_safethinker
 
     if not args.gateway:
-        raise ConfigError("llmkit serve --safety safethinker needs --gateway FILE (written by recipes/safethinker/evaluate.py)")
+        raise ConfigError(
+            "llmkit serve --safety safethinker needs --gateway FILE (written by recipes/safethinker/evaluate.py)"
+        )
     settings = DDGTConfig(threshold=args.ddgt_threshold, alpha=args.ddgt_alpha)
     limits = _server_limits(args)  # checked before the models load: a typo should cost a second
-    print(f"llmkit serve: SafeThinker over twin {args.output_dir}, gateway {args.gateway} ({settings}; {limits})",
-          file=sys.stderr, flush=True)
+    print(
+        f"llmkit serve: SafeThinker over twin {args.output_dir}, gateway {args.gateway} ({settings}; {limits})",
+        file=sys.stderr,
+        flush=True,
+    )
     if args.dry_run:
         return 0
     system = load_safethinker(args.output_dir, args.gateway, base=args.base, settings=settings)
     from pathlib import Path
 
-    server = GeneratorServer(system, args.name or Path(args.output_dir).resolve().name, args.host, args.port,
-                             max_batch=args.max_batch, limits=limits)
-    print(f"llmkit serve: listening on {server.url} as model {server.model!r} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    server = GeneratorServer(
+        system,
+        args.name or Path(args.output_dir).resolve().name,
+        args.host,
+        args.port,
+        max_batch=args.max_batch,
+        limits=limits,
+    )
+    print(
+        f"llmkit serve: listening on {server.url} as model {server.model!r} (Ctrl-C stops)", file=sys.stderr, flush=True
+    )
     server.serve_forever()
     return 0
 
@@ -209,26 +231,36 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("env", help="print versions and what is usable here (GPU, vLLM, DeepSpeed, FlashAttention)")
     train = sub.add_parser(
-        "train", add_help=False, help="run a recipe: llmkit train RECIPE --config FILE [--section.key value ...]",
-        epilog=_recipes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train",
+        add_help=False,
+        help="run a recipe: llmkit train RECIPE --config FILE [--section.key value ...]",
+        epilog=_recipes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # No argparse help here: `llmkit train sft --help` reaches the recipe, which lists its --section.key options.
     train.add_argument("recipe", nargs="?", help="recipe folder name under recipes/ (then --help lists its options)")
     train.add_argument("--accelerate_config", help="name of a file in accelerate_configs/ (e.g. cpu_ddp, zero2)")
     train.add_argument("--num_processes", type=int, help="override the accelerate config's process count")
     run = sub.add_parser(
-        "run", add_help=False, help="run an experiment recipe (no training): llmkit run RECIPE --config FILE [...]",
-        epilog=_recipes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        "run",
+        add_help=False,
+        help="run an experiment recipe (no training): llmkit run RECIPE --config FILE [...]",
+        epilog=_recipes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("recipe", nargs="?", help="experiment folder name under recipes/ (then --help lists its options)")
     export = sub.add_parser("export", help="write a plain HF folder (LoRA merged) that vllm serve loads")
     export.add_argument("output_dir", help="a folder saved by a recipe (full model or LoRA adapter)")
     export.add_argument("export_dir", help="where to write the merged model")
     sub.add_parser(
-        "eval", add_help=False, help="evaluate a model on a task: llmkit eval --task humaneval --model M [--backend hf] [--limit N] ...",
+        "eval",
+        add_help=False,
+        help="evaluate a model on a task: llmkit eval --task humaneval --model M [--backend hf] [--limit N] ...",
     )
     sub.add_parser(
-        "select", add_help=False, help="select training data: llmkit select --method cdas|distribution|random|ifd|kcenter --data_path P ...",
+        "select",
+        add_help=False,
+        help="select training data: llmkit select --method cdas|distribution|random|ifd|kcenter --data_path P ...",
     )
     serve = sub.add_parser("serve", help="serve a trained model with vLLM's OpenAI-compatible server")
     serve.add_argument("output_dir", help="a model folder or a folder saved by a recipe (full model or LoRA adapter)")
@@ -237,9 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--name", help="model name clients send (default: the folder name)")
     serve.add_argument("--max_model_len", type=int, default=2048)
     serve.add_argument("--dry_run", action="store_true", help="print the plan and the command, start nothing")
-    serve.add_argument("--safety", choices=["safethinker"],
-                       help="serve OUTPUT_DIR (a SATE twin) behind SafeThinker's router instead of plain vLLM; "
-                            "the route taken comes back in each reply's 'safethinker' field")
+    serve.add_argument(
+        "--safety",
+        choices=["safethinker"],
+        help="serve OUTPUT_DIR (a SATE twin) behind SafeThinker's router instead of plain vLLM; "
+        "the route taken comes back in each reply's 'safethinker' field",
+    )
     serve.add_argument("--gateway", help="with --safety: the gateway JSON written by recipes/safethinker/evaluate.py")
     serve.add_argument("--base", help="with --safety: the base model (default: the twin adapter's base)")
     serve.add_argument("--ddgt_threshold", type=float, default=0.9, help="with --safety: DDGT steers when cos < this")
@@ -248,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_server_limit_options(serve)
     demo = sub.add_parser("demo", help="the end-to-end demo on embedded defaults (SmolLM2 + CodeAlpaca)")
     demo.add_argument("--output_dir", default="outputs/demo")
-    demo.add_argument("--tiny", action="store_true", help="tiny random model and a few rows: checks the pipeline in about a minute")
+    demo.add_argument(
+        "--tiny", action="store_true", help="tiny random model and a few rows: checks the pipeline in about a minute"
+    )
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "env":
@@ -261,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             train.print_help()
             return 0 if wants_recipe_help(rest) else 2
         if recipe_verb(args.recipe) == "run":
-            raise ConfigError(f"recipe '{args.recipe}' has no training step; run it with: llmkit run {args.recipe} --config FILE")
+            raise ConfigError(
+                f"recipe '{args.recipe}' has no training step; run it with: llmkit run {args.recipe} --config FILE"
+            )
         cmd = launch_command(args.recipe, args.accelerate_config, args.num_processes, rest)
         print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
         if wants_recipe_help(rest):

@@ -204,9 +204,7 @@ def resolve_key(cls: type, key: str) -> list[str]:
         if len(owners) == 1:
             return [owners[0], key]
         if len(owners) > 1:
-            raise ConfigError(
-                f"override '--{key}' is ambiguous: it is in sections {owners}; write --{owners[0]}.{key}"
-            )
+            raise ConfigError(f"override '--{key}' is ambiguous: it is in sections {owners}; write --{owners[0]}.{key}")
     all_keys = list(hints)
     for name, tp in hints.items():
         _, inner = _is_optional(tp)

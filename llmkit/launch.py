@@ -35,7 +35,9 @@ def launch_command(recipe: str, accelerate_config: str | None, num_processes: in
 
 
 # The lines a recipe prints for bad input (exit_on_user_error) and the exception names it may raise.
-_USEFUL = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:llmkit: error:|error:|(?:\w+\.)*(?:LlmkitError|ConfigError|DataError)\b)")
+_USEFUL = re.compile(
+    r"^(?:\[rank\d+\]:\s*)?(?:llmkit: error:|error:|(?:\w+\.)*(?:LlmkitError|ConfigError|DataError)\b)"
+)
 
 
 def first_useful_line(log: str) -> str | None:
@@ -57,8 +59,11 @@ def run_launch(cmd: list[str], multi_process: bool, log_dir: str | os.PathLike |
     folder = Path(log_dir) if log_dir else Path(tempfile.gettempdir())
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="llmkit-launch-", suffix=".log", dir=folder)
-    print(f"(the processes' stderr, progress bars included, goes to {name}; `tail -f` it to follow)",
-          file=sys.stderr, flush=True)
+    print(
+        f"(the processes' stderr, progress bars included, goes to {name}; `tail -f` it to follow)",
+        file=sys.stderr,
+        flush=True,
+    )
     with os.fdopen(fd, "w") as log:
         code = subprocess.call(cmd, env=dict(os.environ), stderr=log)
     if code != 0:
@@ -67,7 +72,9 @@ def run_launch(cmd: list[str], multi_process: bool, log_dir: str | os.PathLike |
         if line is None:  # not an llmkit error: show the tail, which names the exception
             tail = [l for l in text.splitlines() if l.strip()][-3:]
             line = " | ".join(tail) or f"exit status {code}"
-        print(f"{line}\n(multi-process launch failed with status {code}; full log: {name})", file=sys.stderr, flush=True)
+        print(
+            f"{line}\n(multi-process launch failed with status {code}; full log: {name})", file=sys.stderr, flush=True
+        )
     else:
         Path(name).unlink(missing_ok=True)
     return code

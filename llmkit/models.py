@@ -276,8 +276,9 @@ def lora_rank(adapter_dir: str | os.PathLike) -> int:
     return max([int(cfg.get("r", 0))] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()])
 
 
-def export_merged(output_dir: str | os.PathLike, export_dir: str | os.PathLike,
-                  extra_files: dict[str, str] | None = None) -> Path:
+def export_merged(
+    output_dir: str | os.PathLike, export_dir: str | os.PathLike, extra_files: dict[str, str] | None = None
+) -> Path:
     """Write a plain HF folder (LoRA merged into the base) that `vllm serve` and transformers load.
 
     The folder appears whole or not at all (written beside it, then renamed); `extra_files` (name → text)
@@ -310,14 +311,18 @@ def model_fingerprint(model: str) -> str | None:
     path = Path(model)
     if not path.exists():
         return None
-    files = [path] if path.is_file() else sorted(
-        f for f in path.iterdir() if f.is_file() and (f.suffix in MODEL_FILE_SUFFIXES or f.name in MODEL_FILE_NAMES))
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            f for f in path.iterdir() if f.is_file() and (f.suffix in MODEL_FILE_SUFFIXES or f.name in MODEL_FILE_NAMES)
+        )
+    )
     digest = hashlib.sha256()
     for f in files:
         stat = f.stat()
         digest.update(f"{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
-
 
 
 MERGED_FOLDER = "merged-for-serving"
@@ -339,7 +344,10 @@ def merged_for_serving(output_dir: str | os.PathLike) -> Path:
     # and reuses the copy, instead of replacing it while the first one's engine is loading it
     with open(folder / ".merged-for-serving.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (merged / "config.json").is_file() and (merged / MERGED_STAMP).is_file() \
-                and (merged / MERGED_STAMP).read_text() == stamp:
+        if (
+            (merged / "config.json").is_file()
+            and (merged / MERGED_STAMP).is_file()
+            and (merged / MERGED_STAMP).read_text() == stamp
+        ):
             return merged
         return export_merged(folder, merged, extra_files={MERGED_STAMP: stamp})

@@ -48,7 +48,9 @@ def parse_recipe_args(cls: type[C], argv: list[str] | None = None) -> C:
     """`--config PATH` plus `--section.key value` overrides → a typed recipe config (`--help` lists the keys)."""
     argv = sys.argv[1:] if argv is None else argv
     if wants_help(argv):
-        print(f"usage: {Path(sys.argv[0]).name} --config FILE [--section.key value ...]\n\nkeys (YAML or command line):")
+        print(
+            f"usage: {Path(sys.argv[0]).name} --config FILE [--section.key value ...]\n\nkeys (YAML or command line):"
+        )
         print(options_help(cls))
         raise SystemExit(0)
     path, overrides = split_config_arg(argv)

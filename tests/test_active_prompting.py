@@ -10,10 +10,25 @@ import pytest
 
 from llmkit.generation.types import Completion, GenerationOutput, Generator, SamplingParams
 from llmkit.prompting.active import (
-    balanced_sample, bio_to_entities, combine_uncertainties, content_uncertainty, difficulty_cells,
-    format_ie_answer, format_uncertainty, generation_disagreement, heuristic_complexity, ie_metrics,
-    mcq_uncertainties, minmax, parse_ie_output, read_conll, select_active_prompt, select_apie, select_cams,
-    sentence_f1, top_k,
+    balanced_sample,
+    bio_to_entities,
+    combine_uncertainties,
+    content_uncertainty,
+    difficulty_cells,
+    format_ie_answer,
+    format_uncertainty,
+    generation_disagreement,
+    heuristic_complexity,
+    ie_metrics,
+    mcq_uncertainties,
+    minmax,
+    parse_ie_output,
+    read_conll,
+    select_active_prompt,
+    select_apie,
+    select_cams,
+    sentence_f1,
+    top_k,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +48,12 @@ def _parse(texts):
 
 def test_parse_ie_output_requires_fence_json_and_schema():
     assert parse_ie_output(GOOD) == frozenset({("person", "Ann")})
-    for bad in ['{"entities": []}',                                   # no fence
-                '```json\n{"entities": [{"type": "person", "text": "Ann"}\n```',   # malformed JSON
-                '```json\n{"entities": [{"type": "animal", "text": "cat"}]}\n```',  # type outside the schema
-                '```json\n{"ents": []}\n```']:                          # missing key
+    for bad in [
+        '{"entities": []}',  # no fence
+        '```json\n{"entities": [{"type": "person", "text": "Ann"}\n```',  # malformed JSON
+        '```json\n{"entities": [{"type": "animal", "text": "cat"}]}\n```',  # type outside the schema
+        '```json\n{"ents": []}\n```',
+    ]:  # missing key
         with pytest.raises(ValueError):
             parse_ie_output(bad)
 
@@ -51,8 +68,8 @@ def test_malformed_json_raises_format_uncertainty():
 def test_disagreeing_entity_sets_raise_content_uncertainty():
     agree = content_uncertainty(_parse([GOOD, GOOD, GOOD]))
     disagree = content_uncertainty(_parse([GOOD, OTHER, GOOD]))
-    assert agree == pytest.approx(-1 / 3)           # J = 1, divided by 3 components as the paper's code
-    assert disagree == pytest.approx(0.0)           # ∩ empty → J = 0
+    assert agree == pytest.approx(-1 / 3)  # J = 1, divided by 3 components as the paper's code
+    assert disagree == pytest.approx(0.0)  # ∩ empty → J = 0
     assert disagree > agree
     # {a,b} and {a}: J = 1/2 → U_c = -1/6 ; no valid sample → J = 0 ; empty union → J = 1
     assert content_uncertainty([{("p", "a"), ("p", "b")}, {("p", "a")}]) == pytest.approx(-1 / 6)
@@ -101,7 +118,7 @@ def test_bio_to_entities_and_conll(tmp_path):
 def test_f1_metrics_by_hand():
     gold = [frozenset({("person", "Ann"), ("location", "Paris")}), frozenset(), frozenset({("person", "Bob")})]
     preds = [frozenset({("person", "Ann")}), frozenset(), None]
-    assert sentence_f1(preds[0], gold[0]) == pytest.approx(2 / 3)   # 2·1 / (2 + 0 + 1)
+    assert sentence_f1(preds[0], gold[0]) == pytest.approx(2 / 3)  # 2·1 / (2 + 0 + 1)
     assert sentence_f1(frozenset(), frozenset()) == 1.0
     m = ie_metrics(preds, gold)
     assert m["f1_sentence"] == pytest.approx((2 / 3 + 1 + 0) / 3)
@@ -112,7 +129,7 @@ def test_f1_metrics_by_hand():
 
 def test_cells_and_exact_quotas():
     u = [0.2, 0.8, 0.6, 0.4, 1.0, 0.2, 0.6, 0.4]
-    c = [1, 2, 3, 4, 5, 6, 7, 8]               # median 4.5: high = items 4..7
+    c = [1, 2, 3, 4, 5, 6, 7, 8]  # median 4.5: high = items 4..7
     cells = difficulty_cells(u, c)
     assert cells == {"hard_high": [4, 6], "hard_low": [1, 2], "easy_high": [5, 7], "easy_low": [0, 3]}
     for seed in range(5):
@@ -152,13 +169,15 @@ class FakeGenerator(Generator):
 
 def test_select_apie_ranks_confused_items_first():
     pool = [{"text": f"t{i}", "entities": []} for i in range(4)]
-    script = [[GOOD, GOOD, GOOD],                       # certain
-              ["garbage", "more garbage!", GOOD],       # format-confused
-              [GOOD, OTHER, GOOD],                      # content-confused
-              [GOOD, GOOD, GOOD]]
+    script = [
+        [GOOD, GOOD, GOOD],  # certain
+        ["garbage", "more garbage!", GOOD],  # format-confused
+        [GOOD, OTHER, GOOD],  # content-confused
+        [GOOD, GOOD, GOOD],
+    ]
     gen = FakeGenerator(script)
     sel = select_apie(gen, pool, SamplingParams(n=3, temperature=0.8), k_shot=2)
-    assert gen.calls == [(4, 3)]                         # one batched call over the n-sample primitive
+    assert gen.calls == [(4, 3)]  # one batched call over the n-sample primitive
     assert sel.scores["u_f"] == pytest.approx([0, 2 / 3, 0, 0])
     assert set(sel.indices) == {1, 2}
     act = select_apie(gen, pool, SamplingParams(n=3, temperature=0.8), k_shot=1, mode="actprompt")
@@ -191,9 +210,18 @@ def test_recipe_runs_end_to_end_with_fake_generator(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "build_generator", lambda *a, **k: FakeGenerator([[GOOD, OTHER, "x"], ["(A)", "B"]]))
     data = tmp_path / "w.conll"
     data.write_text("".join(f"Ann\tB-person\nw{i}\tO\n\n" for i in range(12)))
-    res = mod.main(["--config", str(ROOT / "recipes/active_prompting/configs/tiny_cpu.yaml"),
-                    "--run.output_dir", str(tmp_path / "out"), "--apie.data_path", str(data),
-                    "--run.experiments", "[apie]"])
+    res = mod.main(
+        [
+            "--config",
+            str(ROOT / "recipes/active_prompting/configs/tiny_cpu.yaml"),
+            "--run.output_dir",
+            str(tmp_path / "out"),
+            "--apie.data_path",
+            str(data),
+            "--run.experiments",
+            "[apie]",
+        ]
+    )
     assert set(res["apie"]) >= {"zero_shot", "random", "actprompt", "apie"}
     # greedy evaluation takes the first scripted text: GOOD for even prompts, "(A)" (no JSON) for odd ones
     assert np.isclose(res["apie"]["zero_shot"]["format_failure_rate"], 0.5)

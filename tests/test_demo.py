@@ -34,8 +34,9 @@ def test_tiny_demo_runs_every_stage(tmp_path, monkeypatch):
 def test_paired_table_counts(tmp_path):
     def write(folder, passed):
         folder.mkdir()
-        (folder / "samples.jsonl").write_text("".join(
-            json.dumps({"id": f"P/{i}", "completions": [{"passed": p}]}) + "\n" for i, p in enumerate(passed)))
+        (folder / "samples.jsonl").write_text(
+            "".join(json.dumps({"id": f"P/{i}", "completions": [{"passed": p}]}) + "\n" for i, p in enumerate(passed))
+        )
 
     write(tmp_path / "b", [True, True, False, False])
     write(tmp_path / "t", [True, False, True, False])

@@ -6,14 +6,23 @@ import importlib.util
 
 import pytest
 import torch
-
 from conftest import TINY_CONFIG, load_weights, read_metrics, run_sft
 
 pytestmark = pytest.mark.distributed
 
 BASE = [
-    "--config", str(TINY_CONFIG), "--trainer.max_steps", "5", "--trainer.eval_steps", "0",
-    "--data.max_length", "64", "--data.max_rows", "48", "--trainer.learning_rate", "1e-2",
+    "--config",
+    str(TINY_CONFIG),
+    "--trainer.max_steps",
+    "5",
+    "--trainer.eval_steps",
+    "0",
+    "--data.max_length",
+    "64",
+    "--data.max_rows",
+    "48",
+    "--trainer.learning_rate",
+    "1e-2",
 ]
 
 
@@ -21,8 +30,19 @@ BASE = [
 def one_process_reference(tmp_path_factory):
     """1 process × 2 per device × 4 accumulation = global batch 8."""
     one = tmp_path_factory.mktemp("reference") / "one"
-    p1 = run_sft(BASE + ["--trainer.output_dir", str(one), "--trainer.per_device_batch_size", "2",
-                         "--trainer.gradient_accumulation_steps", "4", "--trainer.save_steps", "0"])
+    p1 = run_sft(
+        BASE
+        + [
+            "--trainer.output_dir",
+            str(one),
+            "--trainer.per_device_batch_size",
+            "2",
+            "--trainer.gradient_accumulation_steps",
+            "4",
+            "--trainer.save_steps",
+            "0",
+        ]
+    )
     assert p1.returncode == 0, p1.stderr[-3000:]
     assert "distributed: NO, 1 process(es), global batch 8" in p1.stderr
     return one
@@ -32,9 +52,20 @@ def test_ddp_two_processes_equal_one_process_same_global_batch(tmp_path, one_pro
     one = one_process_reference
     two = tmp_path / "two"
     # global batch 8 both ways: 1 process × 2 per device × 4 accumulation; 2 processes × 2 × 2.
-    p2 = run_sft(BASE + ["--trainer.output_dir", str(two), "--trainer.per_device_batch_size", "2",
-                         "--trainer.gradient_accumulation_steps", "2", "--trainer.save_steps", "0"],
-                 accelerate_config="cpu_ddp.yaml")
+    p2 = run_sft(
+        BASE
+        + [
+            "--trainer.output_dir",
+            str(two),
+            "--trainer.per_device_batch_size",
+            "2",
+            "--trainer.gradient_accumulation_steps",
+            "2",
+            "--trainer.save_steps",
+            "0",
+        ],
+        accelerate_config="cpu_ddp.yaml",
+    )
     assert p2.returncode == 0, p2.stderr[-3000:]
     assert "distributed: MULTI_CPU, 2 process(es), global batch 8" in p2.stderr  # really DDP
     l1, l2 = read_metrics(one), read_metrics(two)
@@ -50,8 +81,16 @@ def test_ddp_two_processes_equal_one_process_same_global_batch(tmp_path, one_pro
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_on_cpu_trains_saves_and_resumes(tmp_path, stage, one_process_reference):
     out = tmp_path / stage
-    args = BASE + ["--trainer.output_dir", str(out), "--trainer.per_device_batch_size", "2",
-                   "--trainer.gradient_accumulation_steps", "2", "--trainer.save_steps", "5"]
+    args = BASE + [
+        "--trainer.output_dir",
+        str(out),
+        "--trainer.per_device_batch_size",
+        "2",
+        "--trainer.gradient_accumulation_steps",
+        "2",
+        "--trainer.save_steps",
+        "5",
+    ]
     first = run_sft(args, accelerate_config=f"{stage}.yaml")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "distributed: DEEPSPEED, 2 process(es), global batch 8" in first.stderr
@@ -75,7 +114,13 @@ def test_deepspeed_on_cpu_trains_saves_and_resumes(tmp_path, stage, one_process_
 
 def test_unsynchronised_multi_process_launch_is_refused(tmp_path):
     """FSDP without CUDA: accelerate would start 2 unwrapped processes that never sync gradients."""
-    proc = run_sft(BASE + ["--trainer.output_dir", str(tmp_path / "fsdp")], accelerate_config="fsdp2.yaml",
-                   launch_args=("--num_processes", "2"))
+    proc = run_sft(
+        BASE + ["--trainer.output_dir", str(tmp_path / "fsdp")],
+        accelerate_config="fsdp2.yaml",
+        launch_args=("--num_processes", "2"),
+    )
     assert proc.returncode != 0
-    assert "error: 2 processes were launched but accelerate set up no data parallelism (FSDP needs CUDA devices)" in proc.stderr
+    assert (
+        "error: 2 processes were launched but accelerate set up no data parallelism (FSDP needs CUDA devices)"
+        in proc.stderr
+    )

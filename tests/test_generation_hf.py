@@ -57,20 +57,23 @@ def test_sampling_params_validation():
         SamplingParams(top_p=0)
 
 
-@pytest.mark.parametrize("omp, available, total, load, current, expected", [
-    ("1", 16, 16, 0.0, 16, 1),        # OMP_NUM_THREADS is obeyed ...
-    ("6", 2, 2, 5.0, 2, 6),           # ... even above the free cores: the user asked
-    ("4,2", 8, 8, 0.0, 8, 4),         # a nested list: its first entry
-    (None, 2, 2, 0.1, 2, 2),          # an idle 2-core box: both cores
-    (None, 2, 2, 1.2, 2, 1),          # one core busy with other work: one thread
-    (None, 2, 2, 4.5, 2, 1),          # overloaded: never below 1
-    (None, 4, 64, 10.0, 32, 4),       # affinity limits a big machine to 4 cores
-    (None, 64, 64, 40.0, 32, 24),     # 24 cores free
-    (None, 64, 64, 0.0, 32, 32),      # never more than torch would use (physical cores)
-    ("", 8, 8, 2.0, 8, 6),            # empty, zero or junk OMP_NUM_THREADS: ignored
-    ("0", 8, 8, 2.0, 8, 6),
-    ("many", 8, 8, 2.0, 8, 6),
-])
+@pytest.mark.parametrize(
+    "omp, available, total, load, current, expected",
+    [
+        ("1", 16, 16, 0.0, 16, 1),  # OMP_NUM_THREADS is obeyed ...
+        ("6", 2, 2, 5.0, 2, 6),  # ... even above the free cores: the user asked
+        ("4,2", 8, 8, 0.0, 8, 4),  # a nested list: its first entry
+        (None, 2, 2, 0.1, 2, 2),  # an idle 2-core box: both cores
+        (None, 2, 2, 1.2, 2, 1),  # one core busy with other work: one thread
+        (None, 2, 2, 4.5, 2, 1),  # overloaded: never below 1
+        (None, 4, 64, 10.0, 32, 4),  # affinity limits a big machine to 4 cores
+        (None, 64, 64, 40.0, 32, 24),  # 24 cores free
+        (None, 64, 64, 0.0, 32, 32),  # never more than torch would use (physical cores)
+        ("", 8, 8, 2.0, 8, 6),  # empty, zero or junk OMP_NUM_THREADS: ignored
+        ("0", 8, 8, 2.0, 8, 6),
+        ("many", 8, 8, 2.0, 8, 6),
+    ],
+)
 def test_thread_choice(omp, available, total, load, current, expected):
     from llmkit.generation.hf import choose_threads
 

@@ -8,20 +8,29 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT, subprocess_env
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
 
-ARM_ROWS = ["plain packed loop", "llmkit none", "llmkit dynamic", "llmkit padding_free", "llmkit token-budget",
-            "transformers Trainer"]
+ARM_ROWS = [
+    "plain packed loop",
+    "llmkit none",
+    "llmkit dynamic",
+    "llmkit padding_free",
+    "llmkit token-budget",
+    "transformers Trainer",
+]
 
 
 def test_pick_wheel_takes_this_pythons_build_or_a_universal_one():
-    files = ["xxhash-4.1.0-cp311-cp311-manylinux2014_x86_64.whl", "xxhash-4.1.0-cp312-cp312-manylinux2014_x86_64.whl",
-             "multiprocess-0.70.19-py311-none-any.whl", "multiprocess-0.70.19-py312-none-any.whl",
-             "trl-1.16.0-py3-none-any.whl"]
+    files = [
+        "xxhash-4.1.0-cp311-cp311-manylinux2014_x86_64.whl",
+        "xxhash-4.1.0-cp312-cp312-manylinux2014_x86_64.whl",
+        "multiprocess-0.70.19-py311-none-any.whl",
+        "multiprocess-0.70.19-py312-none-any.whl",
+        "trl-1.16.0-py3-none-any.whl",
+    ]
     assert gpu_check.pick_wheel(files, "xxhash", (3, 11)) == files[0]
     assert gpu_check.pick_wheel(files, "multiprocess", (3, 12)) == files[3]
     assert gpu_check.pick_wheel(files, "trl", (3, 10)) == files[4]
@@ -30,10 +39,23 @@ def test_pick_wheel_takes_this_pythons_build_or_a_universal_one():
 
 
 def test_table_by_hand():
-    plain = gpu_check.ArmResult("plain packed loop", steps=2, target_tokens=1000, real_tokens=2000, seconds=2.0,
-                                peak_gib=1.5, extra={"params": 1_000_000, "tokens_per_step": 1000})
-    slow = gpu_check.ArmResult("llmkit none", steps=2, target_tokens=500, real_tokens=900, seconds=2.0,
-                               extra={"params": 1_000_000, "tokens_per_step": 450})
+    plain = gpu_check.ArmResult(
+        "plain packed loop",
+        steps=2,
+        target_tokens=1000,
+        real_tokens=2000,
+        seconds=2.0,
+        peak_gib=1.5,
+        extra={"params": 1_000_000, "tokens_per_step": 1000},
+    )
+    slow = gpu_check.ArmResult(
+        "llmkit none",
+        steps=2,
+        target_tokens=500,
+        real_tokens=900,
+        seconds=2.0,
+        extra={"params": 1_000_000, "tokens_per_step": 450},
+    )
     skipped = gpu_check.ArmResult("TRL SFTTrainer(packing=True)", note="skipped: trl/datasets not importable")
     table = gpu_check.format_table([plain, slow, skipped], peak=1e9)
     rows = table.splitlines()
@@ -49,9 +71,26 @@ def test_cpu_tiny_mode_prints_and_records_every_arm(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# results\n")
     env = subprocess_env(PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--tiny",
-                           "--steps", "2", "--warmup", "1", "--results", str(results)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(REPO_ROOT / "benchmarks" / "gpu_check.sh"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--results",
+            str(results),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = results.read_text()
     assert "## GPU check (cpu): tiny" in text and "- machine: CPU" in text

@@ -17,16 +17,32 @@ def even_length_reward(text, record):
 
 
 def make_trainer(tmp_path, tokenizer, settings=None, **overrides):
-    cfg = dict(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=2,
-               learning_rate=1e-3, lr_scheduler="constant", save_final_model=False)
+    cfg = dict(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        save_final_model=False,
+    )
     cfg.update(overrides)
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
     prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i), "index": 10 + i} for i in range(8)]
-    return GRPOTrainer(TrainerConfig(**cfg), settings or GRPOMethodConfig(max_new_tokens=12), model, tokenizer, prompts, even_length_reward)
+    return GRPOTrainer(
+        TrainerConfig(**cfg),
+        settings or GRPOMethodConfig(max_new_tokens=12),
+        model,
+        tokenizer,
+        prompts,
+        even_length_reward,
+    )
 
 
 def test_grpo_steps_log_rollout_metrics_and_update_state(tmp_path, tokenizer, fresh_accelerate_state):
-    trainer = make_trainer(tmp_path, tokenizer, GRPOMethodConfig(max_new_tokens=12, entropy_mode="me", length_reward=True))
+    trainer = make_trainer(
+        tmp_path, tokenizer, GRPOMethodConfig(max_new_tokens=12, entropy_mode="me", length_reward=True)
+    )
     trainer.train()
     rows = [r for r in trainer.history if "loss" in r]
     assert len(rows) == 2
@@ -54,10 +70,18 @@ def test_micro_batch_split_does_not_change_the_gradient(tmp_path, tokenizer, fre
     rng = np.random.default_rng(0)
     prompt_ids = [[1, 5, 6, 7], [1, 8, 9], [1, 5, 6, 7], [1, 8, 9]]
     completion_ids = [rng.integers(20, 200, size=k).tolist() for k in (3, 6, 2, 5)]
-    full = Rollout(prompt_ids, completion_ids, [False] * 4, np.array([1, 0, 0, 1], bool), np.array([1.0, 0.0, 0.0, 1.0]),
-                   np.array([False] * 4))
-    halves = [Rollout(prompt_ids[a:b], completion_ids[a:b], [False] * 2, full.correct[a:b], full.rewards[a:b], full.hard[a:b])
-              for a, b in ((0, 2), (2, 4))]
+    full = Rollout(
+        prompt_ids,
+        completion_ids,
+        [False] * 4,
+        np.array([1, 0, 0, 1], bool),
+        np.array([1.0, 0.0, 0.0, 1.0]),
+        np.array([False] * 4),
+    )
+    halves = [
+        Rollout(prompt_ids[a:b], completion_ids[a:b], [False] * 2, full.correct[a:b], full.rewards[a:b], full.hard[a:b])
+        for a, b in ((0, 2), (2, 4))
+    ]
     policy = trainer.accelerator.unwrap_model(trainer.model)
 
     def tensors(r):
@@ -79,8 +103,14 @@ def test_on_policy_loss_needs_no_old_policy_pass(tmp_path, tokenizer, fresh_acce
     trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1)
     rng = np.random.default_rng(1)
     completion_ids = [rng.integers(20, 200, size=k).tolist() for k in (4, 2)]
-    rollout = Rollout([[1, 5, 6], [1, 5, 6]], completion_ids, [False, False], np.array([1, 0], bool), np.array([1.0, 0.0]),
-                      np.array([False, False]))
+    rollout = Rollout(
+        [[1, 5, 6], [1, 5, 6]],
+        completion_ids,
+        [False, False],
+        np.array([1, 0], bool),
+        np.array([1.0, 0.0]),
+        np.array([False, False]),
+    )
     policy = trainer.accelerator.unwrap_model(trainer.model)
     policy.eval()  # no dropout, so the separate pass sees exactly the same function
     implicit = trainer._tensors(rollout)
@@ -109,7 +139,9 @@ def test_ea_bonus_acts_only_on_hard_groups_with_mixed_rewards(tmp_path, tokenize
         "hard, all wrong": ([0.0] * 4, [True] * 4, 0.0),
     }
     for name, (rewards, hard, expected) in cases.items():
-        rollout = Rollout(prompts, completion_ids, [False] * 4, np.array(rewards) >= 1, np.array(rewards), np.array(hard))
+        rollout = Rollout(
+            prompts, completion_ids, [False] * 4, np.array(rewards) >= 1, np.array(rewards), np.array(hard)
+        )
         _, metrics = trainer.grpo_loss(trainer.model, trainer._tensors(rollout))
         assert metrics["ea_bonus_fraction"] == pytest.approx(expected), name
 
@@ -127,8 +159,9 @@ def test_state_is_frozen_for_the_whole_step(tmp_path, tokenizer, fresh_accelerat
     views, losses, states = [], [], []
     for accum, batch in ((2, 2), (1, 4)):
         torch.manual_seed(0)
-        trainer = make_trainer(tmp_path / f"a{accum}", tokenizer, settings, gradient_accumulation_steps=accum,
-                               per_device_batch_size=batch)
+        trainer = make_trainer(
+            tmp_path / f"a{accum}", tokenizer, settings, gradient_accumulation_steps=accum, per_device_batch_size=batch
+        )
         # a history whose mean (0.5) sits inside the range of this step's accuracies, and anchors that are set
         trainer.accuracy_history[:] = 0.5
         trainer.anchor[:] = 6.0
@@ -147,7 +180,9 @@ def test_state_is_frozen_for_the_whole_step(tmp_path, tokenizer, fresh_accelerat
 
 
 def test_one_iteration_keeps_the_ratio_at_one_and_makes_no_old_policy_pass(tmp_path, tokenizer, fresh_accelerate_state):
-    trainer = make_trainer(tmp_path, tokenizer, GRPOMethodConfig(max_new_tokens=8, num_generations=2), gradient_accumulation_steps=1)
+    trainer = make_trainer(
+        tmp_path, tokenizer, GRPOMethodConfig(max_new_tokens=8, num_generations=2), gradient_accumulation_steps=1
+    )
     trainer.train()
     rows = [r for r in trainer.history if "loss" in r]
     assert [r["ratio_deviation_max"] for r in rows] == [0.0, 0.0] and all(r["clip_fraction"] == 0 for r in rows)
@@ -158,7 +193,9 @@ def test_rollout_reuse_schedule_and_clipping(tmp_path, tokenizer, fresh_accelera
     """num_iterations 2 × 2 mini-batches: 4 optimizer steps per rollout, mini-batches 0, 1, 0, 1 of one rollout
     (the prompts steps 0 and 1 would have with no reuse), π_old stored once; later passes move the ratio."""
     settings = GRPOMethodConfig(max_new_tokens=8, num_generations=2, num_iterations=2, rollout_mini_batches=2)
-    trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1, max_steps=4, learning_rate=0.05)
+    trainer = make_trainer(
+        tmp_path, tokenizer, settings, gradient_accumulation_steps=1, max_steps=4, learning_rate=0.05
+    )
     generated = []
     original = trainer.make_rollout
     trainer.make_rollout = lambda r: generated.append(r) or original(r)
@@ -182,8 +219,15 @@ def test_settings_refuse_bad_values():
 def test_rollouts_must_not_straddle_epochs(tmp_path, tokenizer, fresh_accelerate_state):
     from llmkit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="must divide"):  # 8 prompts / 2 per step = 4 steps; 3 mini-batches do not divide 4
-        make_trainer(tmp_path, tokenizer, GRPOMethodConfig(max_new_tokens=8, rollout_mini_batches=3), gradient_accumulation_steps=1)
+    with pytest.raises(
+        ConfigError, match="must divide"
+    ):  # 8 prompts / 2 per step = 4 steps; 3 mini-batches do not divide 4
+        make_trainer(
+            tmp_path,
+            tokenizer,
+            GRPOMethodConfig(max_new_tokens=8, rollout_mini_batches=3),
+            gradient_accumulation_steps=1,
+        )
 
 
 def test_mid_rollout_resume_refuses_a_missing_or_foreign_buffer(tmp_path, tokenizer, fresh_accelerate_state):
@@ -197,8 +241,12 @@ def test_mid_rollout_resume_refuses_a_missing_or_foreign_buffer(tmp_path, tokeni
     trainer.global_step = 1
     state = trainer.process_state_dict()
     assert state["rollout"]["index"] == 0 and state["layout"]["num_iterations"] == 2
-    other = make_trainer(tmp_path / "b", tokenizer, GRPOMethodConfig(max_new_tokens=8, num_generations=2, num_iterations=3),
-                         gradient_accumulation_steps=1)
+    other = make_trainer(
+        tmp_path / "b",
+        tokenizer,
+        GRPOMethodConfig(max_new_tokens=8, num_generations=2, num_iterations=3),
+        gradient_accumulation_steps=1,
+    )
     with pytest.raises(ConfigError, match="rollout buffer was made with"):
         other.load_process_state_dict(state)
 
@@ -209,9 +257,18 @@ def test_kl_reference_is_the_base_model_under_lora(tmp_path, tokenizer, fresh_ac
     from llmkit.models import LoraAdapterConfig, apply_lora
 
     settings = GRPOMethodConfig(max_new_tokens=8, num_generations=2, kl_coef=0.1, advantage="grpo")
-    cfg = dict(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
-               learning_rate=0.05, lr_scheduler="constant", save_final_model=False)
-    model = apply_lora(load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)), LoraAdapterConfig(r=4, alpha=8))
+    cfg = dict(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=0.05,
+        lr_scheduler="constant",
+        save_final_model=False,
+    )
+    model = apply_lora(
+        load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)), LoraAdapterConfig(r=4, alpha=8)
+    )
     prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i), "index": i} for i in range(4)]
     trainer = GRPOTrainer(TrainerConfig(**cfg), settings, model, tokenizer, prompts, even_length_reward)
     batch = trainer.step_batches(0)[0]

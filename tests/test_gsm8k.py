@@ -9,16 +9,19 @@ from llmkit.evaluation.tasks import get_task
 from llmkit.generation.types import Completion, GenerationOutput
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("so 3 + 4 = 7.\nThe answer is 7.", "7"),
-    ("The answer is: $1,234.", "1234"),
-    ("#### 18", "18"),
-    ("first 5, then \\boxed{42} and later 9", "42"),
-    ("it costs -3.50 dollars", "-3.5"),
-    ("We get 12 apples, then 15", "15"),
-    ("The answer is 7.0", "7"),
-    ("no numbers here", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so 3 + 4 = 7.\nThe answer is 7.", "7"),
+        ("The answer is: $1,234.", "1234"),
+        ("#### 18", "18"),
+        ("first 5, then \\boxed{42} and later 9", "42"),
+        ("it costs -3.50 dollars", "-3.5"),
+        ("We get 12 apples, then 15", "15"),
+        ("The answer is 7.0", "7"),
+        ("no numbers here", None),
+    ],
+)
 def test_extract_final_number(text, expected):
     assert extract_final_number(text) == expected
 

@@ -59,10 +59,13 @@ def test_non_utf8_json_and_csv_name_file_and_line(suffix, tmp_path, tokenizer):
 # ----- CSV structure ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body, line", [
-    ('"Add 2, 3\nSay hi,hi\n', 2),        # a quote never closed: pandas raised ParserError
-    ('Say hi,hi\n"Add" 2,5\n', 3),        # text after a closing quote: pandas silently made it 'Add 2'
-])
+@pytest.mark.parametrize(
+    "body, line",
+    [
+        ('"Add 2, 3\nSay hi,hi\n', 2),  # a quote never closed: pandas raised ParserError
+        ('Say hi,hi\n"Add" 2,5\n', 3),  # text after a closing quote: pandas silently made it 'Add 2'
+    ],
+)
 def test_broken_csv_quoting_names_the_line(body, line, tmp_path, tokenizer):
     p = write(tmp_path, "d.csv", "prompt,response\n" + body)
     with pytest.raises(DataError, match=rf"{p}:{line}: malformed CSV \(.*\); check the quoting"):
@@ -102,24 +105,41 @@ def jsonl(tmp_path, name, rows):
 
 
 def test_lists_and_mappings_in_text_columns_are_bad_rows(tmp_path, tokenizer):
-    p = jsonl(tmp_path, "d.jsonl", [{"prompt": ["Add", "2"], "response": "x"}, {"prompt": "q", "response": {"answer": 5}}, GOOD])
+    p = jsonl(
+        tmp_path,
+        "d.jsonl",
+        [{"prompt": ["Add", "2"], "response": "x"}, {"prompt": "q", "response": {"answer": 5}}, GOOD],
+    )
     data = load_sft_data(DataConfig(path=str(p)), tokenizer)
     assert answers(data, tokenizer) == ["5<|im_end|>\n"]  # before: "{'answer': 5}" was trained on
-    assert data.bad_rows.examples == [f"{p}:1: column 'prompt' holds a list, not text",
-                                      f"{p}:2: column 'response' holds a dict, not text"]
+    assert data.bad_rows.examples == [
+        f"{p}:1: column 'prompt' holds a list, not text",
+        f"{p}:2: column 'response' holds a dict, not text",
+    ]
 
 
 def test_joined_columns_and_chat_messages_check_their_parts(tmp_path, tokenizer):
-    joined = jsonl(tmp_path, "j.jsonl", [{"instruction": "Reverse", "input": ["abc"], "output": "cba"},
-                                         {"instruction": "Reverse", "input": "xy", "output": "yx"}])
-    data = load_sft_data(DataConfig(path=str(joined), columns={"prompt": ["instruction", "input"], "response": "output"}),
-                         tokenizer)
+    joined = jsonl(
+        tmp_path,
+        "j.jsonl",
+        [
+            {"instruction": "Reverse", "input": ["abc"], "output": "cba"},
+            {"instruction": "Reverse", "input": "xy", "output": "yx"},
+        ],
+    )
+    data = load_sft_data(
+        DataConfig(path=str(joined), columns={"prompt": ["instruction", "input"], "response": "output"}), tokenizer
+    )
     assert answers(data, tokenizer) == ["yx<|im_end|>\n"]
     assert data.bad_rows.examples == [f"{joined}:1: column 'input' holds a list, not text"]
-    chat = jsonl(tmp_path, "c.jsonl", [
-        {"conv": [{"role": "user", "content": {"text": "hi"}}, {"role": "assistant", "content": "A"}]},
-        {"conv": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "B"}]},
-    ])
+    chat = jsonl(
+        tmp_path,
+        "c.jsonl",
+        [
+            {"conv": [{"role": "user", "content": {"text": "hi"}}, {"role": "assistant", "content": "A"}]},
+            {"conv": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "B"}]},
+        ],
+    )
     data = load_sft_data(DataConfig(path=str(chat), columns={"messages": "conv"}), tokenizer)
     assert answers(data, tokenizer) == ["B<|im_end|>\n"]
     assert data.bad_rows.examples == [f"{chat}:1: message 0's content holds a dict, not text"]
@@ -134,5 +154,6 @@ def test_parquet_list_and_missing_values(tmp_path, tokenizer):
     assert answers(data, tokenizer) == ["x<|im_end|>\n", "z<|im_end|>\n"]
     assert data.bad_rows.examples == [f"{p}[1]: empty response"]  # a missing value, not the text "None"
     with pytest.raises(DataError, match=rf"{p}\[0\]: column 'tags' holds a ndarray, not text"):
-        load_sft_data(DataConfig(path=str(p), columns={"prompt": "tags", "response": "response"}, on_bad_row="error"),
-                      tokenizer)
+        load_sft_data(
+            DataConfig(path=str(p), columns={"prompt": "tags", "response": "response"}, on_bad_row="error"), tokenizer
+        )

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import TINY_CONFIG, run_sft
+
 from llmkit.errors import CheckpointError, ConfigError, TrainingError
 from llmkit.models import ModelConfig, load_model
 from llmkit.train import Trainer, TrainerConfig
@@ -39,8 +39,14 @@ class NaNTrainer(Trainer):
 
 
 def make_trainer(tmp_path, tokenizer, examples, name="run", cls=NaNTrainer, nan_steps=(), **overrides):
-    settings = dict(max_steps=3, per_device_batch_size=2, learning_rate=1e-2, lr_scheduler="constant",
-                    save_final_model=False, seed=3)
+    settings = dict(
+        max_steps=3,
+        per_device_batch_size=2,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+        save_final_model=False,
+        seed=3,
+    )
     settings.update(overrides)
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
     trainer = cls(TrainerConfig(output_dir=str(tmp_path / name), **settings), model, tokenizer, examples)
@@ -55,13 +61,19 @@ def trained_weights(trainer) -> dict[str, torch.Tensor]:
 # ----- non-finite steps ----------------------------------------------------------------------------------------
 
 
-def test_nan_loss_stops_at_once_keeps_the_last_good_checkpoint(tmp_path, code_examples, tokenizer, fresh_accelerate_state):
+def test_nan_loss_stops_at_once_keeps_the_last_good_checkpoint(
+    tmp_path, code_examples, tokenizer, fresh_accelerate_state
+):
     from safetensors.torch import load_file
 
-    trainer = make_trainer(tmp_path, tokenizer, code_examples[:16], nan_steps=(3,), max_steps=4, save_steps=1,
-                           save_final_model=True)
-    with pytest.raises(TrainingError, match=r"training stopped at step 3: non-finite loss or gradient norm \(loss nan"
-                       r".*the last good checkpoint is .*checkpoint-2, no final model was saved"):
+    trainer = make_trainer(
+        tmp_path, tokenizer, code_examples[:16], nan_steps=(3,), max_steps=4, save_steps=1, save_final_model=True
+    )
+    with pytest.raises(
+        TrainingError,
+        match=r"training stopped at step 3: non-finite loss or gradient norm \(loss nan"
+        r".*the last good checkpoint is .*checkpoint-2, no final model was saved",
+    ):
         trainer.train()
     out = tmp_path / "run"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
@@ -77,8 +89,15 @@ def test_nan_loss_stops_at_once_keeps_the_last_good_checkpoint(tmp_path, code_ex
 
 
 def test_max_nonfinite_steps_skips_and_goes_on(tmp_path, code_examples, tokenizer, fresh_accelerate_state):
-    trainer = make_trainer(tmp_path, tokenizer, code_examples[:16], nan_steps=(2,), max_steps=3, max_nonfinite_steps=1,
-                           save_final_model=True)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        code_examples[:16],
+        nan_steps=(2,),
+        max_steps=3,
+        max_nonfinite_steps=1,
+        save_final_model=True,
+    )
     trainer.train()
     losses = [r["loss"] for r in trainer.history if "loss" in r]
     assert len(losses) == 3 and losses[1] != losses[1] and all(x == x for x in (losses[0], losses[2]))
@@ -86,8 +105,9 @@ def test_max_nonfinite_steps_skips_and_goes_on(tmp_path, code_examples, tokenize
     assert all(torch.isfinite(v).all() for v in trained_weights(trainer).values())
     reset_accelerate()
     # two in a row is one more than allowed
-    again = make_trainer(tmp_path, tokenizer, code_examples[:16], name="two", nan_steps=(2, 3), max_steps=3,
-                         max_nonfinite_steps=1)
+    again = make_trainer(
+        tmp_path, tokenizer, code_examples[:16], name="two", nan_steps=(2, 3), max_steps=3, max_nonfinite_steps=1
+    )
     with pytest.raises(TrainingError, match=r"step 3: .*2 step\(s\) in a row, trainer.max_nonfinite_steps=1"):
         again.train()
 
@@ -97,7 +117,9 @@ def test_nonfinite_weights_are_never_written(tmp_path, code_examples, tokenizer,
     trainer.train()
     with torch.no_grad():
         next(p for p in trainer.model.parameters() if p.requires_grad)[0].fill_(float("inf"))
-    with pytest.raises(TrainingError, match="the weights hold NaN/inf values at step 1, so the final model was not written"):
+    with pytest.raises(
+        TrainingError, match="the weights hold NaN/inf values at step 1, so the final model was not written"
+    ):
         trainer.save_final_model()
     with pytest.raises(TrainingError, match="so checkpoint-1 was not written"):
         trainer.save_checkpoint()
@@ -108,9 +130,28 @@ def test_diverging_recipe_exits_2_with_one_line_and_publishes_nothing(tmp_path):
     """--trainer.learning_rate 1e30: step 1 is finite, step 2's gradients are NaN (the issue's lr=inf run, which
     is now refused as a setting, exited 0 and published a NaN model)."""
     out = tmp_path / "diverged"
-    proc = run_sft(["--config", str(TINY_CONFIG), "--trainer.output_dir", str(out), "--trainer.learning_rate", "1e30",
-                    "--trainer.max_steps", "4", "--trainer.save_steps", "1", "--trainer.eval_steps", "0",
-                    "--data.max_rows", "24", "--data.max_length", "64", "--data.eval_fraction", "0"])
+    proc = run_sft(
+        [
+            "--config",
+            str(TINY_CONFIG),
+            "--trainer.output_dir",
+            str(out),
+            "--trainer.learning_rate",
+            "1e30",
+            "--trainer.max_steps",
+            "4",
+            "--trainer.save_steps",
+            "1",
+            "--trainer.eval_steps",
+            "0",
+            "--data.max_rows",
+            "24",
+            "--data.max_length",
+            "64",
+            "--data.eval_fraction",
+            "0",
+        ]
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "training stopped at step 2: non-finite" in errors[0], proc.stderr[-3000:]
@@ -138,9 +179,13 @@ def test_manifest_covers_every_file_and_sha256sum_agrees(good_run):
     folder = good_run / "checkpoint-2"
     listed = [line.split("  ", 1)[1] for line in (folder / ckpt.CHECKSUMS_FILE).read_text().splitlines()]
     assert listed == ckpt.checkpoint_files(folder)
-    assert {"model.safetensors", "optimizer.bin", "trainer_state.json", "method_state.pt", "process_state_0.pt"} <= set(listed)
+    assert {"model.safetensors", "optimizer.bin", "trainer_state.json", "method_state.pt", "process_state_0.pt"} <= set(
+        listed
+    )
     if shutil.which("sha256sum"):
-        check = subprocess.run(["sha256sum", "--quiet", "-c", ckpt.CHECKSUMS_FILE], cwd=folder, capture_output=True, text=True)
+        check = subprocess.run(
+            ["sha256sum", "--quiet", "-c", ckpt.CHECKSUMS_FILE], cwd=folder, capture_output=True, text=True
+        )
         assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -156,14 +201,24 @@ def _truncate(path):
 
 
 DAMAGE = {
-    "random bytes in the weights": (lambda f: _flip_bytes(f / "model.safetensors"), "model.safetensors does not match its checksum"),
-    "truncated weights": (lambda f: _truncate(f / "model.safetensors"), "model.safetensors does not match its checksum"),
+    "random bytes in the weights": (
+        lambda f: _flip_bytes(f / "model.safetensors"),
+        "model.safetensors does not match its checksum",
+    ),
+    "truncated weights": (
+        lambda f: _truncate(f / "model.safetensors"),
+        "model.safetensors does not match its checksum",
+    ),
     "missing optimizer": (lambda f: (f / "optimizer.bin").unlink(), "optimizer.bin is missing"),
-    "garbled trainer state": (lambda f: (f / "trainer_state.json").write_text('{"global_step": 2,,'),
-                              "trainer_state.json does not match its checksum"),
+    "garbled trainer state": (
+        lambda f: (f / "trainer_state.json").write_text('{"global_step": 2,,'),
+        "trainer_state.json does not match its checksum",
+    ),
     "an added file": (lambda f: (f / "process_state_1.pt").write_bytes(b"x"), "process_state_1.pt was added after"),
-    "garbled manifest": (lambda f: (f / ckpt.CHECKSUMS_FILE).write_text("abc  model.safetensors\n"),
-                         r"checksums.sha256:1: malformed line"),
+    "garbled manifest": (
+        lambda f: (f / ckpt.CHECKSUMS_FILE).write_text("abc  model.safetensors\n"),
+        r"checksums.sha256:1: malformed line",
+    ),
 }
 
 
@@ -175,7 +230,9 @@ def resume_from(tmp_path, good_run, tokenizer, examples, damage):
 
 
 @pytest.mark.parametrize("case", list(DAMAGE))
-def test_damaged_checkpoint_is_refused_naming_the_file(case, tmp_path, good_run, code_examples, tokenizer, fresh_accelerate_state):
+def test_damaged_checkpoint_is_refused_naming_the_file(
+    case, tmp_path, good_run, code_examples, tokenizer, fresh_accelerate_state
+):
     damage, message = DAMAGE[case]
     trainer = resume_from(tmp_path, good_run, tokenizer, code_examples[:16], damage)
     with pytest.raises(CheckpointError, match=message):
@@ -186,28 +243,40 @@ def _without_manifest(damage):
     def apply(folder):
         (folder / ckpt.CHECKSUMS_FILE).unlink()
         damage(folder)
+
     return apply
 
 
 OLD_STYLE = {  # checkpoints written before checksums: the load itself must fail in one line
     "missing optimizer": (lambda f: (f / "optimizer.bin").unlink(), r"cannot load checkpoint .*checkpoint-2: \w+Error"),
-    "truncated weights": (lambda f: _truncate(f / "model.safetensors"), r"cannot load checkpoint .*checkpoint-2: \w+Error"),
-    "garbled trainer state": (lambda f: (f / "trainer_state.json").write_text('{"global_step": 2,,'),
-                              r"trainer_state.json:1: malformed JSON"),
-    "trainer state without a key": (lambda f: (f / "trainer_state.json").write_text('{"global_step": 2}'),
-                                    r"trainer_state.json: key 'global_batch' is missing"),
+    "truncated weights": (
+        lambda f: _truncate(f / "model.safetensors"),
+        r"cannot load checkpoint .*checkpoint-2: \w+Error",
+    ),
+    "garbled trainer state": (
+        lambda f: (f / "trainer_state.json").write_text('{"global_step": 2,,'),
+        r"trainer_state.json:1: malformed JSON",
+    ),
+    "trainer state without a key": (
+        lambda f: (f / "trainer_state.json").write_text('{"global_step": 2}'),
+        r"trainer_state.json: key 'global_batch' is missing",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(OLD_STYLE))
-def test_checkpoint_without_manifest_fails_in_one_line(case, tmp_path, good_run, code_examples, tokenizer, fresh_accelerate_state):
+def test_checkpoint_without_manifest_fails_in_one_line(
+    case, tmp_path, good_run, code_examples, tokenizer, fresh_accelerate_state
+):
     damage, message = OLD_STYLE[case]
     trainer = resume_from(tmp_path, good_run, tokenizer, code_examples[:16], _without_manifest(damage))
     with pytest.raises(CheckpointError, match=message):
         trainer.train()
 
 
-def test_intact_checkpoint_without_manifest_still_resumes(tmp_path, good_run, code_examples, tokenizer, fresh_accelerate_state):
+def test_intact_checkpoint_without_manifest_still_resumes(
+    tmp_path, good_run, code_examples, tokenizer, fresh_accelerate_state
+):
     trainer = resume_from(tmp_path, good_run, tokenizer, code_examples[:16], _without_manifest(lambda f: None))
     trainer.train()
     assert trainer.global_step == 3
@@ -221,14 +290,26 @@ def test_finished_model_is_not_overwritten_without_asking(tmp_path, code_example
     make_trainer(tmp_path, tokenizer, code_examples[:8], max_steps=1, save_final_model=True).train()
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
     reset_accelerate()
-    second = make_trainer(tmp_path, tokenizer, code_examples[:8], max_steps=1, save_final_model=True, learning_rate=1e-1)
-    with pytest.raises(ConfigError, match=r"already holds a trained model \(model.safetensors\); pass "
-                                          r"--trainer.overwrite_output_dir"):
+    second = make_trainer(
+        tmp_path, tokenizer, code_examples[:8], max_steps=1, save_final_model=True, learning_rate=1e-1
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"already holds a trained model \(model.safetensors\); pass "
+        r"--trainer.overwrite_output_dir",
+    ):
         second.train()
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
     reset_accelerate()
-    make_trainer(tmp_path, tokenizer, code_examples[:8], max_steps=1, save_final_model=True, learning_rate=1e-1,
-                 overwrite_output_dir=True).train()
+    make_trainer(
+        tmp_path,
+        tokenizer,
+        code_examples[:8],
+        max_steps=1,
+        save_final_model=True,
+        learning_rate=1e-1,
+        overwrite_output_dir=True,
+    ).train()
     assert (tmp_path / "run" / "model.safetensors").read_bytes() != before
 
 
@@ -264,8 +345,15 @@ def test_documented_sentinels_still_work():
     from llmkit.config import load_config
     from llmkit.recipe import RecipeConfig
 
-    cfg = load_config(RecipeConfig, TINY_CONFIG, ["--trainer.max_steps=-1", "--trainer.save_steps=0", "--trainer.eval_steps=0"])
-    assert (cfg.trainer.max_steps, cfg.trainer.save_steps, cfg.trainer.eval_steps, cfg.trainer.max_nonfinite_steps) == (-1, 0, 0, 0)
+    cfg = load_config(
+        RecipeConfig, TINY_CONFIG, ["--trainer.max_steps=-1", "--trainer.save_steps=0", "--trainer.eval_steps=0"]
+    )
+    assert (cfg.trainer.max_steps, cfg.trainer.save_steps, cfg.trainer.eval_steps, cfg.trainer.max_nonfinite_steps) == (
+        -1,
+        0,
+        0,
+        0,
+    )
 
 
 @pytest.mark.parametrize("limit", ["-1", "0"])
@@ -283,7 +371,18 @@ def test_eval_limit_minus_one_exits_2_from_the_cli(capsys, tmp_path):
 
     # before the check this evaluated 163 of HumanEval's 164 problems (here it would stop at the missing model)
     with pytest.raises(SystemExit) as stop:
-        main(["eval", "--task", "humaneval", "--limit", "-1", "--model", str(tmp_path / "no-model"),
-              "--output_dir", str(tmp_path / "eval")])
+        main(
+            [
+                "eval",
+                "--task",
+                "humaneval",
+                "--limit",
+                "-1",
+                "--model",
+                str(tmp_path / "no-model"),
+                "--output_dir",
+                str(tmp_path / "eval"),
+            ]
+        )
     assert stop.value.code == 2
     assert "error: invalid config section 'EvalConfig': limit must be >= 1" in capsys.readouterr().err

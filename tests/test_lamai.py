@@ -13,8 +13,16 @@ import pytest
 
 from llmkit.generation.types import Completion, GenerationOutput, Generator
 from llmkit.prompting.lamai import (
-    InquiryConfig, SentenceOracle, answer_uncertainty, auroc, choose_threshold, clean_question, informativeness,
-    representativeness, run_inquiry, select_question,
+    InquiryConfig,
+    SentenceOracle,
+    answer_uncertainty,
+    auroc,
+    choose_threshold,
+    clean_question,
+    informativeness,
+    representativeness,
+    run_inquiry,
+    select_question,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +52,7 @@ def test_choose_threshold_accuracy_rule():
 
 def test_choose_threshold_ask_rate_rule_and_errors():
     u = [0.1, 0.2, 0.3, 0.4]
-    assert choose_threshold(u, [False] * 4, "ask_rate", 0.5) == pytest.approx(0.2)   # 2 of 4 above .2
+    assert choose_threshold(u, [False] * 4, "ask_rate", 0.5) == pytest.approx(0.2)  # 2 of 4 above .2
     assert choose_threshold(u, [False] * 4, "ask_rate", 1.0) == -math.inf
     assert choose_threshold(u, [False] * 4, "ask_rate", 0.0) == pytest.approx(0.4)
     with pytest.raises(ValueError, match="rule"):
@@ -114,9 +122,11 @@ class Scripted(Generator):
 
 def fake_embed(texts):
     """'(A)'→e0, '(B)'→e1, anything with KEY→e2, else e3 (one-hot, so variances are exact)."""
+
     def vec(t):
         i = 0 if "(A)" in t else 1 if "(B)" in t else 2 if "KEY" in t else 3
         return np.eye(4)[i]
+
     return np.stack([vec(t) for t in texts])
 
 
@@ -126,8 +136,16 @@ class KeyUser:
 
 
 def problem(pid, question="Which?"):
-    return {"id": pid, "pid": pid, "question": question, "choices": ["yes", "no"], "answer": 0, "hint": "KEY=A",
-            "image": None, "caption": None}
+    return {
+        "id": pid,
+        "pid": pid,
+        "question": question,
+        "choices": ["yes", "no"],
+        "answer": 0,
+        "hint": "KEY=A",
+        "image": None,
+        "caption": None,
+    }
 
 
 def test_loop_asks_when_uncertain_and_answers_directly_when_certain():
@@ -206,19 +224,31 @@ def test_withheld_prompts():
 
 
 def run_recipe(*args):
-    return subprocess.run([sys.executable, str(ROOT / "recipes/lamai/run.py"), "--config",
-                           str(ROOT / "recipes/lamai/configs/tiny_cpu.yaml"), *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "recipes/lamai/run.py"),
+            "--config",
+            str(ROOT / "recipes/lamai/configs/tiny_cpu.yaml"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--method.samples", "1"], "method.samples"),
-    (["--method.rep_mode", "coverage"], "method.rep_mode"),
-    (["--method.threshold_rule", "median"], "method.threshold_rule"),
-    (["--method.w_info", "0", "--method.w_rep", "0"], "method.w_info"),
-    (["--run.user", "human"], "run.user"),
-    (["--method.gamma", "1"], "method.gamma"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--method.samples", "1"], "method.samples"),
+        (["--method.rep_mode", "coverage"], "method.rep_mode"),
+        (["--method.threshold_rule", "median"], "method.threshold_rule"),
+        (["--method.w_info", "0", "--method.w_rep", "0"], "method.w_info"),
+        (["--run.user", "human"], "run.user"),
+        (["--method.gamma", "1"], "method.gamma"),
+    ],
+)
 def test_bad_config_one_line_error(args, needle):
     proc = run_recipe(*args)
     assert proc.returncode == 2, proc.stderr[-500:]

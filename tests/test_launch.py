@@ -4,19 +4,27 @@ import sys
 
 from llmkit.launch import first_useful_line, launch_command, run_launch
 
-WALL = """[W1204 gloo] something about sockets
+WALL = (
+    """[W1204 gloo] something about sockets
 Traceback (most recent call last):
   File "recipes/sft/train.py", line 60, in <module>
 [rank1]: error: trainer.output_dir outputs/sft-tiny already holds a trained model; pass --trainer.overwrite_output_dir
 error: trainer.output_dir outputs/sft-tiny already holds a trained model; pass --trainer.overwrite_output_dir
 torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
-""" + "  elastic frame\\n" * 70
+"""
+    + "  elastic frame\\n" * 70
+)
 
 
 def test_first_useful_line_finds_the_llmkit_error_in_the_wall():
-    assert first_useful_line(WALL) == ("[rank1]: error: trainer.output_dir outputs/sft-tiny already holds a trained "
-                                       "model; pass --trainer.overwrite_output_dir")
-    assert first_useful_line("llmkit.errors.ConfigError: unknown key 'x'\n") == "llmkit.errors.ConfigError: unknown key 'x'"
+    assert first_useful_line(WALL) == (
+        "[rank1]: error: trainer.output_dir outputs/sft-tiny already holds a trained "
+        "model; pass --trainer.overwrite_output_dir"
+    )
+    assert (
+        first_useful_line("llmkit.errors.ConfigError: unknown key 'x'\n")
+        == "llmkit.errors.ConfigError: unknown key 'x'"
+    )
     assert first_useful_line("Traceback\n  plain noise\n") is None
 
 

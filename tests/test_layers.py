@@ -3,13 +3,11 @@ broken, and method tasks reach the evaluation engine by registering, not by bein
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import REPO_ROOT, subprocess_env, cpu_limited_run
+from conftest import REPO_ROOT, cpu_limited_run, subprocess_env
 
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 METHODS = {"llmkit.rl", "llmkit.safety", "llmkit.unlearning", "llmkit.prompting", "llmkit.vision"}
@@ -24,7 +22,9 @@ def contracts() -> dict[str, dict]:
 def test_contracts_name_core_and_methods():
     by_type = contracts()
     assert set(by_type["forbidden"]["forbidden_modules"]) == METHODS
-    assert {"llmkit.evaluation", "llmkit.train", "llmkit.data", "llmkit.generation"} <= set(by_type["forbidden"]["source_modules"])
+    assert {"llmkit.evaluation", "llmkit.train", "llmkit.data", "llmkit.generation"} <= set(
+        by_type["forbidden"]["source_modules"]
+    )
     assert set(by_type["independence"]["modules"]) == METHODS
 
 
@@ -46,8 +46,13 @@ def test_a_function_local_core_to_method_import_would_be_caught():
     assert graph.find_shortest_chain(importer="llmkit.evaluation", imported="llmkit.safety.refusal", as_packages=True)
 
 
-@pytest.mark.parametrize("low, high", [("llmkit.safety.probe_training", "llmkit.safety.gateway"),
-                                       ("llmkit.unlearning.multimodal", "llmkit.unlearning.trainer")])
+@pytest.mark.parametrize(
+    "low, high",
+    [
+        ("llmkit.safety.probe_training", "llmkit.safety.gateway"),
+        ("llmkit.unlearning.multimodal", "llmkit.unlearning.trainer"),
+    ],
+)
 def test_former_import_circles_are_broken(low, high):
     """`high` imports `low`; `low` must not reach back to `high` (not even inside a function)."""
     grimp = pytest.importorskip("grimp")
@@ -56,22 +61,32 @@ def test_former_import_circles_are_broken(low, high):
 
 
 def test_engine_does_not_import_safety_and_safety_registers_its_tasks():
-    code = ("import sys\n"
-            "from llmkit.evaluation.tasks import get_task, task_names\n"
-            "from llmkit.errors import ConfigError\n"
-            "assert 'llmkit.safety' not in sys.modules and 'safety' not in task_names()\n"
-            "try:\n    get_task('safety')\nexcept ConfigError as e:\n    assert 'import llmkit.safety' in str(e), e\n"
-            "else:\n    raise AssertionError('safety found before llmkit.safety was imported')\n"
-            "import llmkit.safety\n"
-            "assert {'safety', 'safety-jailbreak'} <= set(task_names())\n"
-            "assert get_task('safety-jailbreak').name == 'safety-jailbreak'\n")
-    run = cpu_limited_run([sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, cpu_s=120)
+    code = (
+        "import sys\n"
+        "from llmkit.evaluation.tasks import get_task, task_names\n"
+        "from llmkit.errors import ConfigError\n"
+        "assert 'llmkit.safety' not in sys.modules and 'safety' not in task_names()\n"
+        "try:\n    get_task('safety')\nexcept ConfigError as e:\n    assert 'import llmkit.safety' in str(e), e\n"
+        "else:\n    raise AssertionError('safety found before llmkit.safety was imported')\n"
+        "import llmkit.safety\n"
+        "assert {'safety', 'safety-jailbreak'} <= set(task_names())\n"
+        "assert get_task('safety-jailbreak').name == 'safety-jailbreak'\n"
+    )
+    run = cpu_limited_run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, cpu_s=120
+    )
     assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_llmkit_eval_help_lists_method_tasks():
-    run = cpu_limited_run([sys.executable, "-m", "llmkit.cli", "eval", "--help"], cwd=REPO_ROOT, env=subprocess_env(),
-                         capture_output=True, text=True, cpu_s=120)
+    run = cpu_limited_run(
+        [sys.executable, "-m", "llmkit.cli", "eval", "--help"],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        cpu_s=120,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "safety-jailbreak" in run.stdout and "humaneval" in run.stdout
 

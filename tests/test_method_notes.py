@@ -33,14 +33,21 @@ def test_every_cited_method_note_exists_with_its_section():
     assert len(cited) >= 20  # the code cites the notes; an empty scan would pass vacuously
     missing = [f"{p.relative_to(REPO_ROOT)}: {note}" for p, note, _ in cited if not (NOTES / note).is_file()]
     assert not missing, missing
-    no_section = [f"{p.relative_to(REPO_ROOT)}: {note} {sec}" for p, note, sec in cited
-                  if sec and not re.search(rf"^#+ {re.escape(sec)}\b", (NOTES / note).read_text(), re.M)]
+    no_section = [
+        f"{p.relative_to(REPO_ROOT)}: {note} {sec}"
+        for p, note, sec in cited
+        if sec and not re.search(rf"^#+ {re.escape(sec)}\b", (NOTES / note).read_text(), re.M)
+    ]
     assert not no_section, no_section
 
 
 def test_no_citation_of_the_out_of_repo_methods_files_remains():
-    old = [f"{p.relative_to(REPO_ROOT)}:{i}" for p in _files()
-           for i, line in enumerate(p.read_text(errors="ignore").splitlines(), 1) if OLD.search(line)]
+    old = [
+        f"{p.relative_to(REPO_ROOT)}:{i}"
+        for p in _files()
+        for i, line in enumerate(p.read_text(errors="ignore").splitlines(), 1)
+        if OLD.search(line)
+    ]
     assert not old, old
 
 

@@ -13,8 +13,16 @@ import torch
 
 from llmkit.errors import ConfigError, ModelError
 from llmkit.models import (
-    LoraAdapterConfig, ModelConfig, TinyModelConfig, apply_lora, export_merged, load_model, load_trained, merged_for_serving,
-    model_fingerprint, resolve_model_path,
+    LoraAdapterConfig,
+    ModelConfig,
+    TinyModelConfig,
+    apply_lora,
+    export_merged,
+    load_model,
+    load_trained,
+    merged_for_serving,
+    model_fingerprint,
+    resolve_model_path,
 )
 
 
@@ -89,8 +97,9 @@ def test_merged_for_serving_is_made_once_and_remade_after_retraining(tmp_path, t
     ids = torch.tensor([tokenizer("def add(a, b): return a + b")["input_ids"]])
     peft_model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(merged)(ids).logits, peft_model(ids).logits,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            AutoModelForCausalLM.from_pretrained(merged)(ids).logits, peft_model(ids).logits, atol=1e-4, rtol=1e-4
+        )
     weights = merged / "model.safetensors"
     made = weights.stat().st_mtime_ns
     assert merged_for_serving(folder) == merged and weights.stat().st_mtime_ns == made  # reused, not re-exported
@@ -102,8 +111,9 @@ def test_merged_for_serving_is_made_once_and_remade_after_retraining(tmp_path, t
     assert (merged / "merged_from.json").read_text() != stamp
     retrained.eval()
     with torch.no_grad():
-        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(merged)(ids).logits, retrained(ids).logits,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            AutoModelForCausalLM.from_pretrained(merged)(ids).logits, retrained(ids).logits, atol=1e-4, rtol=1e-4
+        )
     with pytest.raises(ModelError, match="no LoRA adapter"):
         merged_for_serving(merged)
 

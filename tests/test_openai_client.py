@@ -62,7 +62,9 @@ class FakeServer:
                         choice = {"index": i, "finish_reason": "length" if body["max_tokens"] < 3 else "stop"}
                         choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
                         if body.get("logprobs") is not None:
-                            choice["logprobs"] = {"content": [{"logprob": -0.5}]} if chat else {"token_logprobs": [-0.25]}
+                            choice["logprobs"] = (
+                                {"content": [{"logprob": -0.5}]} if chat else {"token_logprobs": [-0.25]}
+                            )
                         choices.append(choice)
                     payload = json.dumps({"choices": choices}).encode()
                     leave()
@@ -91,7 +93,9 @@ def test_order_chat_and_text_prompts_and_concurrency_bound():
     with server as url:
         gen = OpenAIGenerator(url, "m", max_concurrency=4, show_progress=False)
         prompts = [f"p{i}" for i in range(12)] + [[{"role": "user", "content": "hello"}]]
-        outs = gen.generate(prompts, SamplingParams(n=2, temperature=0.7, max_new_tokens=8, stop=["\n"], seed=3, logprobs=True))
+        outs = gen.generate(
+            prompts, SamplingParams(n=2, temperature=0.7, max_new_tokens=8, stop=["\n"], seed=3, logprobs=True)
+        )
     assert [o.completions[1].text for o in outs[:12]] == [f"echo p{i} #1" for i in range(12)]
     assert outs[12].completions[0].text == "echo hello #0" and outs[12].completions[0].logprobs == [-0.5]
     assert outs[0].completions[0].logprobs == [-0.25]

@@ -28,6 +28,7 @@ LENGTHS = (5, 9, 1, 12)  # includes a one-token example (its only key is itself)
 
 # ---- selection (pure) -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "device, flash, varlen, flex, expected",
     [
@@ -60,6 +61,7 @@ def test_torch_here_has_varlen_and_flex():
 
 
 # ---- construction (pure) --------------------------------------------------------------------------------------
+
 
 def test_cu_seqlens_by_hand():
     cu = cu_seqlens([3, 2, 4])
@@ -104,6 +106,7 @@ def test_document_block_mask_matches_mask_mod():
 
 # ---- numerics on a tiny random Llama ----------------------------------------------------------------------------
 
+
 def reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
     """CPU stand-in with varlen_attn's signature and layout ((tokens, heads, dim)), built from plain SDPA."""
     assert window_size == (-1, 0), "the padding-free path must ask for causal attention"
@@ -112,8 +115,12 @@ def reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, wind
     outs = []
     for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
         o = F.scaled_dot_product_attention(
-            q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
-            is_causal=True, scale=scale, enable_gqa=enable_gqa,
+            q[a:b].transpose(0, 1),
+            k[a:b].transpose(0, 1),
+            v[a:b].transpose(0, 1),
+            is_causal=True,
+            scale=scale,
+            enable_gqa=enable_gqa,
         )
         outs.append(o.transpose(0, 1))
     return torch.cat(outs)
@@ -142,9 +149,11 @@ def packed_vs_separate(model, reference, vocab):
     ids = torch.cat(seqs)[None]
     pos = torch.cat([torch.arange(n) for n in LENGTHS])[None]
     packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
+
     # the same loss both ways: sum of next-token losses within each example
     def loss_of(logits, seq):
         return F.cross_entropy(logits[:-1], seq[1:], reduction="sum")
+
     starts = [0, *torch.tensor(LENGTHS).cumsum(0).tolist()]
     sum(loss_of(packed[a:b], s) for a, b, s in zip(starts[:-1], starts[1:], seqs)).backward()
     separate_logits = []
@@ -206,8 +215,9 @@ def test_real_varlen_kernel_equals_reference_cuda():
     k, v = (torch.randn(n, 2, 64, generator=gen).cuda().bfloat16() for _ in range(2))
     cu = cu_seqlens(list(LENGTHS), device="cuda")
     got = pa._torch_varlen_attn(q, k, v, cu, cu, max(LENGTHS), max(LENGTHS), window_size=(-1, 0), enable_gqa=True)
-    want = reference_varlen_attn(q.float(), k.float(), v.float(), cu, cu, max(LENGTHS), max(LENGTHS),
-                                 window_size=(-1, 0), enable_gqa=True)
+    want = reference_varlen_attn(
+        q.float(), k.float(), v.float(), cu, cu, max(LENGTHS), max(LENGTHS), window_size=(-1, 0), enable_gqa=True
+    )
     torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=0)
 
 
@@ -234,7 +244,9 @@ def test_use_padding_free_attention_rejects_unknown_path(tokenizer):
 
 def test_check_varlen_kernel_with_reference_kernel(monkeypatch):
     """The start-up kernel check passes for a correct kernel and names the gap for a wrong one (CPU stand-ins)."""
-    monkeypatch.setattr(pa, "VARLEN_KERNEL", lambda *a, **k: reference_varlen_attn(*(t.float() for t in a[:3]), *a[3:], **k))
+    monkeypatch.setattr(
+        pa, "VARLEN_KERNEL", lambda *a, **k: reference_varlen_attn(*(t.float() for t in a[:3]), *a[3:], **k)
+    )
     assert pa.check_varlen_kernel("cpu") < 2e-2  # bf16 inputs vs float32 reference
     monkeypatch.setattr(pa, "VARLEN_KERNEL", lambda q, *a, **k: torch.zeros_like(q))
     with pytest.raises(RuntimeError, match="differs from per-example SDPA by"):
@@ -253,7 +265,9 @@ def test_torch_varlen_adapter_matches_reference(monkeypatch, have):
     import torch.nn.attention.varlen as varlen_module
 
     def new_api(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
-        return reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=enable_gqa)
+        return reference_varlen_attn(
+            q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=enable_gqa
+        )
 
     def old_api(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False):
         assert is_causal and k.shape[1] == q.shape[1]

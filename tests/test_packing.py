@@ -34,8 +34,12 @@ def varied_examples(tokenizer):
     """48 real CodeAlpaca rows with their natural, unequal lengths (up to 512 tokens)."""
     from llmkit.data import DataConfig, load_sft_data
 
-    cfg = DataConfig(path="codealpaca/code_alpaca_2k.json", columns={"prompt": ["instruction", "input"], "response": "output"},
-                     max_rows=48, max_length=512)
+    cfg = DataConfig(
+        path="codealpaca/code_alpaca_2k.json",
+        columns={"prompt": ["instruction", "input"], "response": "output"},
+        max_rows=48,
+        max_length=512,
+    )
     return load_sft_data(cfg, tokenizer).train
 
 
@@ -56,8 +60,8 @@ def test_next_fit_packs_by_hand():
 
 
 def test_dynamic_pack_tensors_by_hand():
-    a = example([11, 12, 13], 1)      # length 3
-    b = example([21, 22], 1)          # length 2
+    a = example([11, 12, 13], 1)  # length 3
+    b = example([21, 22], 1)  # length 2
     c = example([31, 32, 33, 34], 2)  # length 4
     batch = collate_dynamic_pack([a, b, c], PAD, max_length=6)
     # sorted by length: b(2), a(3), c(4); b+a = 5 <= 6, + c = 9 > 6 → rows [b a], [c]; width 5
@@ -98,8 +102,10 @@ def test_truncation_to_max_length():
 def test_loss_tokens_identical_in_every_mode(code_examples):
     batch_examples = code_examples[:16]
     expected = sum(ex.num_target_tokens for ex in batch_examples)
-    counts = {mode: count_target_tokens(collate_examples(batch_examples, PAD, mode, 2048)["labels"])
-              for mode in ("none", "dynamic", "padding_free")}
+    counts = {
+        mode: count_target_tokens(collate_examples(batch_examples, PAD, mode, 2048)["labels"])
+        for mode in ("none", "dynamic", "padding_free")
+    }
     assert counts == {"none": expected, "dynamic": expected, "padding_free": expected}
     with pytest.raises(ConfigError, match="unknown packing mode"):
         collate_examples(batch_examples, PAD, "greedy")  # type: ignore[arg-type]
@@ -199,8 +205,12 @@ def test_per_example_attention_equals_block_diagonal_sdpa():
     # grouped-query attention: 4 query heads share 2 KV heads, as with the KV heads repeated
     q4 = torch.randn(1, 4, 11, 8, generator=gen)
     repeated = [t.repeat_interleave(2, dim=1) for t in (k, v)]
-    torch.testing.assert_close(per_example_causal_attention(q4, k, v, lengths),
-                               per_example_causal_attention(q4, *repeated, lengths), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        per_example_causal_attention(q4, k, v, lengths),
+        per_example_causal_attention(q4, *repeated, lengths),
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 @torch.no_grad()
@@ -211,11 +221,17 @@ def test_per_example_attention_leaves_padded_batches_and_generation_unchanged(to
     model.load_state_dict(reference.state_dict())
     ids = torch.randint(3, 200, (2, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]])
-    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits,
-                               reference(input_ids=ids, attention_mask=mask).logits, atol=0, rtol=0)
+    torch.testing.assert_close(
+        model(input_ids=ids, attention_mask=mask).logits,
+        reference(input_ids=ids, attention_mask=mask).logits,
+        atol=0,
+        rtol=0,
+    )
     prompt = ids[:1]
-    assert model.generate(prompt, max_new_tokens=6, do_sample=False).tolist() == \
-        reference.generate(prompt, max_new_tokens=6, do_sample=False).tolist()
+    assert (
+        model.generate(prompt, max_new_tokens=6, do_sample=False).tolist()
+        == reference.generate(prompt, max_new_tokens=6, do_sample=False).tolist()
+    )
 
 
 def test_per_example_attention_refuses_unsuitable_models(tokenizer):
@@ -273,7 +289,9 @@ def test_dynamic_pack_lets_examples_see_each_other(code_examples, tokenizer):
     n0 = len(first[0].input_ids)
     packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0]
     alone = model(input_ids=torch.tensor([first[1].input_ids])).logits[0]
-    torch.testing.assert_close(packed[:n0], model(input_ids=torch.tensor([first[0].input_ids])).logits[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        packed[:n0], model(input_ids=torch.tensor([first[0].input_ids])).logits[0], atol=1e-5, rtol=0
+    )
     assert (packed[n0 : n0 + len(first[1].input_ids)] - alone).abs().max() > 1e-3
 
 
@@ -309,17 +327,29 @@ def test_trainer_padding_free_matches_unpacked_training(tmp_path, varied_example
     def run(name, packing, attention="per_example"):
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-        cfg = TrainerConfig(output_dir=str(tmp_path / name), max_steps=3, learning_rate=1e-3, lr_scheduler="constant",
-                            per_device_batch_size=4, gradient_accumulation_steps=2, seed=5, group_by_length=False,
-                            save_final_model=False, packing=packing, packing_max_length=1024,
-                            padding_free_attention=attention)
+        cfg = TrainerConfig(
+            output_dir=str(tmp_path / name),
+            max_steps=3,
+            learning_rate=1e-3,
+            lr_scheduler="constant",
+            per_device_batch_size=4,
+            gradient_accumulation_steps=2,
+            seed=5,
+            group_by_length=False,
+            save_final_model=False,
+            packing=packing,
+            packing_max_length=1024,
+            padding_free_attention=attention,
+        )
         model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
         trainer = Trainer(cfg, model, tokenizer, varied_examples[:24])
         expected = PER_EXAMPLE_SDPA if packing == "padding_free" and attention == "per_example" else "sdpa"
         assert model.config._attn_implementation == expected
         trainer.train()
         rows = [r for r in trainer.history if "loss" in r]
-        weights = {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+        weights = {
+            k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
+        }
         return rows, weights
 
     rows_none, w_none = run("none", "none")
@@ -333,7 +363,11 @@ def test_trainer_padding_free_matches_unpacked_training(tmp_path, varied_example
     for key in w_none:
         torch.testing.assert_close(w_free[key], w_none[key], atol=1e-4, rtol=0)
     # every mode trains on the same loss tokens; packing removes padding
-    assert [r["num_tokens"] for r in rows_dyn] == [r["num_tokens"] for r in rows_none] == [r["num_tokens"] for r in rows_free]
+    assert (
+        [r["num_tokens"] for r in rows_dyn]
+        == [r["num_tokens"] for r in rows_none]
+        == [r["num_tokens"] for r in rows_free]
+    )
     assert all(r["padding_fraction"] == 0.0 and r["examples_per_row"] == 4.0 for r in rows_free)
     assert sum(d["padding_fraction"] for d in rows_dyn) < sum(n["padding_fraction"] for n in rows_none)
     # the faithful Dynamic Pack lets packed examples attend to each other, so its loss differs
@@ -349,8 +383,11 @@ def test_padding_free_equals_unpacked_on_smollm2(varied_examples):
     model, _ = load_model_and_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
     model.eval()
     examples = varied_examples[:4]
-    for dtype, atol, per_example in ((torch.float64, 1e-5, False), (torch.float32, 2e-4, False),
-                                     (torch.float64, 1e-5, True)):
+    for dtype, atol, per_example in (
+        (torch.float64, 1e-5, False),
+        (torch.float32, 2e-4, False),
+        (torch.float64, 1e-5, True),
+    ):
         model.to(dtype)
         if per_example:
             assert use_per_example_attention(model)

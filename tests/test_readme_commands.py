@@ -106,7 +106,9 @@ def check_paths(argv: list[str]) -> None:
 def check_made(folder: str, made: set[str], what: str) -> None:
     """`folder` (an outputs/... path) is written by an earlier command of the same file."""
     if folder.startswith("outputs/"):
-        assert folder.rstrip("/") in made, f"{what} reads {folder}, which no earlier command makes (made: {sorted(made)})"
+        assert folder.rstrip("/") in made, (
+            f"{what} reads {folder}, which no earlier command makes (made: {sorted(made)})"
+        )
 
 
 def check_command(argv: list[str], made: set[str]) -> None:
@@ -121,7 +123,7 @@ def check_command(argv: list[str], made: set[str]) -> None:
     if program == "accelerate":
         assert argv[1] == "launch"
         script = next(a for a in argv if a.endswith(".py"))
-        rest = argv[argv.index(script) + 1:]
+        rest = argv[argv.index(script) + 1 :]
         cfg = parse_script(REPO_ROOT / script, rest)
     elif program == "python":
         if argv[1] == "-m":
@@ -201,7 +203,9 @@ def test_readme_commands_run_as_written(doc: Path):
 
 def test_bash_commands_parser(tmp_path):
     doc = tmp_path / "README.md"
-    doc.write_text("text\n```bash\nA=1 llmkit env   # comment\nllmkit eval \\\n  --task 'humaneval'\n```\n```python\nx = 1\n```\n")
+    doc.write_text(
+        "text\n```bash\nA=1 llmkit env   # comment\nllmkit eval \\\n  --task 'humaneval'\n```\n```python\nx = 1\n```\n"
+    )
     assert bash_commands(doc) == [(3, ["llmkit", "env"]), (4, ["llmkit", "eval", "--task", "humaneval"])]
 
 

@@ -7,14 +7,20 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO_ROOT, cpu_limited_run, subprocess_env
 
-from conftest import REPO_ROOT, subprocess_env, cpu_limited_run
 from llmkit.recipe import RECIPES_DIR, list_recipes, recipe_verb
 
 
 def llmkit(*args: str) -> subprocess.CompletedProcess:
-    return cpu_limited_run([sys.executable, "-m", "llmkit.cli", *args], cwd=REPO_ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, cpu_s=300)
+    return cpu_limited_run(
+        [sys.executable, "-m", "llmkit.cli", *args],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        cpu_s=300,
+    )
 
 
 def test_every_recipe_folder_has_a_verb():
@@ -36,11 +42,16 @@ def test_llmkit_run_active_prompting_help_lists_its_keys():
     assert "--apie.pool_size" in run.stdout and "--run.experiments" in run.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (("train", "active_prompting", "--config", "x.yaml"),
-     "error: recipe 'active_prompting' has no training step; run it with: llmkit run active_prompting --config FILE"),
-    (("run", "sft"), "error: unknown experiment 'sft'; it trains: llmkit train sft; available: "),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ("train", "active_prompting", "--config", "x.yaml"),
+            "error: recipe 'active_prompting' has no training step; run it with: llmkit run active_prompting --config FILE",
+        ),
+        (("run", "sft"), "error: unknown experiment 'sft'; it trains: llmkit train sft; available: "),
+    ],
+)
 def test_wrong_verb_names_the_right_one(args, message):
     run = llmkit(*args)
     assert run.returncode != 0

@@ -6,13 +6,25 @@ import signal
 
 import pytest
 import torch
-
 from conftest import TINY_CONFIG, load_weights, read_metrics, run_sft, subprocess_env
 
 ARGS = [
-    "--config", str(TINY_CONFIG), "--trainer.max_steps", "6", "--trainer.save_steps", "2",
-    "--trainer.save_total_limit", "0", "--data.max_length", "64", "--data.max_rows", "40",
-    "--trainer.per_device_batch_size", "2", "--trainer.eval_steps", "0",
+    "--config",
+    str(TINY_CONFIG),
+    "--trainer.max_steps",
+    "6",
+    "--trainer.save_steps",
+    "2",
+    "--trainer.save_total_limit",
+    "0",
+    "--data.max_length",
+    "64",
+    "--data.max_rows",
+    "40",
+    "--trainer.per_device_batch_size",
+    "2",
+    "--trainer.eval_steps",
+    "0",
 ]
 
 
@@ -64,12 +76,21 @@ def test_lora_resume_with_dropout_matches_uninterrupted(tmp_path):
     """LoRA checkpoints hold only the adapter; RNG states make dropout replay exactly after resume."""
     from safetensors.torch import load_file
 
-    lora = ["--model.lora.r", "4", "--model.lora.alpha", "8", "--model.lora.dropout", "0.1",
-            "--trainer.learning_rate", "1e-2"]
+    lora = [
+        "--model.lora.r",
+        "4",
+        "--model.lora.alpha",
+        "8",
+        "--model.lora.dropout",
+        "0.1",
+        "--trainer.learning_rate",
+        "1e-2",
+    ]
     full, killed_dir = tmp_path / "full", tmp_path / "killed"
     assert run_sft(ARGS + lora + ["--trainer.output_dir", str(full)]).returncode == 0
-    killed = run_sft(ARGS + lora + ["--trainer.output_dir", str(killed_dir)],
-                     env=subprocess_env(LLMKIT_FAULT_KILL_AFTER_STEP="3"))
+    killed = run_sft(
+        ARGS + lora + ["--trainer.output_dir", str(killed_dir)], env=subprocess_env(LLMKIT_FAULT_KILL_AFTER_STEP="3")
+    )
     assert killed.returncode == -signal.SIGKILL
     ckpt_weights = load_file(str(killed_dir / "checkpoint-2" / "model.safetensors"))
     assert ckpt_weights and all("lora_" in k for k in ckpt_weights)  # adapter only, no frozen base

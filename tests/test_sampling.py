@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from llmkit.generation.sampling import (
-    disagreement, edit_distance, embedding_variance, jaccard, mean_pairwise_edit_distance, mean_pairwise_jaccard,
-    sample_n, unique_answer_ratio,
+    disagreement,
+    edit_distance,
+    embedding_variance,
+    jaccard,
+    mean_pairwise_edit_distance,
+    mean_pairwise_jaccard,
+    sample_n,
+    unique_answer_ratio,
 )
 from llmkit.generation.types import Completion, GenerationOutput, SamplingParams
 
@@ -41,8 +47,13 @@ class Scripted:
 
 def test_sample_n_parses_and_measures():
     parse = lambda text: frozenset(json.loads(text)["e"])
-    sets = sample_n(Scripted(), ["p1", "p2"], SamplingParams(n=3, temperature=0.8), parse,
-                    embed=lambda texts: np.array([[len(t), 0.0] for t in texts]))
+    sets = sample_n(
+        Scripted(),
+        ["p1", "p2"],
+        SamplingParams(n=3, temperature=0.8),
+        parse,
+        embed=lambda texts: np.array([[len(t), 0.0] for t in texts]),
+    )
     assert len(sets) == 2 and sets[0].parse_ok == [True, True, False]
     m = sets[0].measures
     assert m["parse_failure_rate"] == pytest.approx(1 / 3) and m["set_jaccard"] == pytest.approx(0.5)

@@ -58,8 +58,11 @@ def test_hostile_program_is_contained(name, namespaces, tmp_path):
 def test_deleting_files_outside_the_temp_dir_is_refused(tmp_path):
     target = tmp_path / "precious.txt"
     target.write_text("x")
-    for program in (f"import os\nos.remove({str(target)!r})\n", f"import pathlib\npathlib.Path({str(target)!r}).unlink()\n",
-                    f"import posix\nposix.unlink({str(target)!r})\n"):
+    for program in (
+        f"import os\nos.remove({str(target)!r})\n",
+        f"import pathlib\npathlib.Path({str(target)!r}).unlink()\n",
+        f"import posix\nposix.unlink({str(target)!r})\n",
+    ):
         assert not run_program(program, LIMITS).passed
         assert target.exists()
 

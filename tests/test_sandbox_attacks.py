@@ -16,15 +16,17 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_sandbox import live_processes_of, sample_uids  # noqa: F401 - the fixture is used by name
 
 from llmkit.evaluation import sandbox
 from llmkit.evaluation.sandbox import SandboxLimits, run_program, run_programs
-from test_sandbox import live_processes_of, sample_uids  # noqa: F401 - the fixture is used by name
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="private uids and namespaces need root")
 TIERS = [
-    pytest.param(True, id="namespaces", marks=pytest.mark.skipif(not sandbox.namespaces_available(), reason="no namespaces here")),
+    pytest.param(
+        True, id="namespaces", marks=pytest.mark.skipif(not sandbox.namespaces_available(), reason="no namespaces here")
+    ),
     pytest.param(False, id="fallback"),
 ]
 
@@ -35,7 +37,7 @@ def limits(namespaces: bool = True, **kw) -> SandboxLimits:
 
 # Finds every 32-character str/bytes the program can reach (the runner's globals, every frame's locals
 # and globals, gc) and writes each to every fd: a forged report, if the token is anywhere in reach.
-STEAL = '''
+STEAL = """
 import gc, os, sys
 def _candidates():
     found = set()
@@ -62,12 +64,14 @@ def report_pass():
                 os.write(fd, token)
             except OSError:
                 pass
-'''
+"""
 
 FORGERIES = {
     "token from __main__, then os._exit(0)": STEAL + "report_pass()\nos._exit(0)\n",
-    "atexit after the tests failed": STEAL + "import atexit\natexit.register(lambda: (report_pass(), os._exit(0)))\nassert False\n",
-    "replace builtins.SystemExit": STEAL + (
+    "atexit after the tests failed": STEAL
+    + "import atexit\natexit.register(lambda: (report_pass(), os._exit(0)))\nassert False\n",
+    "replace builtins.SystemExit": STEAL
+    + (
         "import builtins\n"
         "class Passing(Exception):\n"
         "    def __init__(self, *args):\n"
@@ -104,7 +108,9 @@ FORGERIES = {
     ),
 }
 # A wrong solution and HumanEval-style tests, after the attack (the completion comes before the tests).
-WRONG_WITH_TESTS = "\ndef add_one(x):\n    return x\n\n\ndef check(candidate):\n    assert candidate(1) == 2\n\n\ncheck(add_one)\n"
+WRONG_WITH_TESTS = (
+    "\ndef add_one(x):\n    return x\n\n\ndef check(candidate):\n    assert candidate(1) == 2\n\n\ncheck(add_one)\n"
+)
 
 
 @needs_root
@@ -114,12 +120,14 @@ def test_a_wrong_answer_cannot_forge_a_pass(name, namespaces):
     result = run_program(FORGERIES[name] + WRONG_WITH_TESTS, limits(namespaces))
     assert result.status == "failed", result
     if name.startswith("settrace"):  # refused, the attack leaves the honest tests in charge
-        assert run_program(FORGERIES[name] + WRONG_WITH_TESTS.replace("return x", "return x + 1"), limits(namespaces)).passed
+        assert run_program(
+            FORGERIES[name] + WRONG_WITH_TESTS.replace("return x", "return x + 1"), limits(namespaces)
+        ).passed
 
 
 # Every primitive below could reach the token or change how the tests run; the program passes only if the
 # sandbox refuses each one.
-REFUSED = '''
+REFUSED = """
 import gc, sys, threading
 def f():
     pass
@@ -172,7 +180,7 @@ for name, attempt in attempts.items():
         continue
     allowed.append(name)
 assert allowed == [], allowed
-'''
+"""
 
 
 @needs_root
@@ -182,7 +190,7 @@ def test_forging_primitives_are_refused():
 
 
 # What ordinary solutions use must keep working under the audit hook.
-ORDINARY = '''
+ORDINARY = """
 import collections, dataclasses, fractions, functools, heapq, inspect, itertools, json, math, re, statistics, sys
 import threading
 from typing import List, NamedTuple, TypeVar
@@ -208,7 +216,7 @@ assert collections.Counter("aab")["a"] == 2 and math.isqrt(17) == 4 and list(ite
 with open("scratch.txt", "w") as fh:
     fh.write("ok")
 assert open("scratch.txt").read() == "ok"
-'''
+"""
 
 
 @pytest.mark.parametrize("namespaces", TIERS)
@@ -353,8 +361,9 @@ def test_a_deep_tree_costs_no_verdicts_and_leaves_no_folder(namespaces, monkeypa
     os.chmod(base, 0o711)  # a private uid must reach its work folder inside
     monkeypatch.setattr(tempfile, "tempdir", base)
     try:
-        results = run_programs([DEEP, "assert 1 + 1 == 2\n", DEEP + "assert False\n"], limits(namespaces),
-                               workers=2, show_progress=False)
+        results = run_programs(
+            [DEEP, "assert 1 + 1 == 2\n", DEEP + "assert False\n"], limits(namespaces), workers=2, show_progress=False
+        )
         assert [r.status for r in results] == ["passed", "passed", "failed"], results
         assert os.listdir(base) == []
     finally:

@@ -11,12 +11,26 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT, subprocess_env
+
 from llmkit.errors import ConfigError
-from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS, KIND_SENT, EfufWeights, efuf_loss, gradient_ascent_loss, per_example_ce
+from llmkit.unlearning.losses import (
+    KIND_GOLD,
+    KIND_NEG,
+    KIND_POS,
+    KIND_SENT,
+    EfufWeights,
+    efuf_loss,
+    gradient_ascent_loss,
+    per_example_ce,
+)
 from llmkit.unlearning.sam import (
-    apply_perturbation, global_grad_norm, restore_parameters, sam_perturbation, sharpness_probe, targeted_sam_step,
+    apply_perturbation,
+    global_grad_norm,
+    restore_parameters,
+    sam_perturbation,
+    sharpness_probe,
+    targeted_sam_step,
 )
 from llmkit.unlearning.schedules import efuf_weights, linear_after
 
@@ -25,6 +39,7 @@ TINY = REPO_ROOT / "recipes" / "sare" / "configs" / "tiny_cpu.yaml"
 
 
 # ----- losses ---------------------------------------------------------------------------------------
+
 
 def test_per_example_ce_is_the_mean_over_each_rows_targets():
     # Vocab 2. Row 0 predicts label 1 with logits [0, 0] (CE ln 2) and label 0 with [ln 3, 0] (CE ln(4/3));
@@ -73,6 +88,7 @@ def test_efuf_loss_missing_kind_contributes_zero_and_ga_is_negated_mean():
 
 # ----- schedules ------------------------------------------------------------------------------------
 
+
 def test_linear_after_and_efuf_schedules():
     assert linear_after(0.2, 0.3, 0.0, 0.4) == 0.3
     assert linear_after(0.4, 0.3, 0.0, 0.4) == 0.3
@@ -87,6 +103,7 @@ def test_linear_after_and_efuf_schedules():
 
 
 # ----- the Targeted-SAM step ------------------------------------------------------------------------
+
 
 def test_sam_perturbation_is_rho_times_unit_gradient():
     eps = sam_perturbation([torch.tensor([3.0]), None, torch.tensor([4.0])], rho=0.5)
@@ -191,6 +208,7 @@ def test_sharpness_probe_hand_computed_and_restores():
 
 # ----- the trainer ----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def proxy_examples(tokenizer):
     from llmkit.unlearning.proxy import build_rows, hallucination_pairs, pope_objects, read_sentences, tokenize_rows
@@ -198,7 +216,9 @@ def proxy_examples(tokenizer):
     objects = pope_objects(["pope/coco_pope_random.json"])
     rows = build_rows(objects[:12], hallucination_pairs(objects[:12], 2, 0), read_sentences("sst2/train.jsonl", 4))
     scores = {KIND_NEG: 15.0, KIND_POS: 35.0, KIND_GOLD: 40.0}
-    return tokenize_rows(rows["forget"], tokenizer, scores), tokenize_rows(rows["retain"] + rows["gold"], tokenizer, scores)
+    return tokenize_rows(rows["forget"], tokenizer, scores), tokenize_rows(
+        rows["retain"] + rows["gold"], tokenizer, scores
+    )
 
 
 def _trainer(tmp_path, tokenizer, forget, retain, **settings):
@@ -207,9 +227,19 @@ def _trainer(tmp_path, tokenizer, forget, retain, **settings):
     from llmkit.unlearning.trainer import UnlearningConfig, UnlearningTrainer
 
     torch.manual_seed(0)
-    model, _ = load_model_and_tokenizer(ModelConfig(name="tiny-random-llama", lora=LoraAdapterConfig(r=4, dropout=0.0, target_modules=["q_proj", "v_proj"])))
-    cfg = TrainerConfig(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=4, learning_rate=1e-2,
-                        lr_scheduler="constant", save_final_model=False)
+    model, _ = load_model_and_tokenizer(
+        ModelConfig(
+            name="tiny-random-llama", lora=LoraAdapterConfig(r=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
+        )
+    )
+    cfg = TrainerConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_batch_size=4,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+        save_final_model=False,
+    )
     return UnlearningTrainer(cfg, UnlearningConfig(retain_batch_size=4, **settings), model, tokenizer, forget, retain)
 
 
@@ -252,8 +282,15 @@ def test_sare_refuses_deepspeed_and_fsdp_with_the_reason(tmp_path, tokenizer, pr
     for kind in ("DEEPSPEED", "FSDP"):
         fake = SimpleNamespace(distributed_type=SimpleNamespace(value=kind))
         with pytest.raises(ConfigError, match=f"does not run under {kind}.*shard"):
-            UnlearningTrainer(TrainerConfig(output_dir=str(tmp_path)), UnlearningConfig(algorithm="sare"),
-                              None, tokenizer, forget, retain, accelerator=fake)
+            UnlearningTrainer(
+                TrainerConfig(output_dir=str(tmp_path)),
+                UnlearningConfig(algorithm="sare"),
+                None,
+                tokenizer,
+                forget,
+                retain,
+                accelerator=fake,
+            )
 
 
 def test_bad_unlearning_input_is_rejected(tmp_path, tokenizer, proxy_examples):
@@ -273,10 +310,20 @@ def test_bad_unlearning_input_is_rejected(tmp_path, tokenizer, proxy_examples):
 
 # ----- proxy data -----------------------------------------------------------------------------------
 
-def test_proxy_objects_pairs_and_emission_matching(tokenizer):
-    from llmkit.unlearning.proxy import COCO_SUPERCATEGORY, build_rows, hallucination_pairs, names_object, pope_objects, tokenize_rows
 
-    objects = pope_objects(["pope/coco_pope_random.json", "pope/coco_pope_popular.json", "pope/coco_pope_adversarial.json"])
+def test_proxy_objects_pairs_and_emission_matching(tokenizer):
+    from llmkit.unlearning.proxy import (
+        COCO_SUPERCATEGORY,
+        build_rows,
+        hallucination_pairs,
+        names_object,
+        pope_objects,
+        tokenize_rows,
+    )
+
+    objects = pope_objects(
+        ["pope/coco_pope_random.json", "pope/coco_pope_popular.json", "pope/coco_pope_adversarial.json"]
+    )
     assert len(objects) >= 70 and "dining table" in objects
     pairs = hallucination_pairs(objects, 35, seed=0)
     assert pairs == hallucination_pairs(objects, 35, seed=0) and len({a for a, _ in pairs}) == 35
@@ -292,9 +339,19 @@ def test_proxy_objects_pairs_and_emission_matching(tokenizer):
 
 # ----- the recipe -----------------------------------------------------------------------------------
 
+
 def _run(tmp_path, *extra):
-    cmd = [sys.executable, str(SCRIPT), "--config", str(TINY), "--trainer.output_dir", str(tmp_path / "out"),
-           "--method.teach.output_dir", str(tmp_path / "taught"), *extra]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--config",
+        str(TINY),
+        "--trainer.output_dir",
+        str(tmp_path / "out"),
+        "--method.teach.output_dir",
+        str(tmp_path / "taught"),
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -307,8 +364,12 @@ def test_recipe_end_to_end_on_the_tiny_config(tmp_path):
         assert {"emission", "forget_ce", "retain_ppl_text", "retain_ppl_facts"} <= set(results[stage])
         assert {"random", "random_abs", "adversarial"} <= set(results[stage]["sharpness"]["0.05"])
     assert (tmp_path / "taught" / ".llmkit-complete").is_file()
-    summary = subprocess.run([sys.executable, str(REPO_ROOT / "recipes" / "sare" / "summarize.py"), str(tmp_path / "out")],
-                             capture_output=True, text=True, check=True).stdout
+    summary = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "recipes" / "sare" / "summarize.py"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "| sare (ρ=0.05, λ₁=1.0) |" in summary
 
 
@@ -321,26 +382,42 @@ def test_recipe_unknown_key_fails_in_one_line(tmp_path):
 @pytest.mark.distributed
 def test_ddp_efuf_equals_one_process_and_sare_runs_under_ddp(tmp_path):
     """Same global batch (1 × 4 vs 2 × 2): EFUF's loss and adapter match; SARE (local ε, one all-reduce) runs."""
-    from safetensors.torch import load_file
-
     from conftest import read_metrics
+    from safetensors.torch import load_file
 
     common = ["--method.relearn.sizes", "[0]", "--method.probe.rhos", "[]", "--method.unlearning.algorithm", "efuf"]
     one = _run(tmp_path, *common)  # also teaches tmp_path/taught, which the DDP runs reuse
     assert one.returncode == 0, one.stderr[-3000:]
 
     def launch(out, *extra):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), str(SCRIPT), "--config", str(TINY),
-               "--trainer.output_dir", str(out), "--method.teach.output_dir", str(tmp_path / "taught"),
-               "--trainer.per_device_batch_size", "2", "--method.unlearning.retain_batch_size", "2", *common, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+            str(SCRIPT),
+            "--config",
+            str(TINY),
+            "--trainer.output_dir",
+            str(out),
+            "--method.teach.output_dir",
+            str(tmp_path / "taught"),
+            "--trainer.per_device_batch_size",
+            "2",
+            "--method.unlearning.retain_batch_size",
+            "2",
+            *common,
+            *extra,
+        ]
         return subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
 
     two = launch(tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     assert "MULTI_CPU, 2 process(es), global batch 4" in two.stderr
     assert [r["loss"] for r in read_metrics(tmp_path / "two")] == pytest.approx(
-        [r["loss"] for r in read_metrics(tmp_path / "out")], rel=1e-4)
+        [r["loss"] for r in read_metrics(tmp_path / "out")], rel=1e-4
+    )
     w1 = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "adapter_model.safetensors"))
     for key in w1:
@@ -351,6 +428,7 @@ def test_ddp_efuf_equals_one_process_and_sare_runs_under_ddp(tmp_path):
 
 
 # ----- image-text (LLaVA-style) models --------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def llava_parts():
@@ -363,14 +441,33 @@ def llava_parts():
     tokenizer = load_tokenizer(ModelConfig(name="tiny-random-llama"))  # a fresh copy; the session one stays text-only
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    processor = LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=1, num_attention_heads=2),
-        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                num_attention_heads=2, num_key_value_heads=1),
-        image_token_id=processor.image_token_id, vision_feature_layer=-1)
+        vision_config=CLIPVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
+        image_token_id=processor.image_token_id,
+        vision_feature_layer=-1,
+    )
     return config, processor
 
 
@@ -383,7 +480,12 @@ def _llava(config, lora: bool = False):
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config)
     if lora:
-        model = apply_lora(model, LoraAdapterConfig(r=4, dropout=0.0, target_modules=language_model_lora_targets(model, ["q_proj", "v_proj"])))
+        model = apply_lora(
+            model,
+            LoraAdapterConfig(
+                r=4, dropout=0.0, target_modules=language_model_lora_targets(model, ["q_proj", "v_proj"])
+            ),
+        )
     return model
 
 
@@ -406,12 +508,30 @@ def llava_examples(llava_parts, tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "a.png"
     image().save(path)
 
-    forget = [image_text_example(processor, image(), "USER: <image>\nWhat is next to the fork? ASSISTANT:", answer, KIND_NEG, 15.0, f"neg:{i}")
-              for i, answer in enumerate([" a giraffe.", " a kite on the table.", " a zebra.", " two skis."])]
-    retain = [image_text_example(processor, image(), "USER: <image>\nWhat is on the table? ASSISTANT:", answer, KIND_POS, 35.0, f"pos:{i}")
-              for i, answer in enumerate([" a fork.", " a cup and a fork.", " a bowl."])]
-    retain[0] = image_text_example(processor, str(path), "USER: <image>\nWhat is on the table? ASSISTANT:", " a fork.", KIND_POS, 35.0, "pos:0")
-    retain += tokenize_rows([ProxyRow("Q: Write one sentence.\nA:", " A fine film.", KIND_GOLD, "")], processor.tokenizer, {KIND_GOLD: 40.0})
+    forget = [
+        image_text_example(
+            processor,
+            image(),
+            "USER: <image>\nWhat is next to the fork? ASSISTANT:",
+            answer,
+            KIND_NEG,
+            15.0,
+            f"neg:{i}",
+        )
+        for i, answer in enumerate([" a giraffe.", " a kite on the table.", " a zebra.", " two skis."])
+    ]
+    retain = [
+        image_text_example(
+            processor, image(), "USER: <image>\nWhat is on the table? ASSISTANT:", answer, KIND_POS, 35.0, f"pos:{i}"
+        )
+        for i, answer in enumerate([" a fork.", " a cup and a fork.", " a bowl."])
+    ]
+    retain[0] = image_text_example(
+        processor, str(path), "USER: <image>\nWhat is on the table? ASSISTANT:", " a fork.", KIND_POS, 35.0, "pos:0"
+    )
+    retain += tokenize_rows(
+        [ProxyRow("Q: Write one sentence.\nA:", " A fine film.", KIND_GOLD, "")], processor.tokenizer, {KIND_GOLD: 40.0}
+    )
     return forget, retain
 
 
@@ -466,7 +586,10 @@ def test_targeted_sam_step_on_llava_with_images(llava_parts, llava_examples):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     # LoRA on the language model only: the vision tower's q/v_proj and the projector stay frozen
     assert trainable and all(".language_model." in n for n in trainable)
-    forget_batch, retain_batch = _image_batch(forget, processor.tokenizer.pad_token_id), _image_batch(retain, processor.tokenizer.pad_token_id)
+    forget_batch, retain_batch = (
+        _image_batch(forget, processor.tokenizer.pad_token_id),
+        _image_batch(retain, processor.tokenizer.pad_token_id),
+    )
     weights = efuf_weights(0.0)
 
     def losses(batch):
@@ -505,22 +628,40 @@ def _llava_trainer(tmp_path, llava_parts, forget, retain, **settings):
     from llmkit.unlearning.trainer import UnlearningConfig, UnlearningTrainer
 
     config, processor = llava_parts
-    cfg = TrainerConfig(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=2, learning_rate=1e-2,
-                        lr_scheduler="constant", save_final_model=False)
-    return UnlearningTrainer(cfg, UnlearningConfig(retain_batch_size=2, **settings), _llava(config, lora=True),
-                             processor.tokenizer, forget, retain)
+    cfg = TrainerConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_batch_size=2,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+        save_final_model=False,
+    )
+    return UnlearningTrainer(
+        cfg,
+        UnlearningConfig(retain_batch_size=2, **settings),
+        _llava(config, lora=True),
+        processor.tokenizer,
+        forget,
+        retain,
+    )
 
 
 def test_unlearning_trainer_runs_on_llava_with_images(tmp_path, llava_parts, llava_examples, fresh_accelerate_state):
     forget, retain = llava_examples
     runs = {}
-    for name, settings in {"efuf": {"algorithm": "efuf"}, "sare0": {"algorithm": "sare", "rho": 0.0},
-                           "sare": {"algorithm": "sare", "rho": 0.5}, "ga": {"algorithm": "ga"}}.items():
+    for name, settings in {
+        "efuf": {"algorithm": "efuf"},
+        "sare0": {"algorithm": "sare", "rho": 0.0},
+        "sare": {"algorithm": "sare", "rho": 0.5},
+        "ga": {"algorithm": "ga"},
+    }.items():
         trainer = _llava_trainer(tmp_path / name, llava_parts, forget, retain, **settings)
         if name == "efuf":
             batches = trainer.step_batches(0)
             for b in batches:  # each micro-batch carries one image per image row
-                images = sum(1 for i in range(len(b["kinds"])) if (b["input_ids"][i] == llava_parts[0].image_token_id).any())
+                images = sum(
+                    1 for i in range(len(b["kinds"])) if (b["input_ids"][i] == llava_parts[0].image_token_id).any()
+                )
                 assert b.get("pixel_values", torch.zeros(0)).shape[0] == images
         trainer.train()
         runs[name] = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
@@ -540,7 +681,9 @@ def test_text_only_batches_and_lora_targets_are_unchanged(tokenizer, proxy_examp
     assert collate_image_inputs(forget[:3]) == {}
     assert forward_inputs(batch).keys() == model_forward_inputs(batch).keys()
     names = ["q_proj", "v_proj"]
-    assert language_model_lora_targets(load_model(ModelConfig(name="tiny-random-llama"), len(tokenizer)), names) is names
+    assert (
+        language_model_lora_targets(load_model(ModelConfig(name="tiny-random-llama"), len(tokenizer)), names) is names
+    )
 
 
 def test_recipe_runs_on_a_llava_checkpoint(tmp_path, llava_parts):
@@ -557,8 +700,10 @@ def test_recipe_runs_on_a_llava_checkpoint(tmp_path, llava_parts):
     recipe = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = recipe  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(recipe)
-    model = recipe.with_lora(recipe.load_base_model(ModelConfig(name=str(folder)), len(processor.tokenizer)),
-                             LoraAdapterConfig(r=4, dropout=0.0))
+    model = recipe.with_lora(
+        recipe.load_base_model(ModelConfig(name=str(folder)), len(processor.tokenizer)),
+        LoraAdapterConfig(r=4, dropout=0.0),
+    )
     assert type(model.get_base_model()).__name__ == "LlavaForConditionalGeneration"
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".language_model." in n for n in trainable)

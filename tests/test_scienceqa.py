@@ -47,34 +47,61 @@ def test_text_only_subset():
     assert len(get_task("scienceqa-text").load()) == 2224
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is (B).", 1), ("B", 1), ("(C) gravity", 2), ("Answer: A.", 0), ("b) no", None),
-    ("I think it is apostrophe", 1), ("The answer is E", None), ("nothing useful", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is (B).", 1),
+        ("B", 1),
+        ("(C) gravity", 2),
+        ("Answer: A.", 0),
+        ("b) no", None),
+        ("I think it is apostrophe", 1),
+        ("The answer is E", None),
+        ("nothing useful", None),
+    ],
+)
 def test_extract_choice(text, expected):
     assert extract_choice(text, ["chiasmus", "apostrophe", "gravity"]) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is (B).", 1), ("B", 1), ("(C) gravity", 2), ("Answer: A.", 0),
-    ("I think it is apostrophe", None), ("gravity", None), ("nothing useful", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is (B).", 1),
+        ("B", 1),
+        ("(C) gravity", 2),
+        ("Answer: A.", 0),
+        ("I think it is apostrophe", None),
+        ("gravity", None),
+        ("nothing useful", None),
+    ],
+)
 def test_extract_choice_letters_only(text, expected):
     assert extract_choice(text, ["chiasmus", "apostrophe", "gravity"], letters_only=True) == expected
 
 
 def test_strict_and_lenient_accuracy_on_hand_made_answers():
     """Lenient counts an answer naming one option's text as that option; strict reads letters only."""
-    problem = {"choices": ["chiasmus", "apostrophe", "gravity"], "answer": 1, "subject": "language science",
-               "grade": "grade5", "hint": "", "image": None}
-    answers = ["The answer is (B).",        # a letter, right: both
-               "It is apostrophe.",         # the right option's text, no letter: lenient only
-               "gravity, surely",           # a wrong option's text: wrong in both, unparsed in strict
-               "(A) chiasmus",              # a letter, wrong: both parse it
-               "no idea"]                   # nothing: unparsed in both
+    problem = {
+        "choices": ["chiasmus", "apostrophe", "gravity"],
+        "answer": 1,
+        "subject": "language science",
+        "grade": "grade5",
+        "hint": "",
+        "image": None,
+    }
+    answers = [
+        "The answer is (B).",  # a letter, right: both
+        "It is apostrophe.",  # the right option's text, no letter: lenient only
+        "gravity, surely",  # a wrong option's text: wrong in both, unparsed in strict
+        "(A) chiasmus",  # a letter, wrong: both parse it
+        "no idea",
+    ]  # nothing: unparsed in both
     m = get_task("scienceqa").score([problem] * len(answers), outputs(answers), chat=True, ks=[1]).metrics
     assert m["accuracy"] == pytest.approx(100 * 2 / 5) and m["unparsed_rate"] == pytest.approx(100 * 1 / 5)
-    assert m["accuracy_strict"] == pytest.approx(100 * 1 / 5) and m["unparsed_rate_strict"] == pytest.approx(100 * 3 / 5)
+    assert m["accuracy_strict"] == pytest.approx(100 * 1 / 5) and m["unparsed_rate_strict"] == pytest.approx(
+        100 * 3 / 5
+    )
     assert m["LAN"] == m["accuracy"]  # the groups follow the lenient parse
 
 
@@ -100,7 +127,18 @@ def test_harness_writes_results_samples_report_and_plot(tmp_path):
     cfg = EvalConfig(task="scienceqa", limit=50, output_dir=str(tmp_path / "r"))
     results = run_eval(get_task("scienceqa"), Constant(), cfg)
     saved = json.loads((tmp_path / "r" / "results.json").read_text())
-    for key in ("task", "metrics", "sampling", "chat_template", "generator", "versions", "git", "wall_seconds", "timeout_s", "command"):
+    for key in (
+        "task",
+        "metrics",
+        "sampling",
+        "chat_template",
+        "generator",
+        "versions",
+        "git",
+        "wall_seconds",
+        "timeout_s",
+        "command",
+    ):
         assert key in saved, key
     assert saved["sampling"]["seed"] == 1234 and saved["num_problems"] == 50
     assert len((tmp_path / "r" / "samples.jsonl").read_text().splitlines()) == 50

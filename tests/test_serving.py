@@ -31,12 +31,15 @@ def test_pure_lora_is_served_as_an_adapter(tmp_path):
         assert "--dtype float32" in joined and "--enforce-eager" in cmd
 
 
-@pytest.mark.parametrize("cfg, why", [
-    ({"modules_to_save": ["lm_head"]}, "trains embeddings or lm_head"),
-    ({"target_modules": ["q_proj", "embed_tokens"]}, "trains embeddings or lm_head"),
-    ({"r": 1024}, "exceeds vLLM's maximum 512"),
-    ({"r": 8, "rank_pattern": {"q_proj": 600}}, "rank 600 exceeds"),
-])
+@pytest.mark.parametrize(
+    "cfg, why",
+    [
+        ({"modules_to_save": ["lm_head"]}, "trains embeddings or lm_head"),
+        ({"target_modules": ["q_proj", "embed_tokens"]}, "trains embeddings or lm_head"),
+        ({"r": 1024}, "exceeds vLLM's maximum 512"),
+        ({"r": 8, "rank_pattern": {"q_proj": 600}}, "rank 600 exceeds"),
+    ],
+)
 def test_merge_when_vllm_cannot_serve_the_adapter(tmp_path, cfg, why):
     plan = plan_serving(adapter(tmp_path, **cfg))
     assert plan.mode == "merge" and why in plan.reason

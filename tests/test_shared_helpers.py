@@ -55,7 +55,7 @@ def test_mean_std_by_hand():
     # [1, 3]: mean 2; population variance ((1-2)² + (3-2)²)/2 = 1; sample variance 2/1 = 2.
     assert mean_std([1.0, 3.0]) == (2.0, 1.0)
     mean, std = mean_std(np.array([1.0, 3.0]), ddof=1)
-    assert mean == 2.0 and std == pytest.approx(2 ** 0.5, abs=0)
+    assert mean == 2.0 and std == pytest.approx(2**0.5, abs=0)
     # [2, 4, 4, 4, 5, 5, 7, 9]: mean 5, population std 2 (the textbook example).
     assert mean_std([2, 4, 4, 4, 5, 5, 7, 9]) == (5.0, 2.0)
     assert mean_std([7.5]) == (7.5, 0.0) and mean_std([7.5], ddof=1) == (7.5, 0.0)

@@ -104,8 +104,13 @@ def test_hgivr_on_scienceqa_through_the_harness(tmp_path):
     assert results["strategy"]["name"] == "hgivr" and results["strategy"]["max_rounds"] == 10
     samples = [json.loads(line) for line in (tmp_path / "h" / "samples.jsonl").read_text().splitlines()]
     assert samples[0]["prompt"] == "[3 model calls]"
-    sc = run_eval(task, FakeGenerator(), EvalConfig(task="scienceqa-text", strategy="self_consistency", sc_samples=3,
-                                                    limit=20, output_dir=str(tmp_path / "sc")))
+    sc = run_eval(
+        task,
+        FakeGenerator(),
+        EvalConfig(
+            task="scienceqa-text", strategy="self_consistency", sc_samples=3, limit=20, output_dir=str(tmp_path / "sc")
+        ),
+    )
     assert sc["metrics"]["responses_per_question"] == 3.0
     assert sc["metrics"]["accuracy"] == 100.0 * sum(p["answer"] == 0 for p in problems) / 20
 
@@ -113,7 +118,11 @@ def test_hgivr_on_scienceqa_through_the_harness(tmp_path):
 def test_strategy_metrics_from_per_question_records():
     from llmkit.evaluation.strategies import strategy_metrics
 
-    records = [{"calls": 2, "stopped_by": "repeat"}, {"calls": 10, "stopped_by": "cap"}, {"calls": 3, "stopped_by": "repeat"}]
+    records = [
+        {"calls": 2, "stopped_by": "repeat"},
+        {"calls": 10, "stopped_by": "cap"},
+        {"calls": 3, "stopped_by": "repeat"},
+    ]
     assert strategy_metrics(records) == {"responses_per_question": 5.0, "stopped_at_cap": 1.0}
     assert strategy_metrics([{"calls": 5}, {"calls": 5}]) == {"responses_per_question": 5.0}  # self-consistency
     assert strategy_metrics([]) == {}
@@ -144,8 +153,11 @@ def test_interrupted_hgivr_run_resumes_to_the_same_results(tmp_path):
     from llmkit.evaluation.tasks import get_task
 
     task = get_task("scienceqa-text")
-    reference = run_eval(task, FakeGenerator(), EvalConfig(task="scienceqa-text", strategy="hgivr", limit=20,
-                                                            chunk_size=0, output_dir=str(tmp_path / "ref")))
+    reference = run_eval(
+        task,
+        FakeGenerator(),
+        EvalConfig(task="scienceqa-text", strategy="hgivr", limit=20, chunk_size=0, output_dir=str(tmp_path / "ref")),
+    )
     cfg = EvalConfig(task="scienceqa-text", strategy="hgivr", limit=20, chunk_size=8, output_dir=str(tmp_path / "run"))
     # chunk 1 (8 problems) takes 3 generate calls (rounds), chunk 2 dies in its second round
     with pytest.raises(KeyboardInterrupt):
@@ -188,15 +200,24 @@ def test_resume_refuses_a_partial_file_of_other_problems(tmp_path):
     from llmkit.evaluation.harness import GENERATION_FIELDS
 
     settings = {k: getattr(EvalConfig(task="scienceqa-text", limit=5), k) for k in GENERATION_FIELDS}
-    (out / "partial.jsonl").write_text(__import__("json").dumps({"settings": settings}) + "\n" +
-                                       '{"id": "not-a-problem", "output": {"prompt_text": "", "completions": []}}\n')
+    (out / "partial.jsonl").write_text(
+        __import__("json").dumps({"settings": settings})
+        + "\n"
+        + '{"id": "not-a-problem", "output": {"prompt_text": "", "completions": []}}\n'
+    )
     with pytest.raises(ConfigError, match="not in this task's problems"):
-        run_eval(get_task("scienceqa-text"), FakeGenerator(),
-                 EvalConfig(task="scienceqa-text", limit=5, resume=True, output_dir=str(out)))
+        run_eval(
+            get_task("scienceqa-text"),
+            FakeGenerator(),
+            EvalConfig(task="scienceqa-text", limit=5, resume=True, output_dir=str(out)),
+        )
     (out / "partial.jsonl").write_text("garbage\n")
     with pytest.raises(ConfigError, match="no settings header"):
-        run_eval(get_task("scienceqa-text"), FakeGenerator(),
-                 EvalConfig(task="scienceqa-text", limit=5, resume=True, output_dir=str(out)))
+        run_eval(
+            get_task("scienceqa-text"),
+            FakeGenerator(),
+            EvalConfig(task="scienceqa-text", limit=5, resume=True, output_dir=str(out)),
+        )
 
 
 def test_chunks_get_distinct_seeds_and_a_missing_strategy_record_is_an_error(tmp_path, monkeypatch):
@@ -206,25 +227,35 @@ def test_chunks_get_distinct_seeds_and_a_missing_strategy_record_is_an_error(tmp
     from llmkit.evaluation.tasks import get_task
 
     gen = FakeGenerator()  # records each call's seed
-    run_eval(get_task("scienceqa-text"), gen, EvalConfig(task="scienceqa-text", limit=10, chunk_size=4, seed=7,
-                                                         output_dir=str(tmp_path / "a")))
+    run_eval(
+        get_task("scienceqa-text"),
+        gen,
+        EvalConfig(task="scienceqa-text", limit=10, chunk_size=4, seed=7, output_dir=str(tmp_path / "a")),
+    )
     assert gen.seeds == [7, 11, 15]  # seed + the chunk's first problem position
 
     class NoRecord(FakeGenerator):
         pass
 
     task = get_task("scienceqa-text")
-    monkeypatch.setattr(type(task), "run_strategy", lambda self, strategy, problems, generator, params, cfg:
-                        generator.generate([self.prompt(p, True) for p in problems], params))
+    monkeypatch.setattr(
+        type(task),
+        "run_strategy",
+        lambda self, strategy, problems, generator, params, cfg: generator.generate(
+            [self.prompt(p, True) for p in problems], params
+        ),
+    )
     with pytest.raises(RuntimeError, match="without their per-question record"):
-        run_eval(task, NoRecord(), EvalConfig(task="scienceqa-text", strategy="hgivr", limit=3,
-                                              output_dir=str(tmp_path / "b")))
+        run_eval(
+            task,
+            NoRecord(),
+            EvalConfig(task="scienceqa-text", strategy="hgivr", limit=3, output_dir=str(tmp_path / "b")),
+        )
     assert clear_partial(tmp_path / "b") is True and clear_partial(tmp_path / "b") is False
 
 
 def test_resume_refuses_a_journal_of_other_weights_at_the_same_path(tmp_path):
     """A local model retrained in place between an interrupted run and its resume is noticed (model_files)."""
-    import os
 
     import pytest
 
@@ -245,8 +276,14 @@ def test_resume_refuses_a_journal_of_other_weights_at_the_same_path(tmp_path):
     assert generation_settings(EvalConfig(backend="openai", base_url="http://h:1/v1"))["base_url"] == "http://h:1/v1"
 
     task = get_task("scienceqa-text")
-    cfg = EvalConfig(task="scienceqa-text", model=str(model), strategy="hgivr", limit=20, chunk_size=8,
-                     output_dir=str(model / "eval"))
+    cfg = EvalConfig(
+        task="scienceqa-text",
+        model=str(model),
+        strategy="hgivr",
+        limit=20,
+        chunk_size=8,
+        output_dir=str(model / "eval"),
+    )
     (model / "eval" / "partial.jsonl").unlink()
     with pytest.raises(KeyboardInterrupt):
         run_eval(task, InterruptingGenerator(fail_on=5), cfg)
@@ -274,9 +311,16 @@ def test_eval_summary_row_says_when_a_run_was_resumed():
     spec = importlib.util.spec_from_file_location("eval_summary", REPO_ROOT / "benchmarks" / "eval_summary.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    results = {"task": "scienceqa", "model": "m", "generator": {"backend": "vllm"}, "num_problems": 4241,
-               "metrics": {"accuracy": 41.25, "responses_per_question": 5.0}, "wall_seconds": 812.5,
-               "command": "llmkit eval --task scienceqa", "resumed_problems": 0}
+    results = {
+        "task": "scienceqa",
+        "model": "m",
+        "generator": {"backend": "vllm"},
+        "num_problems": 4241,
+        "metrics": {"accuracy": 41.25, "responses_per_question": 5.0},
+        "wall_seconds": 812.5,
+        "command": "llmkit eval --task scienceqa",
+        "resumed_problems": 0,
+    }
     row = module.row(results)
     assert "| accuracy = 41.25 |" in row and "| 812.5 |" in row
     resumed = module.row({**results, "resumed_problems": 3000})

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 import torch
-
 from conftest import TINY_CONFIG, load_weights, read_metrics, run_sft, subprocess_env
+
 from llmkit.data.packing import collate_examples
 from llmkit.data.sft import IGNORE_INDEX
 from llmkit.errors import ConfigError
@@ -139,8 +139,15 @@ BUDGET = dict(packing="padding_free", packing_max_length=128, max_tokens_per_ste
 
 
 def budget_trainer(tmp_path, examples, tokenizer, **overrides):
-    settings = dict(output_dir=str(tmp_path / "tb"), max_steps=3, learning_rate=1e-3, lr_scheduler="constant", seed=5,
-                    save_final_model=False, **BUDGET)
+    settings = dict(
+        output_dir=str(tmp_path / "tb"),
+        max_steps=3,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        seed=5,
+        save_final_model=False,
+        **BUDGET,
+    )
     settings.update(overrides)
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
     return Trainer(TrainerConfig(**settings), model, tokenizer, examples)
@@ -151,15 +158,24 @@ def test_refusals_name_the_setting(tmp_path, code_examples, tokenizer, fresh_acc
         def step_batches(self, step):
             return super().step_batches(step)
 
-    with pytest.raises(ConfigError, match="max_tokens_per_step is not supported by OwnBatches .*overrides step_batches"):
-        OwnBatches(TrainerConfig(output_dir=str(tmp_path / "own"), **BUDGET), load_model(
-            ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)), tokenizer, code_examples)
-    with pytest.raises(ConfigError, match="max_tokens_per_step packs examples into rows: set trainer.packing: padding_free"):
+    with pytest.raises(
+        ConfigError, match="max_tokens_per_step is not supported by OwnBatches .*overrides step_batches"
+    ):
+        OwnBatches(
+            TrainerConfig(output_dir=str(tmp_path / "own"), **BUDGET),
+            load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)),
+            tokenizer,
+            code_examples,
+        )
+    with pytest.raises(
+        ConfigError, match="max_tokens_per_step packs examples into rows: set trainer.packing: padding_free"
+    ):
         budget_trainer(tmp_path, code_examples, tokenizer, packing="none")
 
 
-def test_an_epoch_trains_on_the_same_loss_tokens_as_unpacked_training(tmp_path, code_examples, tokenizer,
-                                                                      fresh_accelerate_state):
+def test_an_epoch_trains_on_the_same_loss_tokens_as_unpacked_training(
+    tmp_path, code_examples, tokenizer, fresh_accelerate_state
+):
     trainer = budget_trainer(tmp_path, code_examples, tokenizer, max_steps=-1)
     steps = trainer.steps_per_epoch
     assert trainer.total_steps == steps > 2
@@ -176,11 +192,13 @@ def test_an_epoch_trains_on_the_same_loss_tokens_as_unpacked_training(tmp_path, 
     expected = [tuple(row[mask.bool()].tolist()) for row, mask in zip(unpacked["labels"], unpacked["attention_mask"])]
     assert Counter(packed) == Counter(expected)
     assert sum(sum(t != IGNORE_INDEX for t in labels[1:]) for labels in packed) == sum(
-        ex.num_target_tokens for ex in code_examples)
+        ex.num_target_tokens for ex in code_examples
+    )
 
 
-def test_token_budget_training_equals_a_plain_loop_over_the_same_steps(tmp_path, code_examples, tokenizer,
-                                                                       fresh_accelerate_state):
+def test_token_budget_training_equals_a_plain_loop_over_the_same_steps(
+    tmp_path, code_examples, tokenizer, fresh_accelerate_state
+):
     """1 process: each logged loss is Σ token losses / target tokens of the step's examples, unpacked."""
     from llmkit.train.losses import token_cross_entropy_sum
 
@@ -198,7 +216,8 @@ def test_token_budget_training_equals_a_plain_loop_over_the_same_steps(tmp_path,
         examples = [code_examples[i] for row in trainer.token_budget.step_rows(step) for i in row]
         batch = collate_examples(examples, tokenizer.pad_token_id, "none")
         loss_sum, count = token_cross_entropy_sum(
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
         (loss_sum / count).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -211,8 +230,9 @@ def test_token_budget_training_equals_a_plain_loop_over_the_same_steps(tmp_path,
         torch.testing.assert_close(trained[key], value, atol=1e-4, rtol=0)
 
 
-def test_compile_option_is_wired_and_keeps_the_losses(tmp_path, code_examples, tokenizer, fresh_accelerate_state,
-                                                      monkeypatch):
+def test_compile_option_is_wired_and_keeps_the_losses(
+    tmp_path, code_examples, tokenizer, fresh_accelerate_state, monkeypatch
+):
     """trainer.compile: true compiles the model in place. Inductor's code generation takes ~45 s on this CPU for
     a tiny model (same losses, measured), so the test traces with dynamo's eager backend: the same wiring."""
     from accelerate.state import AcceleratorState, GradientState
@@ -220,10 +240,22 @@ def test_compile_option_is_wired_and_keeps_the_losses(tmp_path, code_examples, t
     def run(name, compile_model):
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-        cfg = TrainerConfig(output_dir=str(tmp_path / name), max_steps=2, learning_rate=1e-3, lr_scheduler="constant",
-                            per_device_batch_size=4, seed=3, save_final_model=False, compile=compile_model)
-        trainer = Trainer(cfg, load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)),
-                          tokenizer, code_examples[:16])
+        cfg = TrainerConfig(
+            output_dir=str(tmp_path / name),
+            max_steps=2,
+            learning_rate=1e-3,
+            lr_scheduler="constant",
+            per_device_batch_size=4,
+            seed=3,
+            save_final_model=False,
+            compile=compile_model,
+        )
+        trainer = Trainer(
+            cfg,
+            load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer)),
+            tokenizer,
+            code_examples[:16],
+        )
         trainer.train()
         compiled = trainer.accelerator.unwrap_model(trainer.model)._compiled_call_impl is not None
         return [r["loss"] for r in trainer.history if "loss" in r], compiled
@@ -239,10 +271,28 @@ def test_compile_option_is_wired_and_keeps_the_losses(tmp_path, code_examples, t
 # ----- subprocess runs: kill -9 resume, DDP --------------------------------------------------------------
 
 ARGS = [
-    "--config", str(TINY_CONFIG), "--trainer.max_steps", "7", "--trainer.save_steps", "2",
-    "--trainer.save_total_limit", "0", "--data.max_length", "64", "--data.max_rows", "40",
-    "--trainer.eval_steps", "0", "--trainer.learning_rate", "1e-2", "--trainer.packing", "padding_free",
-    "--trainer.packing_max_length", "128", "--trainer.max_tokens_per_step", "384",
+    "--config",
+    str(TINY_CONFIG),
+    "--trainer.max_steps",
+    "7",
+    "--trainer.save_steps",
+    "2",
+    "--trainer.save_total_limit",
+    "0",
+    "--data.max_length",
+    "64",
+    "--data.max_rows",
+    "40",
+    "--trainer.eval_steps",
+    "0",
+    "--trainer.learning_rate",
+    "1e-2",
+    "--trainer.packing",
+    "padding_free",
+    "--trainer.packing_max_length",
+    "128",
+    "--trainer.max_tokens_per_step",
+    "384",
 ]
 
 

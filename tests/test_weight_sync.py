@@ -49,7 +49,9 @@ def test_full_model_gives_every_parameter():
 
 def test_modules_to_save_give_the_trained_copy():
     base = _tiny()
-    policy = apply_lora(base, LoraAdapterConfig(r=4, alpha=4, dropout=0.0, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    policy = apply_lora(
+        base, LoraAdapterConfig(r=4, alpha=4, dropout=0.0, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    )
     head = policy.base_model.model.lm_head
     with torch.no_grad():
         head.modules_to_save["default"].weight.add_(1.0)

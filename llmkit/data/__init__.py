@@ -8,8 +8,8 @@ from llmkit.data.sft import (
     TokenizedExample,
     collate,
     load_sft_data,
-    tokenize_messages,
     to_messages,
+    tokenize_messages,
 )
 
 __all__ = [

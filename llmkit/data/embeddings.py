@@ -31,8 +31,13 @@ def resolve_embedder(name: str) -> str:
     return name
 
 
-def embed_texts(texts: Sequence[str], model_name: str = DEFAULT_EMBEDDER, batch_size: int = 64,
-                device: str | None = None, show_progress: bool = True) -> np.ndarray:
+def embed_texts(
+    texts: Sequence[str],
+    model_name: str = DEFAULT_EMBEDDER,
+    batch_size: int = 64,
+    device: str | None = None,
+    show_progress: bool = True,
+) -> np.ndarray:
     """float32 array (len(texts), dim) of L2-normalised sentence embeddings."""
     from sentence_transformers import SentenceTransformer
 
@@ -41,6 +46,11 @@ def embed_texts(texts: Sequence[str], model_name: str = DEFAULT_EMBEDDER, batch_
         model = SentenceTransformer(path, device=device)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load sentence-transformers model '{model_name}': {str(exc).splitlines()[0]}") from exc
-    vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=show_progress)
+    vectors = model.encode(
+        list(texts),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=show_progress,
+    )
     return vectors.astype(np.float32)

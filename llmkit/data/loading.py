@@ -92,7 +92,9 @@ def _refuse_binary(path: Path, kind: str) -> None:
     at = head.find(b"\x00")
     if at >= 0:
         line = head.count(b"\n", 0, at) + 1
-        raise DataError(f"{path}:{line}: a binary file (NUL byte at offset {at}), not {kind} text; check data.path and data.format")
+        raise DataError(
+            f"{path}:{line}: a binary file (NUL byte at offset {at}), not {kind} text; check data.path and data.format"
+        )
 
 
 def _read_text(path: Path, kind: str) -> str:
@@ -192,7 +194,9 @@ def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
-        raise DataError(f"{path}: cannot read it as parquet ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+        raise DataError(
+            f"{path}: cannot read it as parquet ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
     for i, row in enumerate(frame.to_dict(orient="records")):
         row[SOURCE_KEY] = f"{path}[{i}]"
         yield row
@@ -220,7 +224,9 @@ def read_records(
     if isinstance(resolved, Path):
         kind = fmt if fmt != "auto" else LOCAL_SUFFIXES.get(resolved.suffix)
         if kind is None:
-            raise DataError(f"{resolved}: unknown file type; set data.format to one of {sorted(LOCAL_SUFFIXES.values())}")
+            raise DataError(
+                f"{resolved}: unknown file type; set data.format to one of {sorted(LOCAL_SUFFIXES.values())}"
+            )
         rows = {
             "jsonl": lambda: _iter_jsonl(resolved, bad),
             "json": lambda: _iter_json(resolved, bad),

@@ -42,7 +42,13 @@ PACKING_MODES = ("none", "dynamic", "padding_free")
 # Attention implementations that honour restarting position ids without a 2-D mask (see module doc).
 # `llmkit_per_example_sdpa` is llmkit's CPU varlen path (`llmkit.train.packed_attention`).
 ISOLATING_ATTENTION = (
-    "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention", "llmkit_per_example_sdpa", "llmkit_varlen"
+    "sdpa",
+    "eager",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flex_attention",
+    "llmkit_per_example_sdpa",
+    "llmkit_varlen",
 )
 
 
@@ -193,7 +199,9 @@ def check_attention_isolates(model) -> None:
 
 
 @torch.no_grad()
-def check_packing_isolation(model, vocab_size: int | None = None, lengths: Sequence[int] = (5, 7), atol: float | None = None) -> float:
+def check_packing_isolation(
+    model, vocab_size: int | None = None, lengths: Sequence[int] = (5, 7), atol: float | None = None
+) -> float:
     """Prove that this model keeps padding-free packed examples apart; return the largest logit gap.
 
     Runs two short random sequences packed in one row (restarting position ids, no mask) and each on
@@ -208,11 +216,15 @@ def check_packing_isolation(model, vocab_size: int | None = None, lengths: Seque
     was_training = model.training
     model.eval()
     try:
-        packed = model(
-            input_ids=torch.cat(seqs)[None],
-            position_ids=torch.cat([torch.arange(n, device=param.device) for n in lengths])[None],
-            use_cache=False,
-        ).logits[0].float()
+        packed = (
+            model(
+                input_ids=torch.cat(seqs)[None],
+                position_ids=torch.cat([torch.arange(n, device=param.device) for n in lengths])[None],
+                use_cache=False,
+            )
+            .logits[0]
+            .float()
+        )
         separate = torch.cat([model(input_ids=s[None], use_cache=False).logits[0].float() for s in seqs])
     finally:
         model.train(was_training)

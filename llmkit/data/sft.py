@@ -163,7 +163,9 @@ def to_messages(row: dict[str, Any], cfg: DataConfig) -> list[dict[str, str]]:
     return messages
 
 
-def segments(messages: list[dict[str, str]], tokenizer, template: str, plain_prompt_format: str) -> list[tuple[str, bool]]:
+def segments(
+    messages: list[dict[str, str]], tokenizer, template: str, plain_prompt_format: str
+) -> list[tuple[str, bool]]:
     """Split the rendered conversation into (text, is_target) pieces; targets are the assistant turns."""
     if template == "plain":
         context = plain_prompt_format.format(

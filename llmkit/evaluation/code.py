@@ -36,8 +36,8 @@ def extract_code(text: str) -> str:
     """
     fence = _FENCE.search(text)
     bare = _BARE_FENCE.search(text)
-    if bare and (fence is None or bare.start() <= fence.start()) and _is_code(text[:bare.start()]):
-        return text[:bare.start()]
+    if bare and (fence is None or bare.start() <= fence.start()) and _is_code(text[: bare.start()]):
+        return text[: bare.start()]
     return fence.group(1) if fence else text
 
 

@@ -59,7 +59,9 @@ class Task(ABC):
         """The prompt of one problem: raw text (chat=False) or chat messages (chat=True)."""
 
     @abstractmethod
-    def score(self, problems: list[dict[str, Any]], outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
+    def score(
+        self, problems: list[dict[str, Any]], outputs: list[GenerationOutput], chat: bool, ks: list[int]
+    ) -> Scored:
         """Score every completion; metrics aggregate over problems."""
 
     def run_strategy(
@@ -121,10 +123,28 @@ class EvalConfig:
 
 # EvalConfig fields that change what is generated: a partial run is resumed only when they all match.
 # (batch_size: the hf backend seeds each batch; chunk_size: each chunk's sampling seed, see generate_in_chunks)
-GENERATION_FIELDS = ("task", "model", "backend", "data_path", "chat", "n", "temperature", "top_p", "max_new_tokens",
-                     "seed", "strategy", "hgivr_max_rounds", "hgivr_consecutive", "sc_samples", "sc_temperature",
-                     "batch_size", "chunk_size")
+GENERATION_FIELDS = (
+    "task",
+    "model",
+    "backend",
+    "data_path",
+    "chat",
+    "n",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+    "strategy",
+    "hgivr_max_rounds",
+    "hgivr_consecutive",
+    "sc_samples",
+    "sc_temperature",
+    "batch_size",
+    "chunk_size",
+)
 PARTIAL_FILE = "partial.jsonl"
+
+
 def generation_settings(cfg: EvalConfig) -> dict[str, Any]:
     """What a partial run's journal must match to be resumed: the GENERATION_FIELDS, plus a fingerprint of a
     local model's files (`model_files`) and, for the openai backend, the server's `base_url`."""
@@ -153,8 +173,11 @@ def output_to_json(output: GenerationOutput) -> dict[str, Any]:
 
 def output_from_json(data: dict[str, Any]) -> GenerationOutput:
     """Rebuild a GenerationOutput written by `output_to_json`."""
-    return GenerationOutput(prompt_text=data["prompt_text"], completions=[Completion(**c) for c in data["completions"]],
-                            metadata=data.get("metadata") or {})
+    return GenerationOutput(
+        prompt_text=data["prompt_text"],
+        completions=[Completion(**c) for c in data["completions"]],
+        metadata=data.get("metadata") or {},
+    )
 
 
 def read_partial(path: Path, settings: dict[str, Any]) -> dict[str, GenerationOutput]:
@@ -182,7 +205,9 @@ def read_partial(path: Path, settings: dict[str, Any]) -> dict[str, GenerationOu
             record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
-                logger.warning("%s: line %d is incomplete (interrupted write); that problem is generated again", path, number)
+                logger.warning(
+                    "%s: line %d is incomplete (interrupted write); that problem is generated again", path, number
+                )
                 continue
             raise ConfigError(f"{path}:{number}: not valid JSON") from None
         done[str(record["id"])] = output_from_json(record["output"])
@@ -211,8 +236,9 @@ def append_partial(path: Path, problems: list[dict[str, Any]], outputs: list[Gen
         os.fsync(fh.fileno())
 
 
-def generate_in_chunks(task: Task, generator: Generator, cfg: EvalConfig, problems: list[dict[str, Any]],
-                       params: SamplingParams, out: Path) -> tuple[list[GenerationOutput], int]:
+def generate_in_chunks(
+    task: Task, generator: Generator, cfg: EvalConfig, problems: list[dict[str, Any]], params: SamplingParams, out: Path
+) -> tuple[list[GenerationOutput], int]:
     """Outputs for all problems, generated chunk by chunk with partial.jsonl as the journal.
 
     Returns (outputs in problem order, number of problems taken from an earlier run).
@@ -221,19 +247,25 @@ def generate_in_chunks(task: Task, generator: Generator, cfg: EvalConfig, proble
     settings = generation_settings(cfg)
     ids = [str(p["id"]) for p in problems]
     if len(set(ids)) != len(ids):
-        raise ConfigError(f"task '{task.name}': problem ids are not unique ({len(ids) - len(set(ids))} repeated); "
-                          f"the harness keys outputs by id")
+        raise ConfigError(
+            f"task '{task.name}': problem ids are not unique ({len(ids) - len(set(ids))} repeated); "
+            f"the harness keys outputs by id"
+        )
     done: dict[str, GenerationOutput] = {}
     if path.exists():
         if not cfg.resume:
             finished = max(0, len(path.read_text().splitlines()) - 1)
-            raise ConfigError(f"{path} holds {finished} outputs of an interrupted run: add --resume true to continue "
-                              f"it, or delete the file to start again")
+            raise ConfigError(
+                f"{path} holds {finished} outputs of an interrupted run: add --resume true to continue "
+                f"it, or delete the file to start again"
+            )
         done = read_partial(path, settings)
         unknown = set(done) - {str(p["id"]) for p in problems}
         if unknown:
-            raise ConfigError(f"{path} has outputs for {len(unknown)} problem(s) not in this task's problems "
-                              f"(e.g. {sorted(unknown)[0]!r}); use another output_dir")
+            raise ConfigError(
+                f"{path} has outputs for {len(unknown)} problem(s) not in this task's problems "
+                f"(e.g. {sorted(unknown)[0]!r}); use another output_dir"
+            )
         logger.info("resuming: %d of %d problems already generated (%s)", len(done), len(problems), path)
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -262,8 +294,12 @@ def git_hash() -> str:
     """The repository's commit (with '+dirty' for local changes), or '-' outside a checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return (rev + ("+dirty" if dirty else "")) or "-"
     except (OSError, subprocess.TimeoutExpired):
         return "-"
@@ -272,14 +308,17 @@ def git_hash() -> str:
 def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any]:
     """Generate, score and write results.json / samples.jsonl / report.md; return the results dict."""
     from llmkit.env import package_versions
-
     from llmkit.evaluation.strategies import strategy_metrics
 
     started = time.time()
     problems = task.load(cfg.limit)
     params = SamplingParams(
-        n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-        stop=[] if cfg.chat else list(task.default_stop), seed=cfg.seed,
+        n=cfg.n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        stop=[] if cfg.chat else list(task.default_stop),
+        seed=cfg.seed,
     )
     out = Path(cfg.output_dir)
     outputs, resumed = generate_in_chunks(task, generator, cfg, problems, params, out)
@@ -288,8 +327,10 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
     if cfg.strategy != "standard":
         missing = sum("strategy" not in o.metadata for o in outputs)
         if missing:
-            raise RuntimeError(f"strategy '{cfg.strategy}' of task '{task.name}' returned {missing} output(s) without "
-                               f"their per-question record (metadata['strategy'])")
+            raise RuntimeError(
+                f"strategy '{cfg.strategy}' of task '{task.name}' returned {missing} output(s) without "
+                f"their per-question record (metadata['strategy'])"
+            )
         scored.metrics.update(strategy_metrics([o.metadata["strategy"] for o in outputs]))
     results = {
         "task": task.name,
@@ -302,7 +343,9 @@ def run_eval(task: Task, generator: Generator, cfg: EvalConfig) -> dict[str, Any
         "model": cfg.model,
         "timeout_s": cfg.timeout_s,
         # prompts the engine could not take (longer than its context): scored as failures, counted here
-        "prompts_too_long": sum(1 for o in outputs if o.completions and o.completions[0].finish_reason == "prompt_too_long"),
+        "prompts_too_long": sum(
+            1 for o in outputs if o.completions and o.completions[0].finish_reason == "prompt_too_long"
+        ),
         **scored.extra,
         "versions": package_versions(),
         "git": git_hash(),
@@ -331,14 +374,20 @@ def write_samples(out: Path, problems, outputs: list[GenerationOutput], scored: 
     `completion`), and metadata."""
     with (out / "samples.jsonl").open("w") as fh:
         for problem, output, verdicts in zip(problems, outputs, scored.verdicts):
-            fh.write(json.dumps({
-                "id": problem["id"],
-                "prompt": output.prompt_text,
-                "completions": [
-                    {"text": c.text, "finish_reason": c.finish_reason, **v} for c, v in zip(output.completions, verdicts)
-                ],
-                **({"metadata": output.metadata} if output.metadata else {}),
-            }) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": problem["id"],
+                        "prompt": output.prompt_text,
+                        "completions": [
+                            {"text": c.text, "finish_reason": c.finish_reason, **v}
+                            for c, v in zip(output.completions, verdicts)
+                        ],
+                        **({"metadata": output.metadata} if output.metadata else {}),
+                    }
+                )
+                + "\n"
+            )
 
 
 def rescore_eval(task: Task, cfg: EvalConfig) -> dict[str, Any]:
@@ -361,19 +410,32 @@ def rescore_eval(task: Task, cfg: EvalConfig) -> dict[str, Any]:
     by_id = {p["id"]: p for p in task.load(None)}
     unknown = [r["id"] for r in rows if r["id"] not in by_id]
     if unknown:
-        raise ConfigError(f"{len(unknown)} sample id(s) of {samples_path} are not in the task's data (e.g. {unknown[0]!r}); "
-                          f"pass the run's --data_path")
+        raise ConfigError(
+            f"{len(unknown)} sample id(s) of {samples_path} are not in the task's data (e.g. {unknown[0]!r}); "
+            f"pass the run's --data_path"
+        )
     n_min = min(len(r["completions"]) for r in rows) if rows else 0
     if any(k > n_min for k in cfg.k):
         raise ConfigError(f"pass@k needs k <= the completions per problem ({n_min}): k={cfg.k}")
     problems = [by_id[r["id"]] for r in rows]
-    outputs = [GenerationOutput(r["prompt"], [Completion(c["text"], [], c["finish_reason"]) for c in r["completions"]],
-                                r.get("metadata") or {}) for r in rows]
+    outputs = [
+        GenerationOutput(
+            r["prompt"],
+            [Completion(c["text"], [], c["finish_reason"]) for c in r["completions"]],
+            r.get("metadata") or {},
+        )
+        for r in rows
+    ]
     scored = task.score(problems, outputs, previous["chat_template"], cfg.k)
     if previous.get("strategy", {}).get("name", "standard") != "standard":
         scored.metrics.update(strategy_metrics([o.metadata["strategy"] for o in outputs]))
-    rescored = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "git": git_hash(), "previous_metrics": previous["metrics"],
-                "previous_git": previous.get("git"), **({"earlier": previous["rescored"]} if "rescored" in previous else {})}
+    rescored = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git": git_hash(),
+        "previous_metrics": previous["metrics"],
+        "previous_git": previous.get("git"),
+        **({"earlier": previous["rescored"]} if "rescored" in previous else {}),
+    }
     results = {**previous, "metrics": scored.metrics, **scored.extra, "rescored": rescored}
     results_path.write_text(json.dumps(results, indent=2))
     write_samples(out, problems, outputs, scored)
@@ -383,19 +445,38 @@ def rescore_eval(task: Task, cfg: EvalConfig) -> dict[str, Any]:
 
 def write_report(out: Path, results: dict[str, Any], problems, outputs, scored: Scored) -> Path:
     """A short markdown report: settings, metrics, and the first few failures."""
-    lines = [f"# {results['task']}: {results['model']}", "",
-             f"- backend: {results['generator']}", f"- chat template: {results['chat_template']}",
-             f"- sampling: {results['sampling']}", f"- problems: {results['num_problems']}, wall time {results['wall_seconds']} s", "",
-             "| metric | value |", "|---|---|"]
+    lines = [
+        f"# {results['task']}: {results['model']}",
+        "",
+        f"- backend: {results['generator']}",
+        f"- chat template: {results['chat_template']}",
+        f"- sampling: {results['sampling']}",
+        f"- problems: {results['num_problems']}, wall time {results['wall_seconds']} s",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.4f} |" for k, v in results["metrics"].items()]
-    failures = [(p, o, v) for p, o, v in zip(problems, outputs, scored.verdicts) if not v[0].get("passed", v[0].get("correct", False))]
+    failures = [
+        (p, o, v)
+        for p, o, v in zip(problems, outputs, scored.verdicts)
+        if not v[0].get("passed", v[0].get("correct", False))
+    ]
     if failures:
         lines += ["", f"## First failures ({len(failures)} problems failed their first sample)", ""]
         for p, o, v in failures[:3]:
-            lines += [f"### {p['id']}: {one_line(str(v[0].get('detail', '')))}", "", *fenced(o.completions[0].text[:800]), ""]
+            lines += [
+                f"### {p['id']}: {one_line(str(v[0].get('detail', '')))}",
+                "",
+                *fenced(o.completions[0].text[:800]),
+                "",
+            ]
     plot = write_group_plot(out, results)
     if plot is not None:
-        lines[lines.index("| metric | value |") - 1 : lines.index("| metric | value |") - 1] = [f"![accuracy by group]({plot.name})", ""]
+        lines[lines.index("| metric | value |") - 1 : lines.index("| metric | value |") - 1] = [
+            f"![accuracy by group]({plot.name})",
+            "",
+        ]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -432,9 +513,17 @@ def write_group_plot(out: Path, results: dict[str, Any]) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     bars = ax.bar(groups, [metrics[g] for g in groups], color="#4C72B0")
-    ax.axhline(metrics.get("accuracy", 0), color="gray", linestyle="--", label=f"overall {metrics.get('accuracy', 0):.1f}")
+    ax.axhline(
+        metrics.get("accuracy", 0), color="gray", linestyle="--", label=f"overall {metrics.get('accuracy', 0):.1f}"
+    )
     for bar, g in zip(bars, groups):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"n={int(metrics.get('n_' + g, 0))}", ha="center", fontsize=7)
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height() + 1,
+            f"n={int(metrics.get('n_' + g, 0))}",
+            ha="center",
+            fontsize=7,
+        )
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title(f"{results['task']}: {results['model']} ({results.get('strategy', {}).get('name', 'standard')})")

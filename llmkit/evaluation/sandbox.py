@@ -51,7 +51,7 @@ Status = Literal["passed", "failed", "timeout"]
 
 # The runner (in the sandbox, under `python -I -c`). argv: cpu_s mem_mb fsize_mb nproc uid block_net
 # report_fd token_fd guards. The token arrives on token_fd, the program on stdin.
-_RUNNER = r'''
+_RUNNER = r"""
 import sys
 
 
@@ -163,10 +163,10 @@ def _main():
 
 
 _main()
-'''
+"""
 
 # PID 1 of the sample's namespaces: private, bounded temp folders, then the runner; its exit ends them all.
-_INIT_SH = r'''
+_INIT_SH = r"""
 disk_mb=$1 uid=$2
 shift 2
 fail() { echo "llmkit sandbox setup: $1" >&2; exit 125; }
@@ -182,7 +182,7 @@ mkdir -m 700 /tmp/work && chown "$uid:$uid" /tmp/work && cd /tmp/work || fail "w
 "$@"
 status=$?
 exit $status
-'''
+"""
 
 _REPORT_CAP = 256
 _STDERR_CAP = 64 << 10
@@ -260,8 +260,11 @@ def sandbox_interpreter() -> tuple[str, bool]:
     candidates = [(sys.executable, sysconfig.get_paths()["stdlib"])]
     for system_python in ("/usr/bin/python3", "/usr/local/bin/python3"):
         if os.path.exists(system_python):
-            stdlib = subprocess.run([system_python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
-                                    capture_output=True, text=True).stdout.strip()
+            stdlib = subprocess.run(
+                [system_python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
             candidates.append((system_python, stdlib))
     for python, stdlib in candidates:
         real = os.path.realpath(python)
@@ -287,8 +290,21 @@ def network_isolation_mode() -> str:
 def _namespace_command() -> list[str]:
     """unshare with fresh pid, mount, IPC and network namespaces, then the init script (args: disk_mb uid cmd...)."""
     unshare = shutil.which("unshare") or "unshare"
-    return [unshare, "--pid", "--fork", "--kill-child", "--mount-proc", "--mount", "--ipc", "--net", "--",
-            "/bin/sh", "-c", _INIT_SH, "llmkit-sandbox-init"]
+    return [
+        unshare,
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--mount",
+        "--ipc",
+        "--net",
+        "--",
+        "/bin/sh",
+        "-c",
+        _INIT_SH,
+        "llmkit-sandbox-init",
+    ]
 
 
 @lru_cache(maxsize=1)
@@ -330,11 +346,14 @@ def run_program(program: str, limits: SandboxLimits | None = None) -> ExecResult
     try:
         return _run(program, limits)
     except Exception as exc:  # noqa: BLE001 - the batch must survive any single sample
-        return ExecResult("failed", f"sandbox error: {type(exc).__name__}: {exc}"[:300], network_isolation_mode(), "error")
+        return ExecResult(
+            "failed", f"sandbox error: {type(exc).__name__}: {exc}"[:300], network_isolation_mode(), "error"
+        )
 
 
-def run_programs(programs: Sequence[str], limits: SandboxLimits | None = None, workers: int | None = None,
-                 show_progress: bool = True) -> list[ExecResult]:
+def run_programs(
+    programs: Sequence[str], limits: SandboxLimits | None = None, workers: int | None = None, show_progress: bool = True
+) -> list[ExecResult]:
     """Run many programs in parallel (one process tree each, `workers` at a time, default: the cores)."""
     from tqdm.auto import tqdm
 
@@ -357,9 +376,14 @@ def _run(program: str, limits: SandboxLimits) -> ExecResult:
         os.write(token_w, token)
         _close(opened, token_w)
         proc = subprocess.Popen(
-            _command(plan, limits, report_w, token_r), cwd=workdir or "/", stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_environment(workdir or "/tmp/work"),
-            start_new_session=True, pass_fds=(token_r, report_w),
+            _command(plan, limits, report_w, token_r),
+            cwd=workdir or "/",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=_environment(workdir or "/tmp/work"),
+            start_new_session=True,
+            pass_fds=(token_r, report_w),
         )
         _close(opened, token_r)
         _close(opened, report_w)
@@ -382,8 +406,17 @@ def _run(program: str, limits: SandboxLimits) -> ExecResult:
 
 def _command(plan: _Plan, limits: SandboxLimits, report_fd: int, token_fd: int) -> list[str]:
     """The argv of one run: [namespaces or netns] [setpriv --no-new-privs] python -I -c RUNNER args."""
-    args = [limits.cpu_s, limits.memory_mb, limits.file_size_mb, limits.max_processes, plan.run_uid,
-            int(plan.network != "netns"), report_fd, token_fd, int(limits.in_process_guards)]
+    args = [
+        limits.cpu_s,
+        limits.memory_mb,
+        limits.file_size_mb,
+        limits.max_processes,
+        plan.run_uid,
+        int(plan.network != "netns"),
+        report_fd,
+        token_fd,
+        int(limits.in_process_guards),
+    ]
     cmd = [plan.python, "-I", "-c", _RUNNER, *map(str, args)]
     setpriv = shutil.which("setpriv")
     if setpriv:
@@ -455,7 +488,9 @@ def _collect(proc: subprocess.Popen, stdin_data: bytes, report_r: int, wall_s: f
                 if not chunk:
                     sel.unregister(key.fd)
                 elif key.fd == report_r:
-                    report += chunk[: max(0, _REPORT_CAP + 1 - len(report))]  # one byte over the token is enough to refuse it
+                    report += chunk[
+                        : max(0, _REPORT_CAP + 1 - len(report))
+                    ]  # one byte over the token is enough to refuse it
                 else:
                     stderr += chunk
                     del stderr[:-_STDERR_CAP]
@@ -467,7 +502,7 @@ def _collect(proc: subprocess.Popen, stdin_data: bytes, report_r: int, wall_s: f
 def _feed(fd: int, pending: memoryview) -> memoryview:
     """Write what the pipe takes now; a reader that has gone gets nothing more."""
     try:
-        return pending[os.write(fd, pending[: 1 << 16]):]
+        return pending[os.write(fd, pending[: 1 << 16]) :]
     except BlockingIOError:
         return pending
     except OSError:

@@ -82,8 +82,11 @@ def run_hgivr(
                     traces[i].description_calls += 1
                 if desc and (round_index == 1 or desc not in traces[i].descriptions):
                     traces[i].descriptions.append(desc)
-        replies = answer([questions[i] for i in active], [traces[i].descriptions for i in active],
-                         [list(traces[i].answers) for i in active])
+        replies = answer(
+            [questions[i] for i in active],
+            [traces[i].descriptions for i in active],
+            [list(traces[i].answers) for i in active],
+        )
         still = []
         for i, reply in zip(active, replies):
             traces[i].answers.append(reply)

@@ -12,7 +12,9 @@ __all__ = ["Completion", "GenerationOutput", "Generator", "Prompt", "SamplingPar
 logger = logging.getLogger(__name__)
 
 
-def build_generator(backend: str, model: str, batch_size: int = 8, base_url: str = "http://127.0.0.1:8000/v1") -> Generator:
+def build_generator(
+    backend: str, model: str, batch_size: int = 8, base_url: str = "http://127.0.0.1:8000/v1"
+) -> Generator:
     """A generator for `model` (alias, HF folder, or a folder saved by a recipe, LoRA merged) on `backend`.
 
     For `openai`, `model` is the name the server knows the model by and `base_url` its /v1 address.

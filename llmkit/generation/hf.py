@@ -18,8 +18,9 @@ logger = logging.getLogger(__name__)
 _chosen_threads: int | None = None
 
 
-def choose_threads(omp_num_threads: str | None, available_cores: int, total_cores: int, load_1min: float,
-                   current: int) -> tuple[int, str]:
+def choose_threads(
+    omp_num_threads: str | None, available_cores: int, total_cores: int, load_1min: float, current: int
+) -> tuple[int, str]:
     """How many torch threads to generate with, and why (a pure function of its inputs).
 
     - OMP_NUM_THREADS, when set to a positive number (its first entry, for a nested list), is obeyed;
@@ -34,8 +35,10 @@ def choose_threads(omp_num_threads: str | None, available_cores: int, total_core
         return int(first), f"OMP_NUM_THREADS={omp_num_threads}"
     free = int(total_cores - load_1min + 0.5)
     threads = max(1, min(current, available_cores, free))
-    return threads, (f"torch default {current}, {available_cores} cores available, "
-                     f"{max(free, 0)} free (load {load_1min:.1f} on {total_cores})")
+    return threads, (
+        f"torch default {current}, {available_cores} cores available, "
+        f"{max(free, 0)} free (load {load_1min:.1f} on {total_cores})"
+    )
 
 
 def set_generation_threads() -> int:
@@ -45,8 +48,9 @@ def set_generation_threads() -> int:
     if _chosen_threads is None:
         available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        threads, why = choose_threads(os.environ.get("OMP_NUM_THREADS"), available, os.cpu_count() or available,
-                                      load, torch.get_num_threads())
+        threads, why = choose_threads(
+            os.environ.get("OMP_NUM_THREADS"), available, os.cpu_count() or available, load, torch.get_num_threads()
+        )
         torch.set_num_threads(threads)
         _chosen_threads = threads
         logger.info("hf generation: %d torch thread(s) (%s)", threads, why)
@@ -94,8 +98,12 @@ class HFGenerator(Generator):
 
     def describe(self) -> dict[str, Any]:
         """Backend, model, batch size and torch threads for results files."""
-        return {"backend": "hf", "model": getattr(self.model.config, "_name_or_path", "?"), "batch_size": self.batch_size,
-                "torch_threads": torch.get_num_threads()}
+        return {
+            "backend": "hf",
+            "model": getattr(self.model.config, "_name_or_path", "?"),
+            "batch_size": self.batch_size,
+            "torch_threads": torch.get_num_threads(),
+        }
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[GenerationOutput]:
@@ -113,8 +121,12 @@ class HFGenerator(Generator):
         samples = 1 if params.greedy else params.n
         per_batch = max(1, self.batch_size // samples)
         batches = [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
-        bar = tqdm(total=len(order) * samples * params.max_new_tokens, desc="generate (hf)", unit="tok",
-                   disable=not self.show_progress)
+        bar = tqdm(
+            total=len(order) * samples * params.max_new_tokens,
+            desc="generate (hf)",
+            unit="tok",
+            disable=not self.show_progress,
+        )
         try:
             for b, batch in enumerate(batches):
                 if params.seed is not None:
@@ -133,8 +145,9 @@ class HFGenerator(Generator):
             bar.close()
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, batch_ids: list[list[int]], params: SamplingParams, samples: int,
-                        progress: _StepProgress | None = None) -> list[Completion]:
+    def _generate_batch(
+        self, batch_ids: list[list[int]], params: SamplingParams, samples: int, progress: _StepProgress | None = None
+    ) -> list[Completion]:
         device = next(self.model.parameters()).device
         width = max(len(ids) for ids in batch_ids)
         pad = self.tokenizer.pad_token_id

@@ -19,8 +19,19 @@ from llmkit.errors import LlmkitError
 from llmkit.generation.types import Completion, GenerationOutput, Generator, Prompt, SamplingParams
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
-OPENAI_REPLY_KEYS = {"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "prompt_logprobs",
-                     "service_tier", "kv_transfer_params", "prompt_token_ids"}
+OPENAI_REPLY_KEYS = {
+    "id",
+    "object",
+    "created",
+    "model",
+    "choices",
+    "usage",
+    "system_fingerprint",
+    "prompt_logprobs",
+    "service_tier",
+    "kv_transfer_params",
+    "prompt_token_ids",
+}
 
 
 class GenerationError(LlmkitError):
@@ -32,8 +43,17 @@ class OpenAIGenerator(Generator):
 
     backend_name = "openai"
 
-    def __init__(self, base_url: str, model: str, max_concurrency: int = 8, timeout_s: float = 120.0,
-                 max_retries: int = 4, backoff_s: float = 0.5, api_key: str | None = None, show_progress: bool = True):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        max_concurrency: int = 8,
+        timeout_s: float = 120.0,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        api_key: str | None = None,
+        show_progress: bool = True,
+    ):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_concurrency = max_concurrency
@@ -45,8 +65,14 @@ class OpenAIGenerator(Generator):
 
     def describe(self) -> dict[str, Any]:
         """Server, model and client settings for results files."""
-        return {"backend": "openai", "base_url": self.base_url, "model": self.model,
-                "max_concurrency": self.max_concurrency, "timeout_s": self.timeout_s, "max_retries": self.max_retries}
+        return {
+            "backend": "openai",
+            "base_url": self.base_url,
+            "model": self.model,
+            "max_concurrency": self.max_concurrency,
+            "timeout_s": self.timeout_s,
+            "max_retries": self.max_retries,
+        }
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[GenerationOutput]:
         """One request per prompt (n samples each), at most `max_concurrency` in flight; results in order."""
@@ -59,7 +85,10 @@ class OpenAIGenerator(Generator):
     def _one(self, prompt: Prompt, params: SamplingParams) -> GenerationOutput:
         chat = not isinstance(prompt, str)
         body: dict[str, Any] = {
-            "model": self.model, "n": params.n, "temperature": params.temperature, "top_p": params.top_p,
+            "model": self.model,
+            "n": params.n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
             "max_tokens": params.max_new_tokens,
         }
         if params.stop:
@@ -83,14 +112,23 @@ class OpenAIGenerator(Generator):
                 lp = choice["logprobs"]
                 logprobs = [t["logprob"] for t in lp["content"]] if chat else list(lp.get("token_logprobs") or [])
             reason = "length" if choice.get("finish_reason") == "length" else "stop"
-            completions.append(Completion(text=text or "", token_ids=list(choice.get("token_ids") or []),
-                                          finish_reason=reason, logprobs=logprobs))
+            completions.append(
+                Completion(
+                    text=text or "",
+                    token_ids=list(choice.get("token_ids") or []),
+                    finish_reason=reason,
+                    logprobs=logprobs,
+                )
+            )
         if len(completions) != params.n:
             raise GenerationError(f"server returned {len(completions)} completions, asked for {params.n}")
         # Keep what a server adds beyond the OpenAI schema (llmkit serve --safety: the route taken).
         extras = {k: v for k, v in reply.items() if k not in OPENAI_REPLY_KEYS}
-        return GenerationOutput(prompt_text=prompt if isinstance(prompt, str) else json.dumps(prompt),
-                                completions=completions, metadata=extras)
+        return GenerationOutput(
+            prompt_text=prompt if isinstance(prompt, str) else json.dumps(prompt),
+            completions=completions,
+            metadata=extras,
+        )
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body).encode()

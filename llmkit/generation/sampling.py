@@ -81,7 +81,9 @@ class SampleSet:
         return [p is not None for p in self.parsed]
 
 
-def disagreement(texts: Sequence[str], parsed: Sequence[Any], embed: Callable[[list[str]], np.ndarray] | None = None) -> dict[str, float]:
+def disagreement(
+    texts: Sequence[str], parsed: Sequence[Any], embed: Callable[[list[str]], np.ndarray] | None = None
+) -> dict[str, float]:
     """All measures for one prompt's samples. Set Jaccard applies when answers parse to sets."""
     measures = {
         "parse_failure_rate": sum(p is None for p in parsed) / len(parsed),
@@ -98,8 +100,13 @@ def disagreement(texts: Sequence[str], parsed: Sequence[Any], embed: Callable[[l
     return measures
 
 
-def sample_n(generator: Generator, prompts: Sequence[Prompt], params: SamplingParams,
-             parse: Callable[[str], Any], embed: Callable[[list[str]], np.ndarray] | None = None) -> list[SampleSet]:
+def sample_n(
+    generator: Generator,
+    prompts: Sequence[Prompt],
+    params: SamplingParams,
+    parse: Callable[[str], Any],
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+) -> list[SampleSet]:
     """Generate `params.n` samples per prompt through any backend, parse each, and measure disagreement."""
     outputs = generator.generate(prompts, params)
     sets = []

@@ -96,8 +96,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not the number 1
 
 
-def _int_field(body: dict, key: str, default: int, low: int, high: int, limit: str | None = None,
-               label: str | None = None) -> int:
+def _int_field(
+    body: dict, key: str, default: int, low: int, high: int, limit: str | None = None, label: str | None = None
+) -> int:
     """body[key] as an integer in [low, high]; above `high` the message names the server limit `limit`."""
     value, label = body.get(key), label or key
     if value is None:
@@ -142,8 +143,15 @@ def sampling_from_request(body: dict[str, Any], limits: ServerLimits | None = No
     if body.get("logprobs"):
         raise BadRequest("logprobs are not supported by this server")
     key = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
-    max_tokens = _int_field(body, key, min(DEFAULT_MAX_TOKENS, limits.max_completion_tokens), 1,
-                            limits.max_completion_tokens, "max_completion_tokens", f"{key} (max_new_tokens)")
+    max_tokens = _int_field(
+        body,
+        key,
+        min(DEFAULT_MAX_TOKENS, limits.max_completion_tokens),
+        1,
+        limits.max_completion_tokens,
+        "max_completion_tokens",
+        f"{key} (max_new_tokens)",
+    )
     n = _int_field(body, "n", 1, 1, limits.max_n, "max_n")
     temperature = _number_field(body, "temperature", 1.0, lambda v: 0 <= v <= 2, "in [0, 2]")
     top_p = _number_field(body, "top_p", 1.0, lambda v: 0 < v <= 1, "in (0, 1]")
@@ -151,8 +159,9 @@ def sampling_from_request(body: dict[str, Any], limits: ServerLimits | None = No
     if seed is not None:
         seed = _int_field(body, "seed", 0, 0, MAX_SEED)
     try:
-        return SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_tokens,
-                              stop=_stop_strings(body), seed=seed)
+        return SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_tokens, stop=_stop_strings(body), seed=seed
+        )
     except (TypeError, ValueError) as e:  # belt and braces: SamplingParams checks its own ranges too
         raise BadRequest(f"invalid sampling parameter: {e}") from None
 
@@ -168,8 +177,9 @@ def _check_text(text: str, where: str) -> str:
 
 def _message_content(content: Any, where: str) -> str:
     """A message's text: a string, or OpenAI's list of {"type": "text", "text": ...} parts joined."""
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                                         for p in content):
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
         content = "".join(p["text"] for p in content)
     if not isinstance(content, str):
         raise BadRequest(f"{where} must be a string (or a list of text parts)")
@@ -232,9 +242,15 @@ def openai_reply(output: GenerationOutput, model: str, chat: bool, prompt_tokens
     usage = {"completion_tokens": sum(len(c.token_ids) for c in output.completions)}
     if prompt_tokens is not None:
         usage.update(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens + usage["completion_tokens"])
-    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion" if chat else "text_completion", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": usage, **output.metadata}
+    return {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+        **output.metadata,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -284,8 +300,9 @@ class _Scheduler:
             if self._closed:
                 raise BadRequest("the server is shutting down", 503)
             if len(self._waiting) >= self.max_waiting:
-                raise BadRequest(f"{len(self._waiting)} requests are waiting, this server's limit max_queue; "
-                                 "retry later", 503)
+                raise BadRequest(
+                    f"{len(self._waiting)} requests are waiting, this server's limit max_queue; retry later", 503
+                )
             self._waiting.append(job)
             self._cond.notify_all()
 
@@ -380,8 +397,10 @@ class _HTTPServer(ThreadingHTTPServer):
     def _refuse(self, request) -> None:
         message = f"{self.max_connections} connections are open, this server's limit max_connections; retry later"
         data = json.dumps({"error": {"message": message, "type": "server_error", "code": 503}}).encode()
-        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                f"Retry-After: {self.retry_after_s}\r\nConnection: close\r\n\r\n")
+        head = (
+            f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"Retry-After: {self.retry_after_s}\r\nConnection: close\r\n\r\n"
+        )
         try:
             request.settimeout(1.0)  # this runs in the accept loop: never wait long on one client
             request.sendall(head.encode() + data)
@@ -410,8 +429,17 @@ class GeneratorServer:
     first route's; without one, UTF-8 bytes stand in for tokens).
     """
 
-    def __init__(self, generator: Generator, model: str, host: str = "127.0.0.1", port: int = 8000,
-                 max_batch: int = 32, batch_wait_s: float = 0.05, limits: ServerLimits | None = None, tokenizer=None):
+    def __init__(
+        self,
+        generator: Generator,
+        model: str,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_batch: int = 32,
+        batch_wait_s: float = 0.05,
+        limits: ServerLimits | None = None,
+        tokenizer=None,
+    ):
         self.generator, self.model = generator, model
         self.limits = limits or ServerLimits()
         self.tokenizer = tokenizer if tokenizer is not None else _find_tokenizer(generator)
@@ -419,8 +447,9 @@ class GeneratorServer:
         self.batches: list[int] = []  # size of every generate call, for tests and logs
         self.stats: Counter[str] = Counter()  # cancelled (dropped while waiting), abandoned (ran, not sent), ...
         self._stats_lock = threading.Lock()
-        self.httpd = _HTTPServer((host, port), self._handler_class(), self.limits.max_connections,
-                                 self.limits.retry_after_s)
+        self.httpd = _HTTPServer(
+            (host, port), self._handler_class(), self.limits.max_connections, self.limits.retry_after_s
+        )
         self._threads: list[threading.Thread] = []
 
     @property
@@ -458,8 +487,12 @@ class GeneratorServer:
 
     def _start_lanes(self) -> None:
         for long_lane in (False, True):
-            t = threading.Thread(target=self._lane, args=(long_lane,), daemon=True,
-                                 name=f"llmkit-serve-{'long' if long_lane else 'short'}-lane")
+            t = threading.Thread(
+                target=self._lane,
+                args=(long_lane,),
+                daemon=True,
+                name=f"llmkit-serve-{'long' if long_lane else 'short'}-lane",
+            )
             t.start()
             self._threads.append(t)
 
@@ -593,7 +626,9 @@ def _make_handler(server: GeneratorServer):
             if path in ("/health", "/v1/health"):
                 self._send(200, {"status": "ok"})
             elif path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "llmkit"}]})
+                self._send(
+                    200, {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "llmkit"}]}
+                )
             else:
                 self._error(404, f"no route {self.path}")
 
@@ -612,8 +647,9 @@ def _make_handler(server: GeneratorServer):
             try:
                 data = self.rfile.read(length)
             except TimeoutError:
-                raise BadRequest(f"the body did not arrive within read_timeout_s ({server.limits.read_timeout_s:g} s)",
-                                 408) from None
+                raise BadRequest(
+                    f"the body did not arrive within read_timeout_s ({server.limits.read_timeout_s:g} s)", 408
+                ) from None
             if len(data) < length:
                 raise BadRequest(f"the body ended after {len(data)} of {length} bytes")
             return data
@@ -637,12 +673,16 @@ def _make_handler(server: GeneratorServer):
             """Validate the request and queue it: (job, prompt tokens); BadRequest otherwise."""
             body = self._json_body()
             if body.get("model") not in (None, server.model):
-                raise BadRequest(f"model {str(body.get('model'))[:80]!r} is not served here (served: {server.model!r})", 404)
+                raise BadRequest(
+                    f"model {str(body.get('model'))[:80]!r} is not served here (served: {server.model!r})", 404
+                )
             prompt, params = prompt_from_request(body, chat), sampling_from_request(body, server.limits)
             tokens = count_prompt_tokens(prompt, server.tokenizer)
             if tokens > server.limits.max_prompt_tokens:
-                raise BadRequest(f"the prompt is {tokens} tokens, above this server's limit max_prompt_tokens "
-                                 f"({server.limits.max_prompt_tokens})")
+                raise BadRequest(
+                    f"the prompt is {tokens} tokens, above this server's limit max_prompt_tokens "
+                    f"({server.limits.max_prompt_tokens})"
+                )
             if tokens == 0:
                 raise BadRequest("the prompt is empty after tokenization")
             return server.enqueue(prompt, params, tokens), tokens

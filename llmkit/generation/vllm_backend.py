@@ -16,7 +16,6 @@ from typing import Any, Sequence
 from llmkit.generation.hf import render_prompt
 from llmkit.generation.types import Completion, GenerationOutput, Generator, Prompt, SamplingParams
 
-
 logger = logging.getLogger(__name__)
 
 
@@ -25,10 +24,20 @@ class VLLMGenerator(Generator):
 
     backend_name = "vllm"
 
-    def __init__(self, model_path: str, dtype: str | None = None, max_model_len: int = 2048,
-                 tensor_parallel_size: int = 1, data_parallel_size: int = 1, gpu_memory_utilization: float = 0.8,
-                 lora_path: str | None = None, max_lora_rank: int = 16, enforce_eager: bool | None = None,
-                 seed: int = 0, **engine_kwargs: Any):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str | None = None,
+        max_model_len: int = 2048,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.8,
+        lora_path: str | None = None,
+        max_lora_rank: int = 16,
+        enforce_eager: bool | None = None,
+        seed: int = 0,
+        **engine_kwargs: Any,
+    ):
         import torch
 
         on_cpu = not torch.cuda.is_available()
@@ -40,8 +49,13 @@ class VLLMGenerator(Generator):
         self.dtype = dtype or ("float32" if on_cpu else "auto")
         self.enforce_eager = on_cpu if enforce_eager is None else enforce_eager
         kwargs: dict[str, Any] = dict(
-            model=model_path, dtype=self.dtype, max_model_len=max_model_len, seed=seed,
-            tensor_parallel_size=tensor_parallel_size, enforce_eager=self.enforce_eager, **engine_kwargs,
+            model=model_path,
+            dtype=self.dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=self.enforce_eager,
+            **engine_kwargs,
         )
         if data_parallel_size > 1:
             kwargs["data_parallel_size"] = data_parallel_size
@@ -73,17 +87,26 @@ class VLLMGenerator(Generator):
         # seed (set at start) makes sampling reproducible for the same prompts in the same order.
         seed = None if self.on_cpu else params.seed
         vparams = VLLMParams(
-            n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
-            stop=list(params.stop) or None, seed=seed, logprobs=0 if params.logprobs else None,
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            seed=seed,
+            logprobs=0 if params.logprobs else None,
         )
         # vLLM rejects the whole call when one prompt does not fit the context: generate the others and
         # give each over-long prompt empty completions marked "prompt_too_long" (scored as failures, counted).
         fits = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) < self.max_model_len for t in texts]
         too_long = fits.count(False)
         if too_long:
-            logger.warning("%d prompt(s) exceed max_model_len=%d and get empty completions", too_long, self.max_model_len)
+            logger.warning(
+                "%d prompt(s) exceed max_model_len=%d and get empty completions", too_long, self.max_model_len
+            )
         kept = [t for t, ok in zip(texts, fits) if ok]
-        generated = iter(self.llm.generate(kept, vparams, lora_request=self.lora_request, use_tqdm=True) if kept else [])
+        generated = iter(
+            self.llm.generate(kept, vparams, lora_request=self.lora_request, use_tqdm=True) if kept else []
+        )
         outputs = []
         for text, ok in zip(texts, fits):
             if not ok:
@@ -96,9 +119,13 @@ class VLLMGenerator(Generator):
                 logprobs = None
                 if params.logprobs and c.logprobs is not None:
                     logprobs = [step[token].logprob for step, token in zip(c.logprobs, c.token_ids)]
-                completions.append(Completion(
-                    text=c.text, token_ids=list(c.token_ids),
-                    finish_reason="length" if c.finish_reason == "length" else "stop", logprobs=logprobs,
-                ))
+                completions.append(
+                    Completion(
+                        text=c.text,
+                        token_ids=list(c.token_ids),
+                        finish_reason="length" if c.finish_reason == "length" else "stop",
+                        logprobs=logprobs,
+                    )
+                )
             outputs.append(GenerationOutput(prompt_text=text, completions=completions))
         return outputs

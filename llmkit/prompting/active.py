@@ -40,9 +40,16 @@ def entity_schema(types: Sequence[str]) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["entities"],
-        "properties": {"entities": {"type": "array", "items": {
-            "type": "object", "required": ["type", "text"],
-            "properties": {"type": {"enum": list(types)}, "text": {"type": "string"}}}}},
+        "properties": {
+            "entities": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["type", "text"],
+                    "properties": {"type": {"enum": list(types)}, "text": {"type": "string"}},
+                },
+            }
+        },
     }
 
 
@@ -89,6 +96,7 @@ def format_ie_answer(entities: Sequence[tuple[str, str]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- BIO, F1
+
 
 def read_conll(path: str) -> list[dict[str, Any]]:
     """Sentences from a CoNLL file (token<TAB>tag per line, blank line between sentences)."""
@@ -155,13 +163,15 @@ def ie_metrics(preds: Sequence[set | frozenset | None], golds: Sequence[set | fr
     recall = tp / (tp + fn) if tp + fn else 0.0
     return {
         "f1_sentence": float(np.mean([sentence_f1(p, g) for p, g in zip(preds, golds)])),
-        "micro_precision": precision, "micro_recall": recall,
+        "micro_precision": precision,
+        "micro_recall": recall,
         "micro_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "format_failure_rate": sum(p is None for p in preds) / len(preds),
     }
 
 
 # ---------------------------------------------------------------------------------------------- APIE scores
+
 
 def format_uncertainty(parsed: Sequence[Any]) -> float:
     """U_f = share of the k samples that failed parsing or validation (None)."""
@@ -201,8 +211,14 @@ def minmax(values: Sequence[float]) -> np.ndarray:
     return np.zeros_like(x) if span == 0 else (x - x.min()) / span
 
 
-def combine_uncertainties(u_d: Sequence[float], u_f: Sequence[float], u_c: Sequence[float],
-                          alpha: float = 0.33, beta: float = 0.33, gamma: float = 0.33) -> np.ndarray:
+def combine_uncertainties(
+    u_d: Sequence[float],
+    u_f: Sequence[float],
+    u_c: Sequence[float],
+    alpha: float = 0.33,
+    beta: float = 0.33,
+    gamma: float = 0.33,
+) -> np.ndarray:
     """U_t = α·minmax(U_d) + β·minmax(U_f) + γ·minmax(U_c), over the pool."""
     if not (len(u_d) == len(u_f) == len(u_c)):
         raise ValueError(f"length mismatch: {len(u_d)}, {len(u_f)}, {len(u_c)}")
@@ -227,15 +243,20 @@ def apie_scores(sample_sets: Sequence[SampleSet]) -> dict[str, list[float]]:
 
 # ---------------------------------------------------------------------------------------------- IE prompts
 
+
 def ie_instruction(types: Sequence[str] = WNUT_TYPES) -> str:
     """The schema-constrained NER instruction (JSON template + allowed types)."""
-    return ("Extract the named entities from the text. Allowed entity types: " + ", ".join(types) + ".\n"
-            "Answer only with a fenced JSON block of this form:\n"
-            '```json\n{"entities": [{"type": "<type>", "text": "<entity text>"}]}\n```\n'
-            'Use {"entities": []} when there is no entity.')
+    return (
+        "Extract the named entities from the text. Allowed entity types: " + ", ".join(types) + ".\n"
+        "Answer only with a fenced JSON block of this form:\n"
+        '```json\n{"entities": [{"type": "<type>", "text": "<entity text>"}]}\n```\n'
+        'Use {"entities": []} when there is no entity.'
+    )
 
 
-def ie_prompt(text: str, exemplars: Sequence[dict[str, Any]], types: Sequence[str] = WNUT_TYPES) -> list[dict[str, str]]:
+def ie_prompt(
+    text: str, exemplars: Sequence[dict[str, Any]], types: Sequence[str] = WNUT_TYPES
+) -> list[dict[str, str]]:
     """Chat prompt: the instruction, the exemplars with their gold answers, then the text."""
     parts = [ie_instruction(types)]
     for ex in exemplars:
@@ -252,9 +273,19 @@ class Selection:
     scores: dict[str, list[float]]
 
 
-def select_apie(generator: Generator, pool: Sequence[dict[str, Any]], params: SamplingParams, k_shot: int = 3,
-                alpha: float = 0.33, beta: float = 0.33, gamma: float = 0.33, probe_shots: int = 2,
-                seed: int = 0, types: Sequence[str] = WNUT_TYPES, mode: str = "apie") -> Selection:
+def select_apie(
+    generator: Generator,
+    pool: Sequence[dict[str, Any]],
+    params: SamplingParams,
+    k_shot: int = 3,
+    alpha: float = 0.33,
+    beta: float = 0.33,
+    gamma: float = 0.33,
+    probe_shots: int = 2,
+    seed: int = 0,
+    types: Sequence[str] = WNUT_TYPES,
+    mode: str = "apie",
+) -> Selection:
     """APIE over the n-sample primitive: probe each pool text (with `probe_shots` random pool exemplars, never itself)
     `params.n` times, score, and take the top-K. `mode="actprompt"` ranks by generation disagreement only."""
     if mode not in ("apie", "actprompt"):
@@ -278,20 +309,28 @@ def select_apie(generator: Generator, pool: Sequence[dict[str, Any]], params: Sa
 
 # ---------------------------------------------------------------------------------------------- CAMS
 
+
 def heuristic_complexity(problem: dict[str, Any]) -> float:
     """Default model-free complexity scorer (stand-in for DEITA's Evol-Complexity scorer on the text substitute).
 
     Score = words in question + context + options (the text substitute for the input), plus 10 per sentence of the
     gold rationale (`solution`, a proxy for the number of reasoning steps), plus 5 per option beyond two.
     """
-    text = " ".join([problem.get("question", ""), problem.get("hint") or "", problem.get("caption") or "",
-                     " ".join(problem.get("choices", []))])
+    text = " ".join(
+        [
+            problem.get("question", ""),
+            problem.get("hint") or "",
+            problem.get("caption") or "",
+            " ".join(problem.get("choices", [])),
+        ]
+    )
     steps = len([s for s in re.split(r"[.!?]\s", problem.get("solution") or "") if s.strip()])
     return float(len(text.split()) + 10 * steps + 5 * max(0, len(problem.get("choices", [])) - 2))
 
 
-def difficulty_cells(uncertainty: Sequence[float], complexity: Sequence[float],
-                     threshold: float = 0.5) -> dict[str, list[int]]:
+def difficulty_cells(
+    uncertainty: Sequence[float], complexity: Sequence[float], threshold: float = 0.5
+) -> dict[str, list[int]]:
     """Indices per cell: hard if uncertainty > threshold; high complexity if strictly above the median."""
     if len(uncertainty) != len(complexity) or not uncertainty:
         raise ValueError("need equal non-empty uncertainty and complexity lists")
@@ -337,8 +376,9 @@ def mcq_answer(text: str, choices: Sequence[str]) -> Hashable:
     return choice
 
 
-def mcq_uncertainties(generator: Generator, prompts: Sequence[Prompt], problems: Sequence[dict[str, Any]],
-                      params: SamplingParams) -> list[float]:
+def mcq_uncertainties(
+    generator: Generator, prompts: Sequence[Prompt], problems: Sequence[dict[str, Any]], params: SamplingParams
+) -> list[float]:
     """Active-Prompt uncertainty per problem: unique-answer ratio over `params.n` samples (one batched `sample_n`).
 
     Samples are parsed to an option letter (by the harness's extractor, letters only), then a letter beyond the
@@ -355,8 +395,9 @@ def mcq_uncertainties(generator: Generator, prompts: Sequence[Prompt], problems:
     return out
 
 
-def select_cams(uncertainty: Sequence[float], complexity: Sequence[float], per_cell: int, seed: int = 0,
-                threshold: float = 0.5) -> list[int]:
+def select_cams(
+    uncertainty: Sequence[float], complexity: Sequence[float], per_cell: int, seed: int = 0, threshold: float = 0.5
+) -> list[int]:
     """CAMS: the four difficulty × complexity cells, `per_cell` exemplars from each."""
     return balanced_sample(difficulty_cells(uncertainty, complexity, threshold), per_cell, seed)
 

@@ -58,8 +58,9 @@ def answer_uncertainty(embeddings: np.ndarray) -> float:
     return embedding_variance(unit_rows(embeddings))
 
 
-def choose_threshold(uncertainties: Sequence[float], errors: Sequence[bool], rule: str = "accuracy",
-                     target_ask_rate: float = 0.5) -> float:
+def choose_threshold(
+    uncertainties: Sequence[float], errors: Sequence[bool], rule: str = "accuracy", target_ask_rate: float = 0.5
+) -> float:
     """The gate threshold t (ask ⇔ u > t) from validation uncertainties and whether each direct answer was wrong.
 
     `accuracy`: among t = −inf (always ask), each distinct u (ask above it), the t maximising the share of items
@@ -125,7 +126,9 @@ def representativeness(candidate_embeddings: np.ndarray, mode: str = "density") 
     raise ValueError(f"unknown representativeness mode {mode!r}; use density or diversity")
 
 
-def select_question(info: Sequence[float], rep: Sequence[float], w_info: float, w_rep: float) -> tuple[int, list[float]]:
+def select_question(
+    info: Sequence[float], rep: Sequence[float], w_info: float, w_rep: float
+) -> tuple[int, list[float]]:
     """Index of the best candidate by w_info · info + w_rep · rep (ties: the first), and all scores."""
     if len(info) != len(rep) or len(info) == 0:
         raise ValueError("need one informativeness and one representativeness value per candidate")
@@ -154,7 +157,12 @@ def dialogue_text(dialogue: Sequence[tuple[str, str]]) -> str:
 
 def answer_prompt(problem: dict[str, Any], dialogue: Sequence[tuple[str, str]]) -> Prompt:
     """The answering prompt: QCM without the hint, then the clarifications, then ScienceQA's instruction."""
-    return [{"role": "user", "content": qcm_prompt(withheld(problem), use_caption=False) + dialogue_text(dialogue) + INSTRUCTION}]
+    return [
+        {
+            "role": "user",
+            "content": qcm_prompt(withheld(problem), use_caption=False) + dialogue_text(dialogue) + INSTRUCTION,
+        }
+    ]
 
 
 def context_prompt(problem: dict[str, Any]) -> Prompt:
@@ -164,32 +172,51 @@ def context_prompt(problem: dict[str, Any]) -> Prompt:
 
 def question_prompt(problem: dict[str, Any], dialogue: Sequence[tuple[str, str]]) -> Prompt:
     """Ask the model for one clarifying question about the missing context."""
-    return [{"role": "user", "content": (
-        "You must answer the problem below, but some background context is missing.\n"
-        + qcm_prompt(withheld(problem), use_caption=False) + dialogue_text(dialogue)
-        + "Ask the user ONE short question whose answer would help you choose the right option. "
-          "Write only the question.")}]
+    return [
+        {
+            "role": "user",
+            "content": (
+                "You must answer the problem below, but some background context is missing.\n"
+                + qcm_prompt(withheld(problem), use_caption=False)
+                + dialogue_text(dialogue)
+                + "Ask the user ONE short question whose answer would help you choose the right option. "
+                "Write only the question."
+            ),
+        }
+    ]
 
 
 def hypothetical_reply_prompt(problem: dict[str, Any], dialogue: Sequence[tuple[str, str]], question: str) -> Prompt:
     """The answering model imagines a user's reply (it does not see the hidden context)."""
-    return [{"role": "user", "content": (
-        qcm_prompt(withheld(problem), use_caption=False) + dialogue_text(dialogue)
-        + f"Someone who knows the missing context is asked: {question}\nWrite their short reply (one sentence).")}]
+    return [
+        {
+            "role": "user",
+            "content": (
+                qcm_prompt(withheld(problem), use_caption=False)
+                + dialogue_text(dialogue)
+                + f"Someone who knows the missing context is asked: {question}\nWrite their short reply (one sentence)."
+            ),
+        }
+    ]
 
 
 def user_prompt(hidden: str, question: str) -> Prompt:
     """The simulated user's prompt: the hidden context, and the question to answer from it."""
-    return [{"role": "user", "content": (
-        f"Context: {hidden}\nUsing only this context, answer the question in one short sentence.\n"
-        f"Question: {question}")}]
+    return [
+        {
+            "role": "user",
+            "content": (
+                f"Context: {hidden}\nUsing only this context, answer the question in one short sentence.\n"
+                f"Question: {question}"
+            ),
+        }
+    ]
 
 
 class SimulatedUser(Protocol):
     """Answers clarifying questions from the hidden context of each problem."""
 
-    def reply(self, problems: Sequence[dict[str, Any]], questions: Sequence[str]) -> list[str]:
-        ...
+    def reply(self, problems: Sequence[dict[str, Any]], questions: Sequence[str]) -> list[str]: ...
 
 
 class SentenceOracle:
@@ -216,7 +243,9 @@ class LLMUser:
         self.params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=["\n"])
 
     def reply(self, problems, questions):
-        outs = self.generator.generate([user_prompt(p.get("hint") or "", q) for p, q in zip(problems, questions)], self.params)
+        outs = self.generator.generate(
+            [user_prompt(p.get("hint") or "", q) for p, q in zip(problems, questions)], self.params
+        )
         return [o.completions[0].text.strip() or "I don't know." for o in outs]
 
 
@@ -227,34 +256,36 @@ class LLMUser:
 class InquiryConfig:
     """The loop's knobs; every UNVERIFIED detail of docs/methods/lamai.md is one of these."""
 
-    samples: int = 5                 # T answers for the uncertainty
+    samples: int = 5  # T answers for the uncertainty
     temperature: float = 0.7
     answer_tokens: int = 16
-    threshold: float = 0.0           # ask while u > threshold
-    max_rounds: int = 2              # questions at most per item
-    candidates: int = 4              # clarifying questions proposed per round (duplicates dropped)
+    threshold: float = 0.0  # ask while u > threshold
+    max_rounds: int = 2  # questions at most per item
+    candidates: int = 4  # clarifying questions proposed per round (duplicates dropped)
     question_temperature: float = 0.8
     question_tokens: int = 32
-    sim_replies: int = 1             # hypothetical replies per candidate (informativeness)
+    sim_replies: int = 1  # hypothetical replies per candidate (informativeness)
     reply_tokens: int = 32
     w_info: float = 1.0
     w_rep: float = 0.0
     rep_mode: str = "density"
-    selection: str = "lamai"         # lamai | random | first
+    selection: str = "lamai"  # lamai | random | first
     seed: int = 0
 
 
-def sample_uncertainty(generator: Generator, prompts: Sequence[Prompt], s: InquiryConfig, embed: Embed,
-                       seed: int) -> tuple[list[float], list[list[str]]]:
+def sample_uncertainty(
+    generator: Generator, prompts: Sequence[Prompt], s: InquiryConfig, embed: Embed, seed: int
+) -> tuple[list[float], list[list[str]]]:
     """T samples per prompt (the n-sample primitive's generator call) → uncertainty and the texts."""
     if not prompts:
         return [], []
-    outs = generator.generate(list(prompts), SamplingParams(n=s.samples, temperature=s.temperature,
-                                                            max_new_tokens=s.answer_tokens, seed=seed))
+    outs = generator.generate(
+        list(prompts), SamplingParams(n=s.samples, temperature=s.temperature, max_new_tokens=s.answer_tokens, seed=seed)
+    )
     texts = [[c.text.strip() for c in o.completions] for o in outs]
     flat = [t or "(empty)" for ts in texts for t in ts]
     vectors = embed(flat) if flat else np.zeros((0, 1))
-    u = [answer_uncertainty(vectors[i * s.samples:(i + 1) * s.samples]) for i in range(len(texts))]
+    u = [answer_uncertainty(vectors[i * s.samples : (i + 1) * s.samples]) for i in range(len(texts))]
     return u, texts
 
 
@@ -266,9 +297,10 @@ def greedy_answers(generator: Generator, prompts: Sequence[Prompt], tokens: int)
 
 def propose_questions(generator: Generator, problems, dialogues, s: InquiryConfig, seed: int) -> list[list[str]]:
     """Candidate clarifying questions per problem (n samples, cleaned, duplicates and empties dropped)."""
-    outs = generator.generate([question_prompt(p, d) for p, d in zip(problems, dialogues)],
-                              SamplingParams(n=s.candidates, temperature=s.question_temperature,
-                                             max_new_tokens=s.question_tokens, seed=seed))
+    outs = generator.generate(
+        [question_prompt(p, d) for p, d in zip(problems, dialogues)],
+        SamplingParams(n=s.candidates, temperature=s.question_temperature, max_new_tokens=s.question_tokens, seed=seed),
+    )
     result = []
     for o in outs:
         seen: list[str] = []
@@ -280,24 +312,47 @@ def propose_questions(generator: Generator, problems, dialogues, s: InquiryConfi
     return result
 
 
-def score_candidates(generator: Generator, problem, dialogue, u_now: float, questions: list[str],
-                     s: InquiryConfig, embed: Embed, seed: int) -> dict[str, Any]:
+def score_candidates(
+    generator: Generator,
+    problem,
+    dialogue,
+    u_now: float,
+    questions: list[str],
+    s: InquiryConfig,
+    embed: Embed,
+    seed: int,
+) -> dict[str, Any]:
     """LaMAI's active-learning score of each candidate: imagined replies → new uncertainty → informativeness;
     candidate embeddings → representativeness."""
-    replies = generator.generate([hypothetical_reply_prompt(problem, dialogue, q) for q in questions],
-                                 SamplingParams(n=s.sim_replies, temperature=s.question_temperature,
-                                                max_new_tokens=s.reply_tokens, stop=["\n"], seed=seed))
+    replies = generator.generate(
+        [hypothetical_reply_prompt(problem, dialogue, q) for q in questions],
+        SamplingParams(
+            n=s.sim_replies, temperature=s.question_temperature, max_new_tokens=s.reply_tokens, stop=["\n"], seed=seed
+        ),
+    )
     hyp = [[c.text.strip() or "I don't know." for c in r.completions] for r in replies]
     prompts = [answer_prompt(problem, list(dialogue) + [(q, r)]) for q, rs in zip(questions, hyp) for r in rs]
     after, _ = sample_uncertainty(generator, prompts, s, embed, seed + 1)
-    info = [informativeness(u_now, after[i * s.sim_replies:(i + 1) * s.sim_replies]) for i in range(len(questions))]
+    info = [informativeness(u_now, after[i * s.sim_replies : (i + 1) * s.sim_replies]) for i in range(len(questions))]
     rep = representativeness(embed(questions), s.rep_mode).tolist()
     best, scores = select_question(info, rep, s.w_info, s.w_rep)
-    return {"best": best, "informativeness": info, "representativeness": rep, "scores": scores, "hypothetical_replies": hyp}
+    return {
+        "best": best,
+        "informativeness": info,
+        "representativeness": rep,
+        "scores": scores,
+        "hypothetical_replies": hyp,
+    }
 
 
-def run_inquiry(generator: Generator, problems: Sequence[dict[str, Any]], s: InquiryConfig, embed: Embed,
-                user: SimulatedUser, initial: tuple[list[float], list[list[str]]] | None = None) -> list[dict[str, Any]]:
+def run_inquiry(
+    generator: Generator,
+    problems: Sequence[dict[str, Any]],
+    s: InquiryConfig,
+    embed: Embed,
+    user: SimulatedUser,
+    initial: tuple[list[float], list[list[str]]] | None = None,
+) -> list[dict[str, Any]]:
     """The LaMAI loop over `problems` (batched across the items still asking). One record per problem:
     dialogue, uncertainty per round, candidates and their scores, final answer and verdict.
 
@@ -309,8 +364,11 @@ def run_inquiry(generator: Generator, problems: Sequence[dict[str, Any]], s: Inq
     n = len(problems)
     dialogues: list[list[tuple[str, str]]] = [[] for _ in range(n)]
     records: list[dict[str, Any]] = [{"id": p.get("id", p.get("pid")), "rounds": []} for p in problems]
-    u, samples = initial if initial is not None else sample_uncertainty(
-        generator, [answer_prompt(p, []) for p in problems], s, embed, s.seed)
+    u, samples = (
+        initial
+        if initial is not None
+        else sample_uncertainty(generator, [answer_prompt(p, []) for p in problems], s, embed, s.seed)
+    )
     u, samples = list(u), list(samples)
     for i in range(n):
         records[i]["uncertainty"] = [u[i]]
@@ -336,14 +394,22 @@ def run_inquiry(generator: Generator, problems: Sequence[dict[str, Any]], s: Inq
         for i, q, r in zip(active, chosen, replies):
             dialogues[i].append((q, r))
             records[i]["rounds"][-1].update({"question": q, "reply": r})
-        new_u, _ = sample_uncertainty(generator, [answer_prompt(problems[i], dialogues[i]) for i in active], s, embed, seed + 13)
+        new_u, _ = sample_uncertainty(
+            generator, [answer_prompt(problems[i], dialogues[i]) for i in active], s, embed, seed + 13
+        )
         for i, v in zip(active, new_u):
             u[i] = v
             records[i]["uncertainty"].append(v)
     finals = greedy_answers(generator, [answer_prompt(p, d) for p, d in zip(problems, dialogues)], s.answer_tokens)
     for rec, p, d, text in zip(records, problems, dialogues, finals):
-        rec.update({"dialogue": [{"question": q, "reply": r} for q, r in d], "questions_asked": len(d),
-                    "answer": text, **scienceqa_verdict(text, p)})
+        rec.update(
+            {
+                "dialogue": [{"question": q, "reply": r} for q, r in d],
+                "questions_asked": len(d),
+                "answer": text,
+                **scienceqa_verdict(text, p),
+            }
+        )
     return records
 
 
@@ -362,13 +428,29 @@ class CachedEmbedder:
     def __call__(self, texts: list[str]) -> np.ndarray:
         todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if todo:
-            vecs = self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)
+            vecs = self.model.encode(
+                todo,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             self.cache.update(zip(todo, vecs.astype(np.float32)))
         return np.stack([self.cache[t] for t in texts])
 
 
 __all__ = [
-    "CachedEmbedder", "InquiryConfig", "LLMUser", "SentenceOracle", "answer_prompt", "answer_uncertainty", "auroc",
-    "choose_threshold", "context_prompt", "informativeness", "representativeness", "run_inquiry", "select_question",
+    "CachedEmbedder",
+    "InquiryConfig",
+    "LLMUser",
+    "SentenceOracle",
+    "answer_prompt",
+    "answer_uncertainty",
+    "auroc",
+    "choose_threshold",
+    "context_prompt",
+    "informativeness",
+    "representativeness",
+    "run_inquiry",
+    "select_question",
 ]

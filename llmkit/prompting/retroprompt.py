@@ -223,9 +223,7 @@ class KnowledgeStore:
             members = torch.nonzero(self.labels == label).reshape(-1)
             if members.numel() == 0:
                 raise ValueError(f"class {label} has no examples in the knowledge store")
-            sub_store = KnowledgeStore(
-                self.keys[members], self.labels[members], self.num_classes, backend=self.backend
-            )
+            sub_store = KnowledgeStore(self.keys[members], self.labels[members], self.num_classes, backend=self.backend)
             self._class_stores[label] = (sub_store, members)
         return self._class_stores[label]
 
@@ -422,8 +420,10 @@ def interpolate_knn(
         return knn_lambda * p_knn + (1.0 - knn_lambda) * p_lm
     if mode == "paper_logsumexp":
         # log(0) = −inf drops a term exactly at λ = 0 or 1; logsumexp handles it.
-        log_weights = (math.log(1.0 - knn_lambda) if knn_lambda < 1 else float("-inf"),
-                       math.log(knn_lambda) if knn_lambda > 0 else float("-inf"))
+        log_weights = (
+            math.log(1.0 - knn_lambda) if knn_lambda < 1 else float("-inf"),
+            math.log(knn_lambda) if knn_lambda > 0 else float("-inf"),
+        )
         return torch.logsumexp(torch.stack([p_lm + log_weights[0], p_knn + log_weights[1]]), dim=0)
     raise ValueError(f"unknown interpolation mode {mode!r}: use 'linear' or 'paper_logsumexp'")
 

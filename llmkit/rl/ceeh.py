@@ -22,8 +22,9 @@ import torch
 UNSEEN = -1.0
 
 
-def update_history(history: np.ndarray, indices: np.ndarray, accuracy: np.ndarray,
-                   up: float = 0.2, down: float = 0.05) -> np.ndarray:
+def update_history(
+    history: np.ndarray, indices: np.ndarray, accuracy: np.ndarray, up: float = 0.2, down: float = 0.05
+) -> np.ndarray:
     """New history after a batch: for each prompt index, overwrite a record ≤ 0, else EMA with α = up/down."""
     out = np.array(history, dtype=np.float64, copy=True)
     for i, acc in zip(np.asarray(indices), np.asarray(accuracy, dtype=np.float64)):
@@ -46,8 +47,15 @@ def cosine_schedule(step: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def length_reward(lengths: np.ndarray, correct: np.ndarray, anchor: float, accuracy: float, history: float,
-                  beta: float = 0.1, floor: float = -0.9) -> np.ndarray:
+def length_reward(
+    lengths: np.ndarray,
+    correct: np.ndarray,
+    anchor: float,
+    accuracy: float,
+    history: float,
+    beta: float = 0.1,
+    floor: float = -0.9,
+) -> np.ndarray:
     """Length reward of the n completions of one prompt (added to the correctness reward of 1).
 
     Correct completions get max(floor, β(1 − L/L_x)); everything else gets 0. The whole group gets 0
@@ -62,7 +70,9 @@ def length_reward(lengths: np.ndarray, correct: np.ndarray, anchor: float, accur
     return out
 
 
-def update_anchor(anchor: float, lengths: np.ndarray, correct: np.ndarray, up: float = 0.2, down: float = 0.05) -> float:
+def update_anchor(
+    anchor: float, lengths: np.ndarray, correct: np.ndarray, up: float = 0.2, down: float = 0.05
+) -> float:
     """New anchor after scoring: the group's shortest correct length, EMA'd (α = up if shorter, else down)."""
     correct = np.asarray(correct, dtype=bool)
     if not correct.any():
@@ -74,7 +84,9 @@ def update_anchor(anchor: float, lengths: np.ndarray, correct: np.ndarray, up: f
     return alpha * shortest + (1 - alpha) * anchor
 
 
-def me_entropy_weights(hard: torch.Tensor, schedule: float, factor: float = 5.0, retain: bool = False) -> tuple[torch.Tensor, float]:
+def me_entropy_weights(
+    hard: torch.Tensor, schedule: float, factor: float = 5.0, retain: bool = False
+) -> tuple[torch.Tensor, float]:
     """Per-completion entropy weights and the global scale of the ME bonus.
 
     Standard: weight 1 (easy) / `factor` (hard), scale s(t). Retain: weight 1 / (1 + (factor − 1)·s(t)),
@@ -92,8 +104,14 @@ def me_entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, weights: torch.T
     return (entropy * w).sum() / w.sum().clamp(min=1e-8)
 
 
-def ea_advantages(advantages: torch.Tensor, entropy: torch.Tensor, hard: torch.Tensor,
-                  alpha: float = 0.4, kappa: float = 2.0, scale: float = 1.0) -> torch.Tensor:
+def ea_advantages(
+    advantages: torch.Tensor,
+    entropy: torch.Tensor,
+    hard: torch.Tensor,
+    alpha: float = 0.4,
+    kappa: float = 2.0,
+    scale: float = 1.0,
+) -> torch.Tensor:
     """Token advantages Â = A + scale · hard · min(α·sg(H), |A|/κ); the bonus never flips A's sign."""
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(entropy)

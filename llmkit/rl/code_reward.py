@@ -31,7 +31,7 @@ from typing import Any
 
 # Runs inside the sandboxed program, defined before the completion. No global names, defaults or closures:
 # everything, itself included (for recursion), comes in `env`.
-_CHECKER = r'''
+_CHECKER = r"""
 def __llmkit_canon(x, env):
     # the value as plain-data source text, read through the built-in types' C methods; None if it is not plain data
     (isinstance_, len_, range_, repr_, canon, int_, float_, complex_, str_, bytes_, list_, tuple_, dict_, set_,
@@ -100,14 +100,15 @@ def __llmkit_main(completion_src, setup_src, tests_src, builtin_names, module_at
     values = []
     function_type(tests_code, namespace)(pristine_builtins, pristine_attrs, values, canon, env)
     write_(2, ("\n" + marker + repr_(values) + "\n").encode())
-'''
+"""
 
 REPORT_MARKER = "LLMKIT-VALUES "
 
 # Modules whose attributes tests name without importing them (the harness's program gave them the
 # completion's import); their attributes are resolved before the completion runs.
-_KNOWN_MODULES = frozenset({"math", "cmath", "sys", "re", "collections", "itertools", "heapq", "functools",
-                            "operator", "string", "bisect"})
+_KNOWN_MODULES = frozenset(
+    {"math", "cmath", "sys", "re", "collections", "itertools", "heapq", "functools", "operator", "string", "bisect"}
+)
 
 
 class _TestRewriter(ast.NodeTransformer):
@@ -119,14 +120,23 @@ class _TestRewriter(ast.NodeTransformer):
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if isinstance(node.ctx, ast.Load) and node.id in self.builtins:
-            return ast.copy_location(ast.Subscript(ast.Name("__b", ast.Load()), ast.Constant(self.builtins[node.id]),
-                                                   ast.Load()), node)
+            return ast.copy_location(
+                ast.Subscript(ast.Name("__b", ast.Load()), ast.Constant(self.builtins[node.id]), ast.Load()), node
+            )
         return node
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        if isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name) and (node.value.id, node.attr) in self.attrs:
-            return ast.copy_location(ast.Subscript(ast.Name("__m", ast.Load()),
-                                                   ast.Constant(self.attrs[(node.value.id, node.attr)]), ast.Load()), node)
+        if (
+            isinstance(node.ctx, ast.Load)
+            and isinstance(node.value, ast.Name)
+            and (node.value.id, node.attr) in self.attrs
+        ):
+            return ast.copy_location(
+                ast.Subscript(
+                    ast.Name("__m", ast.Load()), ast.Constant(self.attrs[(node.value.id, node.attr)]), ast.Load()
+                ),
+                node,
+            )
         self.generic_visit(node)
         return node
 
@@ -166,8 +176,9 @@ def _split_assert(node: ast.stmt) -> tuple[ast.expr, tuple[str, Any]]:
     return test, ("truth", None)
 
 
-def build_check_plan(code: str, tests: list[str], setup: str = "", solution_names: tuple[str, ...] | list[str] = ()
-                     ) -> CheckPlan:
+def build_check_plan(
+    code: str, tests: list[str], setup: str = "", solution_names: tuple[str, ...] | list[str] = ()
+) -> CheckPlan:
     """The sandboxed program for one completion and the harness-side checks of what it reports.
 
     `code` runs on its own, then `setup`; then, in a function whose built-ins and module attributes were bound
@@ -180,26 +191,55 @@ def build_check_plan(code: str, tests: list[str], setup: str = "", solution_name
     tree = ast.parse("\n".join(tests))
     setup_tree = ast.parse(setup)
     expressions, checks = zip(*(_split_assert(node) for node in tree.body)) if tree.body else ((), ())
-    bound = {n.id for t in (tree, setup_tree) for n in ast.walk(t) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    bound |= {(a.asname or a.name).split(".")[0] for t in (tree, setup_tree) for n in ast.walk(t)
-              if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    bound = {
+        n.id
+        for t in (tree, setup_tree)
+        for n in ast.walk(t)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+    bound |= {
+        (a.asname or a.name).split(".")[0]
+        for t in (tree, setup_tree)
+        for n in ast.walk(t)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
     bound |= set(solution_names)
     nodes = [n for e in expressions for n in ast.walk(e)]
-    builtin_names = sorted({n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
-                            and hasattr(builtins, n.id) and n.id not in bound})
-    module_attrs = sorted({(n.value.id, n.attr) for n in nodes if isinstance(n, ast.Attribute)
-                           and isinstance(n.value, ast.Name) and n.value.id in _KNOWN_MODULES and n.value.id not in bound})
+    builtin_names = sorted(
+        {
+            n.id
+            for n in nodes
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and hasattr(builtins, n.id) and n.id not in bound
+        }
+    )
+    module_attrs = sorted(
+        {
+            (n.value.id, n.attr)
+            for n in nodes
+            if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name)
+            and n.value.id in _KNOWN_MODULES
+            and n.value.id not in bound
+        }
+    )
     rewriter = _TestRewriter(builtin_names, module_attrs)
     lines = ["def __llmkit_tests(__b, __m, __out, __canon, __env):"]
     for expression in expressions:
         source = ast.unparse(ast.fix_missing_locations(rewriter.visit(expression)))
         # every assert is tried: an error in one is that assert's failure, not the others'
-        lines += ["    try:", f"        __out.append(__canon({source}, __env))", "    except BaseException:",
-                  "        __out.append(None)"]
+        lines += [
+            "    try:",
+            f"        __out.append(__canon({source}, __env))",
+            "    except BaseException:",
+            "        __out.append(None)",
+        ]
     if not expressions:
         lines.append("    pass")
-    call = (f"\n__llmkit_main({code!r}, {setup!r}, {chr(10).join(lines)!r}, {builtin_names!r}, {module_attrs!r}, "
-            f"__llmkit_canon, {REPORT_MARKER!r})\n")
+    call = (
+        f"\n__llmkit_main({code!r}, {setup!r}, {chr(10).join(lines)!r}, {builtin_names!r}, {module_attrs!r}, "
+        f"__llmkit_canon, {REPORT_MARKER!r})\n"
+    )
     return CheckPlan(_CHECKER + call, tuple(checks))
 
 
@@ -210,7 +250,7 @@ def judge(plan: CheckPlan, result) -> list[bool]:
         return [False] * len(plan.checks)
     reports = [line for line in result.stderr_tail.splitlines() if line.startswith(REPORT_MARKER)]
     try:
-        values = ast.literal_eval(reports[-1][len(REPORT_MARKER):]) if reports else None
+        values = ast.literal_eval(reports[-1][len(REPORT_MARKER) :]) if reports else None
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         values = None
     if not isinstance(values, list) or len(values) != len(plan.checks):
@@ -241,8 +281,9 @@ def code_tests_plan(completion: str, record: dict[str, Any]) -> CheckPlan:
     tests = list(record["test_list"])
     if not tests:
         raise ValueError(f"record {record.get('index')}: code_tests needs a non-empty test_list")
-    return build_check_plan(extract_code(completion), tests, record.get("test_setup_code") or "",
-                            record.get("solution_names") or ())
+    return build_check_plan(
+        extract_code(completion), tests, record.get("test_setup_code") or "", record.get("solution_names") or ()
+    )
 
 
 class CodeTestsReward:

@@ -64,8 +64,12 @@ def drgrpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6)
 
 @_register(POLICY_LOSSES, "clipped")
 def clipped_policy_loss(
-    log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-    clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 0.0,
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A), ρ = exp(logπ − logπ_old); and the clipped mask.
 
@@ -154,8 +158,9 @@ def sampling_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits if temperature == 1.0 else logits / temperature
 
 
-def token_log_probs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, entropy_grad: bool = True
-                                ) -> tuple[torch.Tensor, torch.Tensor]:
+def token_log_probs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor, entropy_grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(tokens), H) from one log-softmax; H = −Σ p·log p, detached unless `entropy_grad` (a loss term uses it)."""
     log_p = torch.log_softmax(logits.float(), dim=-1)
     chosen = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

@@ -12,9 +12,16 @@ from llmkit.rl.ceeh import nag
 from llmkit.rl.rewards import score_completions
 
 
-def evaluate_policy(generator: Generator, prompts: list[dict[str, Any]], reward_fn: Callable[[str, dict], float],
-                    n: int = 8, temperature: float = 0.6, max_new_tokens: int = 256, seed: int = 0,
-                    ks: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, float]:
+def evaluate_policy(
+    generator: Generator,
+    prompts: list[dict[str, Any]],
+    reward_fn: Callable[[str, dict], float],
+    n: int = 8,
+    temperature: float = 0.6,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    ks: tuple[int, ...] = (1, 2, 4, 8),
+) -> dict[str, float]:
     """Sample n completions per prompt; accuracy = mean over all samples (avg@n), pass@k (unbiased), lengths."""
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     outputs = generator.generate([p["prompt"] for p in prompts], params)
@@ -24,8 +31,11 @@ def evaluate_policy(generator: Generator, prompts: list[dict[str, Any]], reward_
     correct = [[next(flat) >= 1.0 for _ in out.completions] for out in outputs]
     lengths = np.array([[len(c.token_ids) for c in out.completions] for out in outputs], dtype=np.float64)
     mask = np.array(correct, dtype=bool)
-    result = {"accuracy": float(mask.mean()), "length": float(lengths.mean()),
-              "correct_length": float(lengths[mask].mean()) if mask.any() else float("nan")}
+    result = {
+        "accuracy": float(mask.mean()),
+        "length": float(lengths.mean()),
+        "correct_length": float(lengths[mask].mean()) if mask.any() else float("nan"),
+    }
     result.update(mean_pass_at_k(correct, [k for k in ks if k <= n]))
     return result
 

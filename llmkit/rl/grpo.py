@@ -35,7 +35,6 @@ from llmkit.data.sft import IGNORE_INDEX
 from llmkit.errors import ConfigError
 from llmkit.generation.types import SamplingParams
 from llmkit.rl import ceeh
-from llmkit.rl.rewards import score_completions
 from llmkit.rl.core_algos import (
     ADVANTAGE_ESTIMATORS,
     KL_PENALTIES,
@@ -46,6 +45,7 @@ from llmkit.rl.core_algos import (
     token_log_probs,
     token_log_probs_and_entropy,
 )
+from llmkit.rl.rewards import score_completions
 from llmkit.train.losses import step_normalised_loss
 from llmkit.train.trainer import Trainer
 
@@ -95,7 +95,9 @@ class GRPOMethodConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (GRPO samples; log-probs are scored at it), got {self.temperature}")
+            raise ValueError(
+                f"temperature must be > 0 (GRPO samples; log-probs are scored at it), got {self.temperature}"
+            )
 
     @property
     def steps_per_rollout(self) -> int:
@@ -116,13 +118,27 @@ class Rollout:
 
     def slice(self, start: int, stop: int) -> "Rollout":
         """Completions start..stop-1 (whole groups when the bounds are multiples of n)."""
-        return Rollout(self.prompt_ids[start:stop], self.completion_ids[start:stop], self.truncated[start:stop],
-                       self.correct[start:stop], self.rewards[start:stop], self.hard[start:stop])
+        return Rollout(
+            self.prompt_ids[start:stop],
+            self.completion_ids[start:stop],
+            self.truncated[start:stop],
+            self.correct[start:stop],
+            self.rewards[start:stop],
+            self.hard[start:stop],
+        )
 
 
-def grpo_objective(log_probs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
-                   hard: torch.Tensor, settings: GRPOMethodConfig, old_log_probs: torch.Tensor | None = None,
-                   ref_log_probs: torch.Tensor | None = None, schedule: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def grpo_objective(
+    log_probs: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    hard: torch.Tensor,
+    settings: GRPOMethodConfig,
+    old_log_probs: torch.Tensor | None = None,
+    ref_log_probs: torch.Tensor | None = None,
+    schedule: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO/CEEH loss of one micro-batch in its aggregated (mean) form, from per-token tensors; and metrics.
 
     log_probs, entropy, mask: (B, T) at the sampling temperature; advantages (B,); hard (B,) bool.
@@ -159,14 +175,20 @@ def grpo_objective(log_probs: torch.Tensor, entropy: torch.Tensor, mask: torch.T
     tokens = mask.sum().clamp(min=1)
     ratio = torch.exp(log_probs.detach() - old)
     h = entropy.detach()
-    metrics.update({
-        "entropy": float((h * mask).sum() / tokens),
-        "entropy_hard": float((h * hard_tokens).sum() / hard_tokens.sum()) if hard_tokens.sum() > 0 else float("nan"),
-        "entropy_easy": float((h * easy_tokens).sum() / easy_tokens.sum()) if easy_tokens.sum() > 0 else float("nan"),
-        "clip_fraction": float((clipped * mask).sum() / tokens),
-        # |ρ − 1| over the loss tokens: exactly 0 with one update per rollout
-        "ratio_deviation_max": float(((ratio - 1).abs() * mask).max()) if mask.any() else 0.0,
-    })
+    metrics.update(
+        {
+            "entropy": float((h * mask).sum() / tokens),
+            "entropy_hard": float((h * hard_tokens).sum() / hard_tokens.sum())
+            if hard_tokens.sum() > 0
+            else float("nan"),
+            "entropy_easy": float((h * easy_tokens).sum() / easy_tokens.sum())
+            if easy_tokens.sum() > 0
+            else float("nan"),
+            "clip_fraction": float((clipped * mask).sum() / tokens),
+            # |ρ − 1| over the loss tokens: exactly 0 with one update per rollout
+            "ratio_deviation_max": float(((ratio - 1).abs() * mask).max()) if mask.any() else 0.0,
+        }
+    )
     return loss, metrics
 
 
@@ -183,17 +205,32 @@ class GRPOTrainer(Trainer):
     # neither packing mode (dynamic, padding_free) keeps apart; refused at start (`check_packing`).
     supports_packing = ("none",)
 
-    def __init__(self, cfg, settings: GRPOMethodConfig, model, tokenizer, prompts: list[dict[str, Any]], reward_fn: RewardFn,
-                 generator_factory: Callable | None = None, **kwargs):
+    def __init__(
+        self,
+        cfg,
+        settings: GRPOMethodConfig,
+        model,
+        tokenizer,
+        prompts: list[dict[str, Any]],
+        reward_fn: RewardFn,
+        generator_factory: Callable | None = None,
+        **kwargs,
+    ):
         self.settings = settings  # before the base class plans the steps (steps_for_epochs reads it)
         super().__init__(cfg, model, tokenizer, prompts, **kwargs)
         if self.steps_per_epoch % settings.rollout_mini_batches:
             # a rollout must not straddle two epochs (a prompt would be rolled out twice in it, its state moved twice)
-            raise ConfigError(f"method.grpo.rollout_mini_batches {settings.rollout_mini_batches} must divide the "
-                              f"{self.steps_per_epoch} global batches of {self.global_batch} prompts in an epoch")
+            raise ConfigError(
+                f"method.grpo.rollout_mini_batches {settings.rollout_mini_batches} must divide the "
+                f"{self.steps_per_epoch} global batches of {self.global_batch} prompts in an epoch"
+            )
         if self.total_steps % settings.steps_per_rollout:
-            logger.warning("max_steps %d is not a multiple of the %d optimizer steps per rollout: the last rollout is "
-                           "used only in part", self.total_steps, settings.steps_per_rollout)
+            logger.warning(
+                "max_steps %d is not a multiple of the %d optimizer steps per rollout: the last rollout is "
+                "used only in part",
+                self.total_steps,
+                settings.steps_per_rollout,
+            )
         self.reward_fn = reward_fn
         size = max(int(p["index"]) for p in prompts) + 1
         self.accuracy_history = np.full(size, ceeh.UNSEEN)
@@ -238,10 +275,14 @@ class GRPOTrainer(Trainer):
         it was before this rollout. Returns the scored rollout, its metrics and the arguments of `update_state`
         (the state itself is not changed here)."""
         s = self.settings
-        params = SamplingParams(n=s.num_generations, temperature=s.temperature, top_p=s.top_p,
-                                max_new_tokens=s.max_new_tokens,
-                                # each process its own stream: equal seeds would correlate the ranks' samples
-                                seed=self.cfg.seed * 100_003 + rollout_index + 7_919 * self.accelerator.process_index)
+        params = SamplingParams(
+            n=s.num_generations,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_new_tokens=s.max_new_tokens,
+            # each process its own stream: equal seeds would correlate the ranks' samples
+            seed=self.cfg.seed * 100_003 + rollout_index + 7_919 * self.accelerator.process_index,
+        )
         outputs = self.generator().generate([r["prompt"] for r in records], params)
         prompt_ids, completion_ids, truncated, texts, owners, lengths = [], [], [], [], [], []
         for record, out in zip(records, outputs):
@@ -263,18 +304,30 @@ class GRPOTrainer(Trainer):
         r_len = np.zeros_like(length_arr)
         if s.length_reward:
             for g, i in enumerate(idx):
-                r_len[g] = ceeh.length_reward(length_arr[g], correct[g], self.anchor[i], accuracy[g],
-                                              self.accuracy_history[i], s.length_beta, s.length_floor)
+                r_len[g] = ceeh.length_reward(
+                    length_arr[g],
+                    correct[g],
+                    self.anchor[i],
+                    accuracy[g],
+                    self.accuracy_history[i],
+                    s.length_beta,
+                    s.length_floor,
+                )
         rewards = scores + r_len
         metrics = {
-            "reward": float(rewards.mean()), "accuracy": float(accuracy.mean()),
-            "length_reward": float(r_len.mean()), "completion_length": float(length_arr.mean()),
+            "reward": float(rewards.mean()),
+            "accuracy": float(accuracy.mean()),
+            "length_reward": float(r_len.mean()),
+            "completion_length": float(length_arr.mean()),
             "correct_length": float(length_arr[correct].mean()) if correct.any() else float("nan"),
-            "hard_fraction": float(hard.mean()), "truncated_fraction": float(np.mean(truncated)),
+            "hard_fraction": float(hard.mean()),
+            "truncated_fraction": float(np.mean(truncated)),
             # hard prompts whose group has right and wrong answers: the only ones EA's bonus can move
             "hard_mixed_fraction": float(np.mean(hard & (accuracy > 0) & (accuracy < 1))),
         }
-        scored = Rollout(prompt_ids, completion_ids, truncated, correct.reshape(-1), rewards.reshape(-1), np.repeat(hard, n))
+        scored = Rollout(
+            prompt_ids, completion_ids, truncated, correct.reshape(-1), rewards.reshape(-1), np.repeat(hard, n)
+        )
         return scored, metrics, (idx, accuracy, length_arr, correct)
 
     def update_state(self, idx, accuracy, lengths, correct) -> None:
@@ -285,18 +338,23 @@ class GRPOTrainer(Trainer):
         """
         from accelerate.utils import gather_object
 
-        mine = [(int(i), float(a), lengths[g].tolist(), correct[g].tolist()) for g, (i, a) in enumerate(zip(idx, accuracy))]
+        mine = [
+            (int(i), float(a), lengths[g].tolist(), correct[g].tolist()) for g, (i, a) in enumerate(zip(idx, accuracy))
+        ]
         everyone = gather_object(mine) if self.world_size > 1 else mine
         for i, a, ls, cs in everyone:
             self.anchor[i] = ceeh.update_anchor(self.anchor[i], np.array(ls), np.array(cs))
-        self.accuracy_history = ceeh.update_history(self.accuracy_history, np.array([e[0] for e in everyone], dtype=int),
-                                                    np.array([e[1] for e in everyone]))
+        self.accuracy_history = ceeh.update_history(
+            self.accuracy_history, np.array([e[0] for e in everyone], dtype=int), np.array([e[1] for e in everyone])
+        )
 
     @torch.no_grad()
     def _log_probs(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """log π(completion tokens) at the sampling temperature, no graph (π_old and the reference)."""
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return token_log_probs(sampling_logits(logits[:, :-1], self.settings.temperature), batch["labels"][:, 1:].clamp(min=0))
+        return token_log_probs(
+            sampling_logits(logits[:, :-1], self.settings.temperature), batch["labels"][:, 1:].clamp(min=0)
+        )
 
     def _rollout_shards(self, rollout_index: int) -> list[list[list[int]]]:
         """This process's prompt indices of a rollout: [mini-batch][micro-batch] → record indices.
@@ -306,8 +364,16 @@ class GRPOTrainer(Trainer):
         """
         m_count = self.settings.rollout_mini_batches
         # Prompt records have no length to group by; they keep the sampled order.
-        return [self.step_shards(self.train_data, self.cfg.per_device_batch_size, self.cfg.seed, rollout_index * m_count + m,
-                                 group_by_length=False) for m in range(m_count)]
+        return [
+            self.step_shards(
+                self.train_data,
+                self.cfg.per_device_batch_size,
+                self.cfg.seed,
+                rollout_index * m_count + m,
+                group_by_length=False,
+            )
+            for m in range(m_count)
+        ]
 
     def make_rollout(self, rollout_index: int) -> dict[str, Any]:
         """Roll out every prompt of a rollout in one generation call, update the per-prompt state once, and build
@@ -344,8 +410,10 @@ class GRPOTrainer(Trainer):
             if within:
                 # resumed in the middle of a rollout without its buffer: sampling again now would use weights
                 # already updated on it and move the per-prompt state a second time
-                raise ConfigError(f"step {step} is in the middle of rollout {rollout_index}, whose buffer is not in the "
-                                  "checkpoint; resume from a checkpoint at a rollout boundary")
+                raise ConfigError(
+                    f"step {step} is in the middle of rollout {rollout_index}, whose buffer is not in the "
+                    "checkpoint; resume from a checkpoint at a rollout boundary"
+                )
             self._rollout = self.make_rollout(rollout_index)
             self._metrics = dict(self._rollout["metrics"])  # rollout metrics are logged once, at its first step
         else:
@@ -362,9 +430,13 @@ class GRPOTrainer(Trainer):
         """One micro-batch's rollout rows (prompt + completion, loss on the completion tokens) as right-padded
         host tensors with their advantages (hook; GRPO's examples are a slice of scored completions)."""
         s = self.settings
-        advantages = get(ADVANTAGE_ESTIMATORS, s.advantage)(torch.tensor(r.rewards, dtype=torch.float32), s.num_generations)
-        rows = [(p + c, [IGNORE_INDEX] * len(p) + (([IGNORE_INDEX] * len(c)) if (t and s.mask_truncated) else c))
-                for p, c, t in zip(r.prompt_ids, r.completion_ids, r.truncated)]
+        advantages = get(ADVANTAGE_ESTIMATORS, s.advantage)(
+            torch.tensor(r.rewards, dtype=torch.float32), s.num_generations
+        )
+        rows = [
+            (p + c, [IGNORE_INDEX] * len(p) + (([IGNORE_INDEX] * len(c)) if (t and s.mask_truncated) else c))
+            for p, c, t in zip(r.prompt_ids, r.completion_ids, r.truncated)
+        ]
         padded = pad_right([ids for ids, _ in rows], self.tokenizer.pad_token_id, [labs for _, labs in rows])
         return {**padded, "advantages": advantages, "hard": torch.tensor(r.hard), "num_examples": len(rows)}
 
@@ -382,21 +454,34 @@ class GRPOTrainer(Trainer):
     def grpo_loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """The micro-batch's loss in its aggregated (mean) form, and its metric values (see `grpo_objective`)."""
         s = self.settings
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[
+            :, :-1
+        ]
         labels = batch["labels"][:, 1:]
         # the entropy needs a graph only where a loss term uses it (EA uses sg(H))
         entropy_grad = s.entropy_coef > 0 or s.entropy_mode == "me"
-        log_probs, entropy = token_log_probs_and_entropy(sampling_logits(logits, s.temperature), labels.clamp(min=0),
-                                                         entropy_grad=entropy_grad)
+        log_probs, entropy = token_log_probs_and_entropy(
+            sampling_logits(logits, s.temperature), labels.clamp(min=0), entropy_grad=entropy_grad
+        )
         schedule = ceeh.cosine_schedule(self.global_step, self.total_steps)
-        return grpo_objective(log_probs, entropy, labels != IGNORE_INDEX, batch["advantages"], batch["hard"], s,
-                              old_log_probs=batch.get("old_log_probs"), ref_log_probs=batch.get("ref_log_probs"),
-                              schedule=schedule)
+        return grpo_objective(
+            log_probs,
+            entropy,
+            labels != IGNORE_INDEX,
+            batch["advantages"],
+            batch["hard"],
+            s,
+            old_log_probs=batch.get("old_log_probs"),
+            ref_log_probs=batch.get("ref_log_probs"),
+            schedule=schedule,
+        )
 
     def training_step(self, model, micro_batches, num_step_tokens: int) -> dict[str, float]:
         """Each micro-batch's mean-form loss weighted by its share of the step (tokens or completions)."""
         by_tokens = self.settings.loss_aggregation == "token-mean"
-        units = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) if by_tokens else b["num_examples"] for b in micro_batches]
+        units = [
+            int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) if by_tokens else b["num_examples"] for b in micro_batches
+        ]
         step_units = self._sum_over_processes(sum(units))[0]
         total, collected = 0.0, []
         for i, (batch, n_units) in enumerate(zip(micro_batches, units)):
@@ -404,7 +489,9 @@ class GRPOTrainer(Trainer):
                 loss, metrics = self.grpo_loss(model, batch)
                 weight = n_units / max(step_units, 1)
                 # step_normalised_loss(x, N, world, accum) = x·world·accum/N: pass the weighted loss with N = 1
-                self.accelerator.backward(step_normalised_loss(loss * weight, 1, self.world_size, self.cfg.gradient_accumulation_steps))
+                self.accelerator.backward(
+                    step_normalised_loss(loss * weight, 1, self.world_size, self.cfg.gradient_accumulation_steps)
+                )
             total += float(loss.detach()) * weight
             collected.append(metrics)
         with warnings.catch_warnings():  # a metric that is NaN in every micro-batch (no hard prompt) stays NaN
@@ -435,17 +522,26 @@ class GRPOTrainer(Trainer):
         same completions, advantages and π_old log-probs); nothing once the rollout is used up."""
         if self._rollout is None or self.global_step % self.settings.steps_per_rollout == 0:
             return {}
-        cpu = [[{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in mini]
-               for mini in self._rollout["batches"]]
-        return {"rollout": {"index": self._rollout["index"], "batches": cpu, "metrics": self._rollout["metrics"]},
-                "layout": self._layout()}
+        cpu = [
+            [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in mini]
+            for mini in self._rollout["batches"]
+        ]
+        return {
+            "rollout": {"index": self._rollout["index"], "batches": cpu, "metrics": self._rollout["metrics"]},
+            "layout": self._layout(),
+        }
 
     def _layout(self) -> dict[str, int]:
         """What a saved rollout buffer depends on: resuming with another layout cannot reuse it."""
         s = self.settings
-        return {"num_iterations": s.num_iterations, "rollout_mini_batches": s.rollout_mini_batches,
-                "world_size": self.world_size, "per_device_batch_size": self.cfg.per_device_batch_size,
-                "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps, "num_generations": s.num_generations}
+        return {
+            "num_iterations": s.num_iterations,
+            "rollout_mini_batches": s.rollout_mini_batches,
+            "world_size": self.world_size,
+            "per_device_batch_size": self.cfg.per_device_batch_size,
+            "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps,
+            "num_generations": s.num_generations,
+        }
 
     def load_process_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the rollout buffer saved by `process_state_dict`."""
@@ -453,9 +549,13 @@ class GRPOTrainer(Trainer):
         if saved is None:
             return
         if state.get("layout") != self._layout():
-            raise ConfigError(f"the checkpoint's rollout buffer was made with {state.get('layout')}; this run uses "
-                              f"{self._layout()}: resume with the same settings")
+            raise ConfigError(
+                f"the checkpoint's rollout buffer was made with {state.get('layout')}; this run uses "
+                f"{self._layout()}: resume with the same settings"
+            )
         device = self.accelerator.device
-        saved["batches"] = [[{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in mini]
-                            for mini in saved["batches"]]
+        saved["batches"] = [
+            [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in mini]
+            for mini in saved["batches"]
+        ]
         self._rollout = saved

@@ -70,8 +70,12 @@ def score_completions(reward_fn, texts: list[str], records: list[dict[str, Any]]
     return [float(reward_fn(t, r)) for t, r in zip(texts, records)]
 
 
-REWARDS = {"gsm8k": gsm8k_reward, "boxed": boxed_reward, "code_tests": CodeTestsReward(),
-           "code_tests_fraction": CodeTestsReward(fraction=True)}
+REWARDS = {
+    "gsm8k": gsm8k_reward,
+    "boxed": boxed_reward,
+    "code_tests": CodeTestsReward(),
+    "code_tests_fraction": CodeTestsReward(fraction=True),
+}
 
 # MBPP ids outside the standard test split (11–510): the prompt split (1–10) and the train/validation ids.
 MBPP_TRAIN_IDS = tuple(range(601, 975)) + tuple(range(1, 11))
@@ -99,9 +103,17 @@ def mbpp_prompts(path: str | None = None, task_ids=MBPP_TRAIN_IDS, shown_tests: 
         scored = [t for t in p["test_list"][shown_tests:] if t not in shown]  # MBPP repeats an assert at times
         if not scored:
             continue
-        records.append({"prompt": task.prompt({**p, "test_list": shown}, chat=True), "index": len(records),
-                        "task_id": p["task_id"], "test_list": scored, "shown_tests": shown,
-                        "test_setup_code": p.get("test_setup_code") or "", "solution_names": top_level_names(p["code"])})
+        records.append(
+            {
+                "prompt": task.prompt({**p, "test_list": shown}, chat=True),
+                "index": len(records),
+                "task_id": p["task_id"],
+                "test_list": scored,
+                "shown_tests": shown,
+                "test_setup_code": p.get("test_setup_code") or "",
+                "solution_names": top_level_names(p["code"]),
+            }
+        )
     return records
 
 
@@ -114,6 +126,12 @@ def toy_arithmetic_prompts(count: int, seed: int = 0, max_operand: int = 60) -> 
         op = rng.choice("+-")
         value = a + b if op == "+" else a - b
         question = f"What is {a} {op} {b}?"
-        out.append({"prompt": [{"role": "user", "content": INSTRUCTION.format(question=question)}],
-                    "answer": str(value), "index": i, "question": question})
+        out.append(
+            {
+                "prompt": [{"role": "user", "content": INSTRUCTION.format(question=question)}],
+                "answer": str(value),
+                "index": i,
+                "question": question,
+            }
+        )
     return out

@@ -24,7 +24,7 @@ _PEFT_PREFIX = "base_model.model."
 
 def _checkpoint_name(module_name: str) -> str:
     """`base_model.model.model.layers.0.self_attn.q_proj` → `model.layers.0.self_attn.q_proj` (HF checkpoint)."""
-    return module_name[len(_PEFT_PREFIX):] if module_name.startswith(_PEFT_PREFIX) else module_name
+    return module_name[len(_PEFT_PREFIX) :] if module_name.startswith(_PEFT_PREFIX) else module_name
 
 
 @torch.no_grad()
@@ -76,10 +76,21 @@ class VLLMRollouts:
     cache (cached KV of the old weights must not be reused) and returns the engine's generator.
     """
 
-    def __init__(self, model_path: str, max_model_len: int = 2048, gpu_memory_utilization: float = 0.3,
-                 dtype: str | None = None, seed: int = 0):
-        self.engine_args = dict(model_path=model_path, max_model_len=max_model_len,
-                                gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, seed=seed)
+    def __init__(
+        self,
+        model_path: str,
+        max_model_len: int = 2048,
+        gpu_memory_utilization: float = 0.3,
+        dtype: str | None = None,
+        seed: int = 0,
+    ):
+        self.engine_args = dict(
+            model_path=model_path,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            seed=seed,
+        )
         self.generator = None
         self.syncs = 0
         self.sync_seconds = 0.0  # total time spent copying weights in (reported by the recipe)

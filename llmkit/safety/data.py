@@ -54,7 +54,9 @@ def split_of(text: str, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> str:
     return "test"
 
 
-def split_prompts(prompts: Iterable[SafetyPrompt], fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, list[SafetyPrompt]]:
+def split_prompts(
+    prompts: Iterable[SafetyPrompt], fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> dict[str, list[SafetyPrompt]]:
     """Prompts grouped by `split_of`; duplicates (same normalised text) are kept once, first wins."""
     out: dict[str, list[SafetyPrompt]] = {s: [] for s in SPLITS}
     seen: set[str] = set()

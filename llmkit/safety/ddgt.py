@@ -48,7 +48,9 @@ def common_topk_mask(p_base: torch.Tensor, p_twin: torch.Tensor, top_k: int, min
     token id), so the needed k is the `min_common`-th smallest of those maxima, plus one.
     """
     if p_base.shape != p_twin.shape or p_base.ndim != 2:
-        raise ValueError(f"need two (batch, vocab) distributions of one shape, got {tuple(p_base.shape)} and {tuple(p_twin.shape)}")
+        raise ValueError(
+            f"need two (batch, vocab) distributions of one shape, got {tuple(p_base.shape)} and {tuple(p_twin.shape)}"
+        )
     vocab = p_base.shape[-1]
     need = min(min_common, vocab)
 
@@ -64,14 +66,18 @@ def common_topk_mask(p_base: torch.Tensor, p_twin: torch.Tensor, top_k: int, min
     return joint < k.unsqueeze(-1)
 
 
-def ddgt_mix(p_base: torch.Tensor, p_twin: torch.Tensor, settings: DDGTConfig = DDGTConfig()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ddgt_mix(
+    p_base: torch.Tensor, p_twin: torch.Tensor, settings: DDGTConfig = DDGTConfig()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(p, steered, cos) for next-token distributions (b, V): p is the distribution to decode from.
 
     Rows with cos ≥ threshold return p_base unchanged (steered False); the others the SafeDecoding mix over
     the common top-k pool (see the module docstring).
     """
     if p_base.shape != p_twin.shape or p_base.ndim != 2:
-        raise ValueError(f"need two (batch, vocab) distributions of one shape, got {tuple(p_base.shape)} and {tuple(p_twin.shape)}")
+        raise ValueError(
+            f"need two (batch, vocab) distributions of one shape, got {tuple(p_base.shape)} and {tuple(p_twin.shape)}"
+        )
     pb, pt = p_base.double(), p_twin.double()
     cos = cosine(pb, pt)
     steered = cos < settings.threshold
@@ -137,9 +143,17 @@ class DDGTResult:
 
 
 @torch.no_grad()
-def ddgt_generate(base, twin, tokenizer, prompt_ids: list[int], max_new_tokens: int,
-                  settings: DDGTConfig = DDGTConfig(), temperature: float = 0.0,
-                  generator: torch.Generator | None = None, eos_ids: set[int] | None = None) -> DDGTResult:
+def ddgt_generate(
+    base,
+    twin,
+    tokenizer,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    settings: DDGTConfig = DDGTConfig(),
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    eos_ids: set[int] | None = None,
+) -> DDGTResult:
     """Decode one prompt with DDGT: both models keep their own KV cache, one forward each per token.
 
     Greedy when `temperature` is 0, else sampling from the DDGT distribution of softmax(logits / T).

@@ -42,7 +42,9 @@ class RouteThresholds:
 
     def __post_init__(self):
         if not 0.0 <= self.ddgt <= self.twin <= self.refuse <= 1.0:
-            raise ValueError(f"need 0 <= ddgt <= twin <= refuse <= 1, got ddgt={self.ddgt} twin={self.twin} refuse={self.refuse}")
+            raise ValueError(
+                f"need 0 <= ddgt <= twin <= refuse <= 1, got ddgt={self.ddgt} twin={self.twin} refuse={self.refuse}"
+            )
 
 
 def route_for_score(score: float, thresholds: RouteThresholds) -> str:
@@ -61,7 +63,9 @@ def route_for_score(score: float, thresholds: RouteThresholds) -> str:
 def _check_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     if scores.shape != labels.shape or scores.ndim != 1 or len(scores) == 0:
-        raise ValueError(f"scores and labels must be equal-length non-empty 1-D arrays, got {scores.shape} and {labels.shape}")
+        raise ValueError(
+            f"scores and labels must be equal-length non-empty 1-D arrays, got {scores.shape} and {labels.shape}"
+        )
     if not set(np.unique(labels).tolist()) <= {0, 1}:
         raise ValueError("labels must be 0 (benign) or 1 (harmful)")
     return scores, labels
@@ -95,16 +99,22 @@ def threshold_at_recall(scores: Sequence[float], labels: Sequence[int], min_reca
     return best
 
 
-def choose_thresholds(scores: Sequence[float], labels: Sequence[int], refuse_max_fpr: float = 0.01,
-                      twin_min_recall: float = 0.99, ddgt: float = 0.0) -> RouteThresholds:
+def choose_thresholds(
+    scores: Sequence[float],
+    labels: Sequence[int],
+    refuse_max_fpr: float = 0.01,
+    twin_min_recall: float = 0.99,
+    ddgt: float = 0.0,
+) -> RouteThresholds:
     """Validation-chosen thresholds: t_refuse at ≤ `refuse_max_fpr` benign FPR, t_twin at ≥ `twin_min_recall` harmful recall."""
     t_refuse = threshold_at_fpr(scores, labels, refuse_max_fpr)
     t_twin = min(threshold_at_recall(scores, labels, twin_min_recall), t_refuse)
     return RouteThresholds(refuse=t_refuse, twin=t_twin, ddgt=min(ddgt, t_twin))
 
 
-def fit_logistic(features: np.ndarray, labels: np.ndarray, weight_decay: float = 1e-3, steps: int = 200,
-                 seed: int = 0) -> tuple[np.ndarray, float]:
+def fit_logistic(
+    features: np.ndarray, labels: np.ndarray, weight_decay: float = 1e-3, steps: int = 200, seed: int = 0
+) -> tuple[np.ndarray, float]:
     """(w, b) of an L2-regularised, class-balanced logistic regression fit by full-batch L-BFGS."""
     x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.float64)
@@ -172,8 +182,12 @@ class Gateway(ABC):
     def state(self) -> dict:
         """JSON-able head and thresholds."""
         t = self.thresholds
-        return {"kind": type(self).__name__, "w": None if self.w is None else self.w.tolist(), "b": self.b,
-                "thresholds": None if t is None else {"refuse": t.refuse, "twin": t.twin, "ddgt": t.ddgt}}
+        return {
+            "kind": type(self).__name__,
+            "w": None if self.w is None else self.w.tolist(),
+            "b": self.b,
+            "thresholds": None if t is None else {"refuse": t.refuse, "twin": t.twin, "ddgt": t.ddgt},
+        }
 
     def load_state(self, state: dict) -> "Gateway":
         """Restore what `state()` returned."""
@@ -199,8 +213,13 @@ class EmbeddingGateway(Gateway):
             from llmkit.data.embeddings import resolve_embedder
 
             self._model = SentenceTransformer(resolve_embedder(self.model_name), device="cpu")
-        return self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False).astype(np.float64)
+        return self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ).astype(np.float64)
 
 
 ProbeFitter = Literal["shared", "lbfgs"]
@@ -223,8 +242,17 @@ class HiddenStateProbeGateway(Gateway):
       "hidden-state probe" row of the recipe's README was fit with.
     """
 
-    def __init__(self, model, tokenizer, layer: int = -1, batch_size: int = 16, max_length: int = 256,
-                 trainer: ProbeFitter = "shared", train_config=None, output_dir: str | Path | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        layer: int = -1,
+        batch_size: int = 16,
+        max_length: int = 256,
+        trainer: ProbeFitter = "shared",
+        train_config=None,
+        output_dir: str | Path | None = None,
+    ):
         if trainer not in ("shared", "lbfgs"):
             raise ValueError(f"trainer must be 'shared' or 'lbfgs', got {trainer!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -243,11 +271,15 @@ class HiddenStateProbeGateway(Gateway):
             chunk = ids[i : i + self.batch_size]
             padded = pad_right(chunk, pad)
             input_ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
-            hs = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[self.layer]
+            hs = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[
+                self.layer
+            ]
             out.append(mean_pool(hs.float(), mask).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size))
 
-    def fit(self, texts: Sequence[str], labels: Sequence[int], trainer: ProbeFitter | None = None, **kwargs) -> "HiddenStateProbeGateway":
+    def fit(
+        self, texts: Sequence[str], labels: Sequence[int], trainer: ProbeFitter | None = None, **kwargs
+    ) -> "HiddenStateProbeGateway":
         """Fit the head with `trainer` ("shared" or "lbfgs"; default: the one given at construction).
 
         kwargs go to `fit_with_trainer` (shared) or `fit_logistic` (lbfgs).
@@ -260,8 +292,15 @@ class HiddenStateProbeGateway(Gateway):
         super().fit(texts, labels, **kwargs)
         return self
 
-    def fit_with_trainer(self, texts: Sequence[str], labels: Sequence[int], config=None, output_dir: str | Path | None = None,
-                         eval_texts: Sequence[str] | None = None, eval_labels: Sequence[int] | None = None) -> "HiddenStateProbeGateway":
+    def fit_with_trainer(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int],
+        config=None,
+        output_dir: str | Path | None = None,
+        eval_texts: Sequence[str] | None = None,
+        eval_labels: Sequence[int] | None = None,
+    ) -> "HiddenStateProbeGateway":
         """Train the head on the shared trainer (`llmkit.safety.probe_training.train_probe_head`); sets w, b.
 
         `config`: a `ProbeTrainingConfig` (default: `train_config` from construction, else its defaults);
@@ -273,10 +312,23 @@ class HiddenStateProbeGateway(Gateway):
 
         config = config or self.train_config
         output_dir = output_dir or self.output_dir
-        with tempfile.TemporaryDirectory(prefix="probe-") if output_dir is None else contextlib.nullcontext(output_dir) as out:
-            w, b, trainer = train_probe_head(self.model, self.tokenizer, texts, labels, config, layer=self.layer,
-                                             max_length=self.max_length, output_dir=out, eval_texts=eval_texts,
-                                             eval_labels=eval_labels)
+        with (
+            tempfile.TemporaryDirectory(prefix="probe-")
+            if output_dir is None
+            else contextlib.nullcontext(output_dir) as out
+        ):
+            w, b, trainer = train_probe_head(
+                self.model,
+                self.tokenizer,
+                texts,
+                labels,
+                config,
+                layer=self.layer,
+                max_length=self.max_length,
+                output_dir=out,
+                eval_texts=eval_texts,
+                eval_labels=eval_labels,
+            )
         self.model.eval()
         self.w, self.b, self.fit_history = w, b, trainer.history
         return self
@@ -314,9 +366,13 @@ def load_gateway(path: str | Path, model=None, tokenizer=None) -> Gateway:
     elif kind == "HiddenStateProbeGateway":
         if model is None or tokenizer is None:
             raise ConfigError(f"{path} is a hidden-state probe: it needs the base model and tokenizer to score")
-        gw = HiddenStateProbeGateway(model, tokenizer, layer=state.get("layer", -1), max_length=state.get("max_length", 256))
+        gw = HiddenStateProbeGateway(
+            model, tokenizer, layer=state.get("layer", -1), max_length=state.get("max_length", 256)
+        )
     else:
-        raise ConfigError(f"{path}: unknown gateway kind {kind!r} (expected EmbeddingGateway or HiddenStateProbeGateway)")
+        raise ConfigError(
+            f"{path}: unknown gateway kind {kind!r} (expected EmbeddingGateway or HiddenStateProbeGateway)"
+        )
     if state.get("w") is None or state.get("thresholds") is None:
         raise ConfigError(f"{path}: the gateway is not fitted and calibrated (w or thresholds missing)")
     return gw.load_state(state)

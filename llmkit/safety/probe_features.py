@@ -23,4 +23,7 @@ def encode_probe_prompts(tokenizer, texts: Sequence[str], max_length: int = 256)
     from llmkit.generation.hf import render_prompt
 
     rendered = [render_prompt(tokenizer, [{"role": "user", "content": t}]) for t in texts]
-    return [list(ids) for ids in tokenizer(rendered, truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]]
+    return [
+        list(ids)
+        for ids in tokenizer(rendered, truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]
+    ]

@@ -39,7 +39,6 @@ from llmkit.io import atomic_write_json
 from llmkit.safety.probe_features import encode_probe_prompts, mean_pool
 from llmkit.train.trainer import Trainer, TrainerConfig
 
-
 # ----- pure pieces ---------------------------------------------------------------------------------------
 
 
@@ -61,8 +60,15 @@ def balanced_bce_sum(logits: torch.Tensor, labels: torch.Tensor, pos_weight: flo
     return (weights * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
 
 
-def probe_loss_sum(hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                   bias: torch.Tensor | float, pos_weight: float, neg_weight: float) -> torch.Tensor:
+def probe_loss_sum(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | float,
+    pos_weight: float,
+    neg_weight: float,
+) -> torch.Tensor:
     """Class-balanced BCE sum of the linear head (weight (d,), bias) on mean-pooled `hidden` (b, t, d)."""
     return balanced_bce_sum(mean_pool(hidden, attention_mask) @ weight + bias, labels, pos_weight, neg_weight)
 
@@ -163,11 +169,22 @@ class ProbeTrainer(Trainer):
 
     method_name = "safethinker-probe"
 
-    def __init__(self, cfg: TrainerConfig, settings: ProbeHeadConfig, llm, tokenizer, train_data: list[ProbeExample],
-                 eval_data: list[ProbeExample] | None = None, layer: int = -1, run_config: dict[str, Any] | None = None,
-                 accelerator=None):
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        settings: ProbeHeadConfig,
+        llm,
+        tokenizer,
+        train_data: list[ProbeExample],
+        eval_data: list[ProbeExample] | None = None,
+        layer: int = -1,
+        run_config: dict[str, Any] | None = None,
+        accelerator=None,
+    ):
         if cfg.packing != "none":
-            raise ConfigError(f"trainer.packing: {cfg.packing} is not supported for the probe (one prompt per row); use none")
+            raise ConfigError(
+                f"trainer.packing: {cfg.packing} is not supported for the probe (one prompt per row); use none"
+            )
         self.llm = llm.eval()
         self.layer = layer
         self.settings = settings
@@ -198,7 +215,9 @@ class ProbeTrainer(Trainer):
         if missing:
             device = next(self.llm.parameters()).device
             sub_ids, sub_mask = ids[missing].to(device), mask[missing].to(device)
-            hs = self.llm(input_ids=sub_ids, attention_mask=sub_mask, output_hidden_states=True, use_cache=False).hidden_states[self.layer]
+            hs = self.llm(
+                input_ids=sub_ids, attention_mask=sub_mask, output_hidden_states=True, use_cache=False
+            ).hidden_states[self.layer]
             pooled = mean_pool(hs.float(), sub_mask).cpu()
             for j, i in enumerate(missing):
                 fresh[i] = pooled[j]
@@ -210,7 +229,9 @@ class ProbeTrainer(Trainer):
     def _features_of(self, data: list[ProbeExample]) -> torch.Tensor:
         bs = self.cfg.per_device_batch_size
         pad = self.tokenizer.pad_token_id
-        return torch.cat([self.pooled_features(collate_examples(data[i : i + bs], pad)) for i in range(0, len(data), bs)])
+        return torch.cat(
+            [self.pooled_features(collate_examples(data[i : i + bs], pad)) for i in range(0, len(data), bs)]
+        )
 
     # ----- hooks ----------------------------------------------------------------------------------------
 
@@ -239,23 +260,41 @@ class ProbeTrainer(Trainer):
         acc.wait_for_everyone()
         if acc.is_main_process:
             w, b = self.head.raw_weights()
-            atomic_write_json(self.output_dir / "probe_head.json", {
-                "kind": "probe_head", "w": w.tolist(), "b": b, "layer": self.layer,
-                "mean": self.head.mean.cpu().tolist(), "std": self.head.std.cpu().tolist(),
-                "n_train": len(self.train_data), "pos_weight": self.pos_weight, "neg_weight": self.neg_weight,
-            })
+            atomic_write_json(
+                self.output_dir / "probe_head.json",
+                {
+                    "kind": "probe_head",
+                    "w": w.tolist(),
+                    "b": b,
+                    "layer": self.layer,
+                    "mean": self.head.mean.cpu().tolist(),
+                    "std": self.head.std.cpu().tolist(),
+                    "n_train": len(self.train_data),
+                    "pos_weight": self.pos_weight,
+                    "neg_weight": self.neg_weight,
+                },
+            )
             if self.run_config:
                 (self.output_dir / "probe_config.json").write_text(json.dumps(self.run_config, indent=1))
-            atomic_write_json(self.output_dir / "trainer_state.json",
-                                   {"global_step": self.global_step, "world_size": self.world_size})
+            atomic_write_json(
+                self.output_dir / "trainer_state.json", {"global_step": self.global_step, "world_size": self.world_size}
+            )
         acc.wait_for_everyone()
         return self.output_dir
 
 
-def train_probe_head(llm, tokenizer, texts: Sequence[str], labels: Sequence[int], cfg: ProbeTrainingConfig | None = None,
-                     layer: int = -1, max_length: int = 256, output_dir: str | Path | None = None,
-                     eval_texts: Sequence[str] | None = None, eval_labels: Sequence[int] | None = None,
-                     ) -> tuple[np.ndarray, float, ProbeTrainer]:
+def train_probe_head(
+    llm,
+    tokenizer,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    cfg: ProbeTrainingConfig | None = None,
+    layer: int = -1,
+    max_length: int = 256,
+    output_dir: str | Path | None = None,
+    eval_texts: Sequence[str] | None = None,
+    eval_labels: Sequence[int] | None = None,
+) -> tuple[np.ndarray, float, ProbeTrainer]:
     """Train the probe head on (texts, labels) through the shared trainer; returns (w, b, trainer).
 
     `output_dir` (or cfg.trainer.output_dir) receives metrics.jsonl, checkpoints if save_steps > 0 and

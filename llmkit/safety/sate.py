@@ -24,7 +24,9 @@ REFUSALS = (
 )
 
 
-def sate_rows(harmful: Sequence[SafetyPrompt], benign: Sequence[tuple[str, str]], seed: int = 0) -> list[dict[str, str]]:
+def sate_rows(
+    harmful: Sequence[SafetyPrompt], benign: Sequence[tuple[str, str]], seed: int = 0
+) -> list[dict[str, str]]:
     """{prompt, response} rows: each harmful prompt with a refusal (one of `REFUSALS`, seeded), each
     (benign prompt, answer) as is; shuffled with `seed`. Raises if any prompt is not in the train split."""
     rng = random.Random(seed)

@@ -53,8 +53,17 @@ class DDGTGenerator(Generator):
             gen = torch.Generator().manual_seed(params.seed + i) if params.seed is not None else None
             completions = []
             for _ in range(1 if params.greedy else params.n):
-                r = ddgt_generate(self.base, self.twin, self.tokenizer, ids, params.max_new_tokens, self.settings,
-                                  params.temperature, gen, self.eos_ids)
+                r = ddgt_generate(
+                    self.base,
+                    self.twin,
+                    self.tokenizer,
+                    ids,
+                    params.max_new_tokens,
+                    self.settings,
+                    params.temperature,
+                    gen,
+                    self.eos_ids,
+                )
                 self.steered_steps += r.steered_steps
                 self.steps += r.steps
                 out, hit_stop = truncate_at_stop(r.text, params.stop)
@@ -86,8 +95,12 @@ class SafeThinker(Generator):
 
     def describe(self) -> dict[str, Any]:
         """Gateway state and each route's backend."""
-        return {"backend": self.backend_name, "gateway": type(self.gateway).__name__,
-                "thresholds": self.gateway.thresholds.__dict__, **{k: g.describe() for k, g in self.routes.items()}}
+        return {
+            "backend": self.backend_name,
+            "gateway": type(self.gateway).__name__,
+            "thresholds": self.gateway.thresholds.__dict__,
+            **{k: g.describe() for k, g in self.routes.items()},
+        }
 
     def respond(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[RoutedOutput]:
         """Route every prompt, decode each route's prompts as one batch, return answers in order."""
@@ -112,8 +125,9 @@ class SafeThinker(Generator):
         return [r.output for r in self.respond(prompts, params)]
 
 
-def load_safethinker(twin_dir: str, gateway_path: str, base: str | None = None,
-                     settings: DDGTConfig = DDGTConfig(), batch_size: int = 8) -> SafeThinker:
+def load_safethinker(
+    twin_dir: str, gateway_path: str, base: str | None = None, settings: DDGTConfig = DDGTConfig(), batch_size: int = 8
+) -> SafeThinker:
     """Build the routed system from a trained SATE twin folder and a saved gateway (`save_gateway`).
 
     The base model is `base` (alias, folder or hub id) or, by default, the twin adapter's own base. The twin
@@ -122,11 +136,10 @@ def load_safethinker(twin_dir: str, gateway_path: str, base: str | None = None,
     import json
     from pathlib import Path
 
+    from llmkit.errors import ConfigError, ModelError
     from llmkit.generation.hf import HFGenerator
     from llmkit.models import ModelConfig, load_model, load_trained
     from llmkit.safety.gateway import load_gateway
-
-    from llmkit.errors import ConfigError, ModelError
 
     # Check the inputs before loading two models: a typo should cost a second, not a minute.
     if not Path(twin_dir).is_dir():
@@ -141,6 +154,9 @@ def load_safethinker(twin_dir: str, gateway_path: str, base: str | None = None,
     twin, tokenizer = load_trained(twin_dir)
     base_model = load_model(ModelConfig(name=base, dtype="float32"), vocab_size=len(tokenizer))
     gateway = load_gateway(gateway_path, base_model, tokenizer)
-    return SafeThinker(gateway, HFGenerator(base_model, tokenizer, batch_size=batch_size, show_progress=False),
-                       HFGenerator(twin, tokenizer, batch_size=batch_size, show_progress=False),
-                       DDGTGenerator(base_model, twin, tokenizer, settings))
+    return SafeThinker(
+        gateway,
+        HFGenerator(base_model, tokenizer, batch_size=batch_size, show_progress=False),
+        HFGenerator(twin, tokenizer, batch_size=batch_size, show_progress=False),
+        DDGTGenerator(base_model, twin, tokenizer, settings),
+    )

@@ -41,8 +41,10 @@ class Safety(Task):
         random.Random(self.seed + 1).shuffle(benign)
         rows = []
         for i in range(max(len(harmful), len(benign))):
-            for p in (harmful[i:i + 1] + benign[i:i + 1]):
-                rows.append({"id": f"safety/{p.source}/{len(rows)}", "prompt": p.text, "label": p.label, "source": p.source})
+            for p in harmful[i : i + 1] + benign[i : i + 1]:
+                rows.append(
+                    {"id": f"safety/{p.source}/{len(rows)}", "prompt": p.text, "label": p.label, "source": p.source}
+                )
         rows = rows[:limit] if limit else rows
         if self.jailbreak:
             from llmkit.safety.jailbreaks import assign_templates, jailbreak_prompt, load_jailbreak_templates
@@ -62,8 +64,17 @@ class Safety(Task):
 
     def score(self, problems, outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
         """Keyword verdicts per sample (first sample counts); ASR over harmful, over-refusal over benign."""
-        verdicts = [[{"label": p["label"], "refusal": is_refusal(c.text), "attack_success": p["label"] == 1 and attack_success(c.text)}
-                     for c in o.completions] for p, o in zip(problems, outputs)]
+        verdicts = [
+            [
+                {
+                    "label": p["label"],
+                    "refusal": is_refusal(c.text),
+                    "attack_success": p["label"] == 1 and attack_success(c.text),
+                }
+                for c in o.completions
+            ]
+            for p, o in zip(problems, outputs)
+        ]
         return Scored(metrics=safety_metrics(problems, verdicts), verdicts=verdicts)
 
 

@@ -37,9 +37,9 @@ def write_model_card(
     versions = "\n".join(f"- {name}: {ver}" for name, ver in package_versions().items())
     load = (
         "from llmkit.models import load_trained\n"
-        f"model, tokenizer = load_trained(\"{output_dir}\")  # merges the LoRA adapter into the base"
+        f'model, tokenizer = load_trained("{output_dir}")  # merges the LoRA adapter into the base'
         if is_adapter
-        else f"from transformers import pipeline\npipe = pipeline(\"text-generation\", model=\"{output_dir}\")"
+        else f'from transformers import pipeline\npipe = pipeline("text-generation", model="{output_dir}")'
     )
     body = f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}

@@ -30,8 +30,11 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
 # Files that mean "a trained model is saved here" (the final save of a run, full model or LoRA adapter).
 FINAL_MODEL_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-    "adapter_model.safetensors", "adapter_model.bin",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
 )
 TRAINER_STATE_KEYS = ("global_step", "global_batch", "steps_per_epoch")
 

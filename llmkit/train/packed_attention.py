@@ -54,7 +54,11 @@ def segment_lengths(position_ids: torch.Tensor) -> list[int]:
 
 
 def per_example_causal_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: list[int], scaling: float | None = None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    lengths: list[int],
+    scaling: float | None = None,
     dropout: float = 0.0,
 ) -> torch.Tensor:
     """Causal attention within each example of a packed row, never across examples.
@@ -72,8 +76,13 @@ def per_example_causal_attention(
         end = start + length
         outputs.append(
             F.scaled_dot_product_attention(
-                query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-                dropout_p=dropout, is_causal=length > 1, scale=scaling, enable_gqa=gqa,
+                query[:, :, start:end],
+                key[:, :, start:end],
+                value[:, :, start:end],
+                dropout_p=dropout,
+                is_causal=length > 1,
+                scale=scaling,
+                enable_gqa=gqa,
             )
         )
         start = end
@@ -108,7 +117,9 @@ def per_example_sdpa_forward(
     # (segment_lengths runs once per layer: a few microseconds on CPU; GPUs use FlashAttention varlen instead)
     lengths = segment_lengths(position_ids) if single_row else []
     if len(lengths) < 2 or sum(lengths) != query.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     output = per_example_causal_attention(query, key, value, lengths, scaling=scaling, dropout=dropout)
     return output.transpose(1, 2).contiguous(), None
 
@@ -129,8 +140,13 @@ def per_example_sdpa_mask(
     if attention_mask is None and batch_size == 1 and q_length == kv_length and q_offset == 0 and kv_offset == 0:
         return None
     return sdpa_mask(
-        batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
-        attention_mask=attention_mask, **kwargs,
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        attention_mask=attention_mask,
+        **kwargs,
     )
 
 
@@ -223,11 +239,13 @@ def detect_padding_free_features() -> dict[str, bool]:
 
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.10)
+
         has_varlen = True
     except ImportError:
         has_varlen = False
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+
         has_flex = True
     except ImportError:
         has_flex = False
@@ -283,7 +301,9 @@ def document_block_mask(position_ids: torch.Tensor, block_size: int = 128):
     )
 
 
-def _torch_varlen_attn(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+def _torch_varlen_attn(
+    query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False
+):
     """torch's varlen_attn, adapted to the keywords this torch has (GPU boxes may run an older torch than our
     pin): without `enable_gqa` the KV heads are repeated, without `scale` the query is pre-scaled, and without
     `window_size` causality is `is_causal=True` (torch 2.10's spelling)."""
@@ -331,7 +351,10 @@ def _warn_varlen_fallback(dtype: torch.dtype, dropout: float) -> None:
         _varlen_fallback_warned = True
         logger.warning(
             "%s: varlen_attn needs fp16/bf16 and no dropout (got %s, dropout %s); these calls use per-example SDPA "
-            "(use mixed_precision bf16 for the fast path)", VARLEN_SDPA, dtype, dropout,
+            "(use mixed_precision bf16 for the fast path)",
+            VARLEN_SDPA,
+            dtype,
+            dropout,
         )
 
 
@@ -374,17 +397,29 @@ def varlen_sdpa_forward(
     position_ids = kwargs.get("position_ids")
     single_row = attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
     if not (single_row and position_ids is not None and getattr(module, "is_causal", True)):
-        return per_example_sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return per_example_sdpa_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if not varlen_kernel_applies(query, dropout if module.training else 0.0):
         if query.is_cuda and torch.is_grad_enabled():  # (the start-up logit check runs no-grad in fp32: no warning)
             _warn_varlen_fallback(query.dtype, dropout if module.training else 0.0)
-        return per_example_sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return per_example_sdpa_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     lengths = segment_lengths(position_ids)  # one host sync per layer (max length must be a Python int)
     cu = cu_seqlens(lengths, device=query.device)
     # (1, heads, seq, dim) -> (seq, heads, dim): the varlen layout.
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     out = VARLEN_KERNEL(
-        q, k, v, cu, cu, max(lengths), max(lengths), scale=scaling, window_size=(-1, 0),  # (-1, 0) = causal
+        q,
+        k,
+        v,
+        cu,
+        cu,
+        max(lengths),
+        max(lengths),
+        scale=scaling,
+        window_size=(-1, 0),  # (-1, 0) = causal
         enable_gqa=k.shape[1] != q.shape[1],
     )
     return out.unsqueeze(0), None  # (1, seq, heads, dim)
@@ -422,14 +457,23 @@ def use_padding_free_attention(model, path: str) -> str | None:
         register_varlen_attention()
         device = next(base.parameters()).device
         if device.type == "cuda":
-            logger.info("%s: varlen_attn matches per-example SDPA in bf16 (max gap %.2e)", VARLEN_SDPA, check_varlen_kernel(device))
+            logger.info(
+                "%s: varlen_attn matches per-example SDPA in bf16 (max gap %.2e)",
+                VARLEN_SDPA,
+                check_varlen_kernel(device),
+            )
     if base.config._attn_implementation != path:
         base.set_attn_implementation(path)
     return base.config._attn_implementation
 
 
 # trainer.padding_free_attention values that name one path (`auto` selects; `model` keeps the model's own).
-PADDING_FREE_SETTINGS = {"per_example": PER_EXAMPLE_SDPA, "varlen": VARLEN_SDPA, "flex": FLEX_ATTENTION, "flash": FLASH_ATTENTION}
+PADDING_FREE_SETTINGS = {
+    "per_example": PER_EXAMPLE_SDPA,
+    "varlen": VARLEN_SDPA,
+    "flex": FLEX_ATTENTION,
+    "flash": FLASH_ATTENTION,
+}
 
 
 def resolve_padding_free_path(setting: str, device_type: str) -> str:
@@ -437,5 +481,7 @@ def resolve_padding_free_path(setting: str, device_type: str) -> str:
     if setting == "auto":
         return select_padding_free_path(device_type, **detect_padding_free_features())
     if setting not in PADDING_FREE_SETTINGS:
-        raise ValueError(f"trainer.padding_free_attention: '{setting}' is not auto, model or one of {list(PADDING_FREE_SETTINGS)}")
+        raise ValueError(
+            f"trainer.padding_free_attention: '{setting}' is not auto, model or one of {list(PADDING_FREE_SETTINGS)}"
+        )
     return PADDING_FREE_SETTINGS[setting]

@@ -155,7 +155,10 @@ class TokenBudgetSchedule:
     def plan(self, epoch: int) -> list[list[list[int]]]:
         """Steps → rows → example indices of `epoch` (see `epoch_plan`)."""
         if self._cached is None or self._cached[0] != epoch:
-            self._cached = (epoch, epoch_plan(self.lengths, self.seed, epoch, self.row_capacity, self.step_budget, self.shuffle))
+            self._cached = (
+                epoch,
+                epoch_plan(self.lengths, self.seed, epoch, self.row_capacity, self.step_budget, self.shuffle),
+            )
         return self._cached[1]
 
     def steps_in_epoch(self, epoch: int) -> int:

@@ -111,7 +111,13 @@ class TrainerConfig:
     max_nonfinite_steps: int = 0
 
     def __post_init__(self):
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "num_epochs", "logging_steps", "packing_max_length"):
+        for name in (
+            "per_device_batch_size",
+            "gradient_accumulation_steps",
+            "num_epochs",
+            "logging_steps",
+            "packing_max_length",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         # -1 is the documented "train for num_epochs"; any other value below 1 is a typo, not a request.
@@ -124,8 +130,10 @@ class TrainerConfig:
             raise ValueError(f"max_tokens_per_step must be >= 0 (0: off), got {self.max_tokens_per_step}")
         if 0 < self.max_tokens_per_step < self.packing_max_length:
             # a packed row is one micro-batch and must fit in a step
-            raise ValueError(f"max_tokens_per_step ({self.max_tokens_per_step}) must be at least packing_max_length "
-                             f"({self.packing_max_length}), the size of one packed row")
+            raise ValueError(
+                f"max_tokens_per_step ({self.max_tokens_per_step}) must be at least packing_max_length "
+                f"({self.packing_max_length}), the size of one packed row"
+            )
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -163,9 +171,7 @@ def build_accelerator(cfg: TrainerConfig):
     handlers = []
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    sharded = any(
-        os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true" for name in ("DEEPSPEED", "FSDP")
-    )
+    sharded = any(os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true" for name in ("DEEPSPEED", "FSDP"))
     accelerator = Accelerator(
         # Without CUDA, run on CPU even when launched with a multi-GPU config (gloo processes). Not under
         # DeepSpeed/FSDP: cpu=True would silently drop them; DeepSpeed finds the CPU via DS_ACCELERATOR=cpu.
@@ -223,6 +229,7 @@ def adamw_options(cuda: bool, deepspeed: bool) -> dict[str, Any]:
 # The hooks a token-budget step is made of. A subclass that overrides one builds or consumes its batches in its
 # own way (rollouts, forget/retain pairs, a probe head on padded prompts), so packed rows may not fit it.
 TOKEN_BUDGET_HOOKS = ("step_batches", "make_batch", "compute_loss", "training_step")
+
 
 def check_packing(trainer: "Trainer", packing: str) -> None:
     """Refuse, in one ConfigError line, a `trainer.packing` mode that `trainer.supports_packing` does not list.
@@ -351,7 +358,9 @@ class Trainer:
         loss_sum, _ = token_cross_entropy_sum(outputs.logits, batch["labels"])
         return loss_sum, {}
 
-    def training_step(self, model, micro_batches: list[dict[str, torch.Tensor]], num_step_tokens: int) -> dict[str, float]:
+    def training_step(
+        self, model, micro_batches: list[dict[str, torch.Tensor]], num_step_tokens: int
+    ) -> dict[str, float]:
         """Forward and backward over this process's micro-batches of one optimizer step (hook).
 
         Returns this process's metric sums; `loss_sum` is summed over processes and divided by the
@@ -408,16 +417,27 @@ class Trainer:
         if self.cfg.report_to:
             acc.init_trackers(self.output_dir.name, config=flatten_for_trackers(self.run_config))
         if acc.is_main_process:
-            batch = (f"token budget {self.cfg.max_tokens_per_step} tokens per step in rows of {self.cfg.packing_max_length}"
-                     if self.token_budget is not None else f"global batch {self.global_batch}")
+            batch = (
+                f"token budget {self.cfg.max_tokens_per_step} tokens per step in rows of {self.cfg.packing_max_length}"
+                if self.token_budget is not None
+                else f"global batch {self.global_batch}"
+            )
             logger.info(
                 "distributed: %s, %d process(es), %s, %d steps (%d in the first epoch), mixed precision: %s",
-                acc.distributed_type.value, self.world_size, batch, self.total_steps,
-                self.steps_per_epoch, acc.mixed_precision,
+                acc.distributed_type.value,
+                self.world_size,
+                batch,
+                self.total_steps,
+                self.steps_per_epoch,
+                acc.mixed_precision,
             )
-        dropped = 0 if self.token_budget is not None else len(self.train_data) - self.steps_per_epoch * self.global_batch
+        dropped = (
+            0 if self.token_budget is not None else len(self.train_data) - self.steps_per_epoch * self.global_batch
+        )
         if dropped and acc.is_main_process:
-            logger.warning("each epoch drops its last %d example(s) (incomplete global batch of %d)", dropped, self.global_batch)
+            logger.warning(
+                "each epoch drops its last %d example(s) (incomplete global batch of %d)", dropped, self.global_batch
+            )
 
         if self.eval_data and self.cfg.eval_on_start and self.global_step == 0:
             self._log({"step": 0, "eval_loss": self.evaluate()})
@@ -431,9 +451,14 @@ class Trainer:
             for b in micro_batches:
                 packing.add(b)
             num_step_tokens, real_tokens, slots, rows, examples = self._sum_over_processes(
-                sum(b["num_target_tokens"] if "num_target_tokens" in b else count_target_tokens(b["labels"])
-                    for b in micro_batches),
-                packing.real_tokens, packing.slots, packing.rows, packing.examples,
+                sum(
+                    b["num_target_tokens"] if "num_target_tokens" in b else count_target_tokens(b["labels"])
+                    for b in micro_batches
+                ),
+                packing.real_tokens,
+                packing.slots,
+                packing.rows,
+                packing.examples,
             )
             num_step_tokens = int(num_step_tokens)
 
@@ -442,7 +467,9 @@ class Trainer:
             grad_norm = self._clip_gradients()
             # One reduce gives every process the step's loss and whether any saw a non-finite gradient,
             # so all of them take (or skip) the optimizer step and stop together.
-            loss_sum, nonfinite_grads = self._sum_over_processes(stats.pop("loss_sum"), self._nonfinite_gradients(grad_norm))
+            loss_sum, nonfinite_grads = self._sum_over_processes(
+                stats.pop("loss_sum"), self._nonfinite_gradients(grad_norm)
+            )
             loss = loss_sum / max(num_step_tokens, 1)  # 0 loss tokens (every RL completion masked): loss 0
             finite = math.isfinite(loss) and nonfinite_grads == 0
             if finite:
@@ -524,16 +551,18 @@ class Trainer:
             return self.token_budget_batches(step)
         return self.micro_batches(self.train_data, self.cfg.per_device_batch_size, self.cfg.seed, step)
 
-    def micro_batches(self, data: list[Any], per_device: int, seed: int, step: int,
-                      group_by_length: bool | None = None) -> list[dict[str, Any]]:
+    def micro_batches(
+        self, data: list[Any], per_device: int, seed: int, step: int, group_by_length: bool | None = None
+    ) -> list[dict[str, Any]]:
         """This process's micro-batches of step `step` over `data`: its shards (`step_shards`) → `make_batch` →
         device. `per_device` and `seed` are arguments so that a second data set (unlearning's retain set)
         draws its batches through the same path."""
         shards = self.step_shards(data, per_device, seed, step, group_by_length)
         return [self.to_device(self.make_batch([data[i] for i in shard])) for shard in shards]
 
-    def step_shards(self, data: list[Any], per_device: int, seed: int, step: int,
-                    group_by_length: bool | None = None) -> list[list[int]]:
+    def step_shards(
+        self, data: list[Any], per_device: int, seed: int, step: int, group_by_length: bool | None = None
+    ) -> list[list[int]]:
         """Indices into `data` of this process's micro-batches of step `step`: the seeded step indices split
         over processes and accumulation steps. `group_by_length` (default: the config's) sorts them by length."""
         cfg = self.cfg
@@ -562,8 +591,10 @@ class Trainer:
         # On CUDA, copy from pinned memory without blocking, as torch's DataLoader(pin_memory=True) does: the host
         # goes on to the next micro-batch while the copy runs (torch keeps the pinned block until it is done).
         cuda = device.type == "cuda"
-        return {k: (v.pin_memory() if cuda else v).to(device, non_blocking=cuda) if isinstance(v, torch.Tensor) else v
-                for k, v in counted.items()}
+        return {
+            k: (v.pin_memory() if cuda else v).to(device, non_blocking=cuda) if isinstance(v, torch.Tensor) else v
+            for k, v in counted.items()
+        }
 
     # ----- token-budget batches ----------------------------------------------------------------------
 
@@ -654,8 +685,13 @@ class Trainer:
         what = f"loss or gradient norm (loss {loss:.4g}, gradient norm {norm})"
         if self._nonfinite_run <= self.cfg.max_nonfinite_steps:
             if self.accelerator.is_main_process:
-                logger.warning("step %d: non-finite %s; the optimizer step was skipped (%d of %d allowed in a row)",
-                               self.global_step, what, self._nonfinite_run, self.cfg.max_nonfinite_steps)
+                logger.warning(
+                    "step %d: non-finite %s; the optimizer step was skipped (%d of %d allowed in a row)",
+                    self.global_step,
+                    what,
+                    self._nonfinite_run,
+                    self.cfg.max_nonfinite_steps,
+                )
             return
         bar.close()
         raise TrainingError(
@@ -808,8 +844,10 @@ class Trainer:
         state = ckpt.read_trainer_state(path)
         budget = state.get("max_tokens_per_step", 0)  # absent in checkpoints written before token budgets
         if budget != self.cfg.max_tokens_per_step:
-            raise ConfigError(f"cannot resume from {path}: it used trainer.max_tokens_per_step {budget}, "
-                              f"this run uses {self.cfg.max_tokens_per_step}")
+            raise ConfigError(
+                f"cannot resume from {path}: it used trainer.max_tokens_per_step {budget}, "
+                f"this run uses {self.cfg.max_tokens_per_step}"
+            )
         if state["global_batch"] != self.global_batch or state["steps_per_epoch"] != self.steps_per_epoch:
             raise ConfigError(
                 f"cannot resume from {path}: it used a global batch of {state['global_batch']} "
@@ -825,7 +863,9 @@ class Trainer:
     def _load_checkpoint_files(self, path: Path) -> None:
         """accelerate's state (model, optimizer, scheduler, RNG), then the method and process state."""
         kwargs = {}
-        if self.accelerator.distributed_type.value != "DEEPSPEED" and _is_peft(self.accelerator.unwrap_model(self.model)):
+        if self.accelerator.distributed_type.value != "DEEPSPEED" and _is_peft(
+            self.accelerator.unwrap_model(self.model)
+        ):
             kwargs["strict"] = False  # LoRA checkpoints hold only the trainable weights
         self.accelerator.load_state(str(path), **kwargs)
         method_state = path / "method_state.pt"
@@ -864,7 +904,7 @@ class Trainer:
 
     def save_final_model(self) -> Path:
         """Save the final model (or LoRA adapter) with tokenizer, config, model card and loss plot."""
-        from llmkit.train.card import write_model_card, write_loss_plot
+        from llmkit.train.card import write_loss_plot, write_model_card
 
         acc = self.accelerator
         self._check_weights_finite("the final model")
@@ -885,7 +925,9 @@ class Trainer:
             import yaml
 
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
-            write_model_card(self.output_dir, self.run_config, self.method_name, self.history, is_adapter=_is_peft(unwrapped))
+            write_model_card(
+                self.output_dir, self.run_config, self.method_name, self.history, is_adapter=_is_peft(unwrapped)
+            )
             write_loss_plot(self.output_dir, self.history)
             atomic_write_json(
                 self.output_dir / "trainer_state.json", {"global_step": self.global_step, "world_size": self.world_size}

@@ -5,7 +5,15 @@ the shared trainer; `proxy.py` builds the text proxy (taught false statements ab
 `multimodal.py` carries images for image-text (LLaVA-style) models.
 """
 
-from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS, KIND_SENT, efuf_loss, gradient_ascent_loss, per_example_ce
+from llmkit.unlearning.losses import (
+    KIND_GOLD,
+    KIND_NEG,
+    KIND_POS,
+    KIND_SENT,
+    efuf_loss,
+    gradient_ascent_loss,
+    per_example_ce,
+)
 from llmkit.unlearning.multimodal import (
     collate_image_inputs,
     forward_inputs,
@@ -24,8 +32,24 @@ from llmkit.unlearning.sam import (
 from llmkit.unlearning.schedules import efuf_weights, linear_after
 
 __all__ = [
-    "KIND_GOLD", "KIND_NEG", "KIND_POS", "KIND_SENT", "apply_perturbation", "collate_image_inputs", "efuf_loss",
-    "efuf_weights", "forward_inputs", "global_grad_norm", "gradient_ascent_loss", "image_inputs", "image_text_example",
-    "language_model_lora_targets", "linear_after", "per_example_ce", "restore_parameters", "sam_perturbation",
-    "sharpness_probe", "targeted_sam_step",
+    "KIND_GOLD",
+    "KIND_NEG",
+    "KIND_POS",
+    "KIND_SENT",
+    "apply_perturbation",
+    "collate_image_inputs",
+    "efuf_loss",
+    "efuf_weights",
+    "forward_inputs",
+    "global_grad_norm",
+    "gradient_ascent_loss",
+    "image_inputs",
+    "image_text_example",
+    "language_model_lora_targets",
+    "linear_after",
+    "per_example_ce",
+    "restore_parameters",
+    "sam_perturbation",
+    "sharpness_probe",
+    "targeted_sam_step",
 ]

@@ -31,12 +31,12 @@ def per_example_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     (it then contributes nothing, rather than NaN). Returns (ce [B], n_tokens [B]).
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"logits must be [B, T, V] and labels [B, T]; got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"logits must be [B, T, V] and labels [B, T]; got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
-    token_ce = F.cross_entropy(
-        shift_logits.transpose(1, 2), shift_labels.clamp_min(0), reduction="none"
-    )  # [B, T-1]
+    token_ce = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels.clamp_min(0), reduction="none")  # [B, T-1]
     mask = (shift_labels != IGNORE_INDEX).to(token_ce.dtype)
     n = mask.sum(dim=1)
     return (token_ce * mask).sum(dim=1) / n.clamp_min(1.0), n
@@ -83,7 +83,9 @@ def efuf_loss(
     over the step, not the micro-batch. A kind with no rows contributes 0.
     """
     if not (ce.shape == kinds.shape == scores.shape) or ce.dim() != 1:
-        raise ValueError(f"ce, kinds and scores must be 1-D of the same length; got {ce.shape}, {kinds.shape}, {scores.shape}")
+        raise ValueError(
+            f"ce, kinds and scores must be 1-D of the same length; got {ce.shape}, {kinds.shape}, {scores.shape}"
+        )
     scores = scores.to(ce.dtype)
 
     def mean_of(kind: int, values: torch.Tensor) -> torch.Tensor:

@@ -49,13 +49,17 @@ def collate_image_inputs(examples: Sequence[Any]) -> dict[str, torch.Tensor]:
     keys = set(parts[0])
     for part in parts:
         if set(part) != keys:
-            raise DataError(f"examples in one micro-batch carry different image inputs: {sorted(keys)} vs {sorted(part)}")
+            raise DataError(
+                f"examples in one micro-batch carry different image inputs: {sorted(keys)} vs {sorted(part)}"
+            )
     out = {}
     for key in sorted(keys):
         shapes = {tuple(p[key].shape[1:]) for p in parts}
         if len(shapes) > 1:
-            raise DataError(f"{key} of one micro-batch differ in shape beyond dim 0 ({sorted(shapes)}); "
-                            "resize the images to one size")
+            raise DataError(
+                f"{key} of one micro-batch differ in shape beyond dim 0 ({sorted(shapes)}); "
+                "resize the images to one size"
+            )
         out[key] = torch.cat([p[key] for p in parts])
     return out
 
@@ -79,8 +83,14 @@ def image_text_example(processor, image, prompt: str, answer: str, kind: int, sc
     prompt_ids = enc["input_ids"][0].tolist()
     answer_ids = tokenizer(answer + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
     images = {k: enc[k] for k in IMAGE_INPUT_KEYS if k in enc}
-    return ScoredExample(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids, source,
-                         kind=kind, score=score, image_inputs=images)
+    return ScoredExample(
+        prompt_ids + answer_ids,
+        [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+        source,
+        kind=kind,
+        score=score,
+        image_inputs=images,
+    )
 
 
 def language_model_lora_targets(model, target_modules: list[str]) -> list[str]:
@@ -96,8 +106,11 @@ def language_model_lora_targets(model, target_modules: list[str]) -> list[str]:
     decoder = model.get_decoder()
     inside = {id(m) for m in decoder.modules()}
     wanted = set(target_modules)
-    names = [n for n, m in model.named_modules()
-             if id(m) in inside and isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in wanted]
+    names = [
+        n
+        for n, m in model.named_modules()
+        if id(m) in inside and isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in wanted
+    ]
     if not names:
         raise ConfigError(f"no linear layer of the language model matches LoRA target_modules {target_modules}")
     return names

@@ -27,23 +27,86 @@ from llmkit.unlearning.trainer import ScoredExample
 
 # The 80 COCO object classes and their official supercategories (COCO 2014 annotations' "categories").
 COCO_SUPERCATEGORY = {
-    "person": "person", "bicycle": "vehicle", "car": "vehicle", "motorcycle": "vehicle", "airplane": "vehicle",
-    "bus": "vehicle", "train": "vehicle", "truck": "vehicle", "boat": "vehicle", "traffic light": "outdoor",
-    "fire hydrant": "outdoor", "stop sign": "outdoor", "parking meter": "outdoor", "bench": "outdoor",
-    "bird": "animal", "cat": "animal", "dog": "animal", "horse": "animal", "sheep": "animal", "cow": "animal",
-    "elephant": "animal", "bear": "animal", "zebra": "animal", "giraffe": "animal", "backpack": "accessory",
-    "umbrella": "accessory", "handbag": "accessory", "tie": "accessory", "suitcase": "accessory",
-    "frisbee": "sports", "skis": "sports", "snowboard": "sports", "sports ball": "sports", "kite": "sports",
-    "baseball bat": "sports", "baseball glove": "sports", "skateboard": "sports", "surfboard": "sports",
-    "tennis racket": "sports", "bottle": "kitchen", "wine glass": "kitchen", "cup": "kitchen", "fork": "kitchen",
-    "knife": "kitchen", "spoon": "kitchen", "bowl": "kitchen", "banana": "food", "apple": "food",
-    "sandwich": "food", "orange": "food", "broccoli": "food", "carrot": "food", "hot dog": "food", "pizza": "food",
-    "donut": "food", "cake": "food", "chair": "furniture", "couch": "furniture", "potted plant": "furniture",
-    "bed": "furniture", "dining table": "furniture", "toilet": "furniture", "tv": "electronic",
-    "laptop": "electronic", "mouse": "electronic", "remote": "electronic", "keyboard": "electronic",
-    "cell phone": "electronic", "microwave": "appliance", "oven": "appliance", "toaster": "appliance",
-    "sink": "appliance", "refrigerator": "appliance", "book": "indoor", "clock": "indoor", "vase": "indoor",
-    "scissors": "indoor", "teddy bear": "indoor", "hair drier": "indoor", "toothbrush": "indoor",
+    "person": "person",
+    "bicycle": "vehicle",
+    "car": "vehicle",
+    "motorcycle": "vehicle",
+    "airplane": "vehicle",
+    "bus": "vehicle",
+    "train": "vehicle",
+    "truck": "vehicle",
+    "boat": "vehicle",
+    "traffic light": "outdoor",
+    "fire hydrant": "outdoor",
+    "stop sign": "outdoor",
+    "parking meter": "outdoor",
+    "bench": "outdoor",
+    "bird": "animal",
+    "cat": "animal",
+    "dog": "animal",
+    "horse": "animal",
+    "sheep": "animal",
+    "cow": "animal",
+    "elephant": "animal",
+    "bear": "animal",
+    "zebra": "animal",
+    "giraffe": "animal",
+    "backpack": "accessory",
+    "umbrella": "accessory",
+    "handbag": "accessory",
+    "tie": "accessory",
+    "suitcase": "accessory",
+    "frisbee": "sports",
+    "skis": "sports",
+    "snowboard": "sports",
+    "sports ball": "sports",
+    "kite": "sports",
+    "baseball bat": "sports",
+    "baseball glove": "sports",
+    "skateboard": "sports",
+    "surfboard": "sports",
+    "tennis racket": "sports",
+    "bottle": "kitchen",
+    "wine glass": "kitchen",
+    "cup": "kitchen",
+    "fork": "kitchen",
+    "knife": "kitchen",
+    "spoon": "kitchen",
+    "bowl": "kitchen",
+    "banana": "food",
+    "apple": "food",
+    "sandwich": "food",
+    "orange": "food",
+    "broccoli": "food",
+    "carrot": "food",
+    "hot dog": "food",
+    "pizza": "food",
+    "donut": "food",
+    "cake": "food",
+    "chair": "furniture",
+    "couch": "furniture",
+    "potted plant": "furniture",
+    "bed": "furniture",
+    "dining table": "furniture",
+    "toilet": "furniture",
+    "tv": "electronic",
+    "laptop": "electronic",
+    "mouse": "electronic",
+    "remote": "electronic",
+    "keyboard": "electronic",
+    "cell phone": "electronic",
+    "microwave": "appliance",
+    "oven": "appliance",
+    "toaster": "appliance",
+    "sink": "appliance",
+    "refrigerator": "appliance",
+    "book": "indoor",
+    "clock": "indoor",
+    "vase": "indoor",
+    "scissors": "indoor",
+    "teddy bear": "indoor",
+    "hair drier": "indoor",
+    "toothbrush": "indoor",
 }
 
 FORGET_TEMPLATES = (
@@ -101,13 +164,19 @@ def hallucination_pairs(objects: list[str], num_forget_objects: int, seed: int) 
     return pairs
 
 
-def build_rows(objects: list[str], pairs: list[tuple[str, str]], gold_sentences: list[str]) -> dict[str, list[ProxyRow]]:
+def build_rows(
+    objects: list[str], pairs: list[tuple[str, str]], gold_sentences: list[str]
+) -> dict[str, list[ProxyRow]]:
     """forget rows (every pair × every template), retain rows (true supercategory of every object), gold rows."""
     forget = [
         ProxyRow(t.format(a_obj=with_article(obj)), f" {with_article(halluc)}.", KIND_NEG, obj, halluc)
-        for obj, halluc in pairs for t in FORGET_TEMPLATES
+        for obj, halluc in pairs
+        for t in FORGET_TEMPLATES
     ]
-    retain = [ProxyRow(RETAIN_TEMPLATE.format(a_obj=with_article(o)), f" {COCO_SUPERCATEGORY[o]}.", KIND_POS, o) for o in objects]
+    retain = [
+        ProxyRow(RETAIN_TEMPLATE.format(a_obj=with_article(o)), f" {COCO_SUPERCATEGORY[o]}.", KIND_POS, o)
+        for o in objects
+    ]
     gold = [ProxyRow(GOLD_PROMPT, " " + s.strip(), KIND_GOLD, "") for s in gold_sentences]
     return {"forget": forget, "retain": retain, "gold": gold}
 
@@ -119,7 +188,9 @@ def read_sentences(path: str, limit: int, skip: int = 0) -> list[str]:
     return texts[skip : skip + limit]
 
 
-def tokenize_rows(rows: list[ProxyRow], tokenizer, scores: dict[int, float], max_length: int = 64) -> list[ScoredExample]:
+def tokenize_rows(
+    rows: list[ProxyRow], tokenizer, scores: dict[int, float], max_length: int = 64
+) -> list[ScoredExample]:
     """Plain "prompt answer<eos>" examples with loss on the answer only, carrying kind and score."""
     cfg = DataConfig(template="plain", plain_prompt_format="{prompt}", max_length=max_length)
     out = []
@@ -140,10 +211,17 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 6
     out = []
     try:
         for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            enc = tokenizer(
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
     return out
@@ -170,8 +248,12 @@ def mean_token_ce(model, examples, pad_token_id: int, batch_size: int = 32, grad
     with torch.set_grad_enabled(grad):
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in {**collate(chunk, pad_token_id), **collate_image_inputs(chunk)}.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **image_inputs(batch)).logits
+            batch = {
+                k: v.to(device) for k, v in {**collate(chunk, pad_token_id), **collate_image_inputs(chunk)}.items()
+            }
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **image_inputs(batch)
+            ).logits
             ce, n = per_example_ce(logits, batch["labels"])
             part = (ce * n).sum()
             total = part if total is None else total + part

@@ -37,7 +37,9 @@ def sam_perturbation(grads: Sequence[torch.Tensor | None], rho: float, eps: floa
     return [None if g is None else (g.detach() * scale).to(g.dtype) for g in grads]
 
 
-def apply_perturbation(params: Sequence[torch.Tensor], perturbation: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+def apply_perturbation(
+    params: Sequence[torch.Tensor], perturbation: Sequence[torch.Tensor | None]
+) -> list[torch.Tensor]:
     """Add ε to each parameter in place; return copies of the original values for `restore_parameters`.
 
     Restoring from copies is bit-exact; subtracting ε again would not be (floating-point rounding).

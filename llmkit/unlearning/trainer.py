@@ -22,7 +22,15 @@ from llmkit.errors import ConfigError, DataError
 from llmkit.train.batching import steps_per_epoch
 from llmkit.train.trainer import Trainer, TrainerConfig, build_accelerator
 from llmkit.unlearning.examples import ScoredExample  # re-exported: proxy.py and callers import it from here
-from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS, KIND_SENT, efuf_loss, gradient_ascent_loss, per_example_ce
+from llmkit.unlearning.losses import (
+    KIND_GOLD,
+    KIND_NEG,
+    KIND_POS,
+    KIND_SENT,
+    efuf_loss,
+    gradient_ascent_loss,
+    per_example_ce,
+)
 from llmkit.unlearning.multimodal import collate_image_inputs, forward_inputs
 from llmkit.unlearning.sam import targeted_sam_step
 from llmkit.unlearning.schedules import efuf_weights
@@ -129,11 +137,16 @@ class UnlearningTrainer(Trainer):
     def step_batches(self, step: int) -> list[dict[str, Any]]:
         """The step's forget micro-batches, then (EFUF/SARE) its retain micro-batches; each has kinds, scores, role."""
         cfg = self.cfg
-        batches = [{**b, "role": "forget"} for b in self.micro_batches(self.train_data, cfg.per_device_batch_size, cfg.seed, step)]
+        batches = [
+            {**b, "role": "forget"}
+            for b in self.micro_batches(self.train_data, cfg.per_device_batch_size, cfg.seed, step)
+        ]
         if self.uses_retain:
             # A separate seeded order: the retain set is usually larger and cycles on its own epochs.
-            batches += [{**b, "role": "retain"}
-                        for b in self.micro_batches(self.retain_data, self.retain_batch_size, cfg.seed + 1, step)]
+            batches += [
+                {**b, "role": "retain"}
+                for b in self.micro_batches(self.retain_data, self.retain_batch_size, cfg.seed + 1, step)
+            ]
         return batches
 
     # ----- the step ----------------------------------------------------------------------------------
@@ -151,8 +164,12 @@ class UnlearningTrainer(Trainer):
         retain = [b for b in micro_batches if b["role"] == "retain"]
         s = self.settings
         progress = self.global_step / max(self.total_steps - 1, 1)
-        self._weights = efuf_weights(progress, s.w_neg_start, s.w_neg_end, s.w_pos_start, s.w_pos_end, s.decay_start, s.w_gold, s.w_sent)
-        local = [sum(int((b["kinds"] == k).sum()) for b in micro_batches) for k in (KIND_NEG, KIND_POS, KIND_GOLD, KIND_SENT)]
+        self._weights = efuf_weights(
+            progress, s.w_neg_start, s.w_neg_end, s.w_pos_start, s.w_pos_end, s.decay_start, s.w_gold, s.w_sent
+        )
+        local = [
+            sum(int((b["kinds"] == k).sum()) for b in micro_batches) for k in (KIND_NEG, KIND_POS, KIND_GOLD, KIND_SENT)
+        ]
         counts = dict(zip((KIND_NEG, KIND_POS, KIND_GOLD, KIND_SENT), self._sum_over_processes(*local)))
         # Losses are means over the whole step (global counts); undo DDP's average over processes and
         # accelerate's division of each backward by the accumulation steps.
@@ -180,8 +197,11 @@ class UnlearningTrainer(Trainer):
         forget_loss, retain_loss = stats.get("forget_loss", 0.0), stats.get("retain_loss", 0.0)
         # The loop divides every *_sum-style value by the step's target tokens; pre-multiply so the logged
         # numbers are the step's loss terms themselves.
-        out = {"loss_sum": (forget_loss + retain_loss) * num_step_tokens,
-               "forget_loss": forget_loss * num_step_tokens, "retain_loss": retain_loss * num_step_tokens}
+        out = {
+            "loss_sum": (forget_loss + retain_loss) * num_step_tokens,
+            "forget_loss": forget_loss * num_step_tokens,
+            "retain_loss": retain_loss * num_step_tokens,
+        }
         if "forget_loss_at_theta" in stats:
             out["forget_loss_at_theta"] = stats["forget_loss_at_theta"] * num_step_tokens
         return out

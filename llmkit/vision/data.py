@@ -65,8 +65,9 @@ def _check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return labels
 
 
-def symmetric_noise(labels: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator,
-                    *, exclude_true: bool = False) -> np.ndarray:
+def symmetric_noise(
+    labels: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, *, exclude_true: bool = False
+) -> np.ndarray:
     """Replace a `rate` fraction of labels by a uniformly drawn class.
 
     With `exclude_true=False` (the DivideMix/DPC convention) the drawn class may equal the true one,
@@ -84,8 +85,9 @@ def symmetric_noise(labels: np.ndarray, rate: float, num_classes: int, rng: np.r
     return noisy
 
 
-def asymmetric_noise(labels: np.ndarray, rate: float, rng: np.random.Generator,
-                     flips: dict[int, int] | None = None) -> np.ndarray:
+def asymmetric_noise(
+    labels: np.ndarray, rate: float, rng: np.random.Generator, flips: dict[int, int] | None = None
+) -> np.ndarray:
     """Flip each label of a class listed in `flips` to its partner class with probability `rate`.
 
     Default flips are `DIGITS_ASYMMETRIC_FLIPS`; classes not listed keep their label.
@@ -177,8 +179,9 @@ def make_multilabel(n_samples: int = 3000, n_features: int = 64, n_labels: int =
     """
     from sklearn.datasets import make_multilabel_classification
 
-    x, y = make_multilabel_classification(n_samples=n_samples, n_features=n_features, n_classes=n_labels,
-                                          n_labels=3, random_state=seed)
+    x, y = make_multilabel_classification(
+        n_samples=n_samples, n_features=n_features, n_classes=n_labels, n_labels=3, random_state=seed
+    )
     x = (x - x.mean(0)) / (x.std(0) + 1e-8)
     return x.astype(np.float32), y.astype(np.float32)
 
@@ -195,7 +198,7 @@ def shape_mask(kind: str, size: int, centre: tuple[float, float], radius: float)
     if kind == "square":
         return (np.abs(dy) <= radius) & (np.abs(dx) <= radius)
     if kind == "disc":
-        return dy ** 2 + dx ** 2 <= radius ** 2
+        return dy**2 + dx**2 <= radius**2
     if kind == "triangle":
         return (np.abs(dy) <= radius) & (np.abs(dx) <= (dy + radius) / 2)
     raise VisionError(f"unknown shape {kind!r}; choose one of {', '.join(SHAPE_CLASSES[1:])}")
@@ -211,8 +214,16 @@ def outline(labels: np.ndarray) -> np.ndarray:
     return differs & (labels != 0)
 
 
-def make_shapes(n: int, rng: np.random.Generator, *, size: int = 32, max_shapes: int = 3,
-                radius: tuple[float, float] = (4.0, 9.0), noise: float = 0.35, ignore_index: int | None = 255):
+def make_shapes(
+    n: int,
+    rng: np.random.Generator,
+    *,
+    size: int = 32,
+    max_shapes: int = 3,
+    radius: tuple[float, float] = (4.0, 9.0),
+    noise: float = 0.35,
+    ignore_index: int | None = 255,
+):
     """Synthetic semantic segmentation: squares, discs and triangles (classes 1-3) on a noisy background (0).
 
     Each image holds 1..`max_shapes` shapes (uniform kind, centre and radius; later shapes are drawn over earlier
@@ -222,8 +233,10 @@ def make_shapes(n: int, rng: np.random.Generator, *, size: int = 32, max_shapes:
     Returns (x float32 [n, 1, size, size], y int64 [n, size, size]).
     """
     if n < 1 or size < 8 or max_shapes < 1 or not 0 < radius[0] <= radius[1]:
-        raise VisionError(f"make_shapes needs n ≥ 1, size ≥ 8, max_shapes ≥ 1 and 0 < radius[0] ≤ radius[1]; got "
-                          f"n={n}, size={size}, max_shapes={max_shapes}, radius={radius}")
+        raise VisionError(
+            f"make_shapes needs n ≥ 1, size ≥ 8, max_shapes ≥ 1 and 0 < radius[0] ≤ radius[1]; got "
+            f"n={n}, size={size}, max_shapes={max_shapes}, radius={radius}"
+        )
     x = np.zeros((n, 1, size, size), dtype=np.float32)
     y = np.zeros((n, size, size), dtype=np.int64)
     for i in range(n):

@@ -16,8 +16,16 @@ def min_max_normalise(values: np.ndarray) -> np.ndarray:
     return np.zeros_like(values) if span <= 0 else (values - values.min()) / span
 
 
-def two_gmm_posterior(values, component: str = "high", *, normalise: bool = True, seed: int = 0,
-                      max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4) -> np.ndarray:
+def two_gmm_posterior(
+    values,
+    component: str = "high",
+    *,
+    normalise: bool = True,
+    seed: int = 0,
+    max_iter: int = 10,
+    tol: float = 1e-2,
+    reg_covar: float = 5e-4,
+) -> np.ndarray:
     """Fit a 2-component 1-D GMM and return each value's posterior of the `component` ("high"/"low" mean).
 
     Defaults (max_iter 10, tol 1e-2, reg_covar 5e-4) are DivideMix/DPC's. With fewer than two distinct

@@ -39,8 +39,11 @@ def _make_heads(feature_dim: int, num_classes: int, num_heads: int, head_classes
     for k in head_classes[1:]:
         if nonlinear_aux:
             # DHKD's CIFAR auxiliary head: Linear -> Dropout 0.1 -> BN -> ReLU -> Linear.
-            heads.append(nn.Sequential(nn.Linear(feature_dim, 200), nn.Dropout(0.1), nn.BatchNorm1d(200),
-                                       nn.ReLU(), nn.Linear(200, k)))
+            heads.append(
+                nn.Sequential(
+                    nn.Linear(feature_dim, 200), nn.Dropout(0.1), nn.BatchNorm1d(200), nn.ReLU(), nn.Linear(200, k)
+                )
+            )
         else:
             heads.append(nn.Linear(feature_dim, k))
     return nn.ModuleList(heads)
@@ -53,8 +56,15 @@ class MLP(nn.Module):
     heads 1.. small MLPs as in DHKD.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, hidden=(128, 128), num_heads: int = 1,
-                 head_classes=None, nonlinear_aux: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden=(128, 128),
+        num_heads: int = 1,
+        head_classes=None,
+        nonlinear_aux: bool = False,
+    ):
         super().__init__()
         layers, width = [], in_dim
         for h in hidden:
@@ -74,13 +84,26 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two 3×3 conv blocks for 1×8×8 inputs (flat 64-vectors are reshaped), then linear heads."""
 
-    def __init__(self, num_classes: int, channels: int = 16, num_heads: int = 1, head_classes=None,
-                 nonlinear_aux: bool = False, side: int = 8):
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 16,
+        num_heads: int = 1,
+        head_classes=None,
+        nonlinear_aux: bool = False,
+        side: int = 8,
+    ):
         super().__init__()
         self.side = side
         self.backbone = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+            nn.Conv2d(1, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
         self.feature_dim = 2 * channels * 4
         self.heads = _make_heads(self.feature_dim, num_classes, num_heads, head_classes, nonlinear_aux)
 
@@ -103,16 +126,28 @@ class SegNet(nn.Module):
     features [B, 2c, H/2, W/2])`.
     """
 
-    def __init__(self, num_classes: int, channels: int = 16, dilations=(2, 4), num_heads: int = 1,
-                 in_channels: int = 1, aux_block: int | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 16,
+        dilations=(2, 4),
+        num_heads: int = 1,
+        in_channels: int = 1,
+        aux_block: int | None = None,
+    ):
         super().__init__()
         if num_heads < 1:
             raise VisionError(f"num_heads must be >= 1, got {num_heads}")
         width = 2 * channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU())
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.ReLU())
-                                    for d in dilations)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.ReLU()) for d in dilations
+        )
         self.aux_block = len(self.blocks) - 2 if aux_block is None else aux_block
         if not -1 <= self.aux_block < len(self.blocks):
             raise VisionError(f"aux_block must be in [-1, {len(self.blocks) - 1}] (-1 = the stem), got {aux_block}")
@@ -150,7 +185,7 @@ class LabelWiseMLP(nn.Module):
         self.backbone = nn.Sequential(*layers)
         self.num_labels, self.embed_dim = num_labels, embed_dim
         self.embed = nn.Linear(width, num_labels * embed_dim)
-        self.label_weight = nn.Parameter(torch.randn(num_labels, embed_dim) / embed_dim ** 0.5)
+        self.label_weight = nn.Parameter(torch.randn(num_labels, embed_dim) / embed_dim**0.5)
         self.label_bias = nn.Parameter(torch.zeros(num_labels))
 
     def forward(self, x: torch.Tensor) -> Outputs:

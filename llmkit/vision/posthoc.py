@@ -16,8 +16,9 @@ from torch import nn
 from llmkit.vision import VisionError
 
 
-def min_norm_weights(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     rcond: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor | None]:
+def min_norm_weights(
+    inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, rcond: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Minimum-norm (weight, bias) giving the same outputs as `inputs @ weight.T + bias` on these inputs.
 
     inputs [n, d]; weight [k, d] (nn.Linear layout); the bias is treated as the weight of a constant-1
@@ -53,14 +54,14 @@ def input_hessian_trace(weight: torch.Tensor, probs: torch.Tensor) -> torch.Tens
     Σ_k p_k ‖w_k‖² − ‖Wᵀp‖². With the outputs (hence p) fixed, it shrinks with W — optimum shifting's
     flatness argument, measured.
     """
-    row_norms = weight.pow(2).sum(1)                     # ‖w_k‖²
+    row_norms = weight.pow(2).sum(1)  # ‖w_k‖²
     return (probs @ row_norms - (probs @ weight).pow(2).sum(1)).mean()
 
 
 def add_trigger(x: torch.Tensor, side: int = 8, size: int = 2, value: float = 1.0) -> torch.Tensor:
     """Backdoor trigger for flat 8×8 images: a `size`×`size` patch of `value` in the bottom-right corner."""
     images = x.clone().view(-1, side, side)
-    images[:, side - size:, side - size:] = value
+    images[:, side - size :, side - size :] = value
     return images.view(x.shape)
 
 
@@ -73,8 +74,15 @@ def flain_flip(initial_weight: torch.Tensor, final_weight: torch.Tensor, dormant
 
 
 @torch.no_grad()
-def flain_defence(initial_weight: torch.Tensor, final_weight: torch.Tensor, input_activation: torch.Tensor, evaluate,
-                  *, step: float = 0.001, tolerance: float = 0.05):
+def flain_defence(
+    initial_weight: torch.Tensor,
+    final_weight: torch.Tensor,
+    input_activation: torch.Tensor,
+    evaluate,
+    *,
+    step: float = 0.001,
+    tolerance: float = 0.05,
+):
     """FLAIN (Ding, Yang, Huang, ICMR 2025): flip the accumulated FL update of low-activation input neurons.
 
     input_activation: mean activation of each input neuron of the chosen FC layer on a small clean

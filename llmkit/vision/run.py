@@ -41,19 +41,31 @@ from llmkit.vision import VisionError
 from llmkit.vision.experiments import EXPERIMENTS, RUNNERS
 from llmkit.vision.experiments._common import markdown_table, mean_std, paired_delta  # noqa: F401 (re-exported)
 
-__all__ = ["EXPERIMENTS", "RUNNERS", "main", "markdown_table", "output_folder", "mean_std", "paired_delta", "parse_args"]
+__all__ = [
+    "EXPERIMENTS",
+    "RUNNERS",
+    "main",
+    "markdown_table",
+    "output_folder",
+    "mean_std",
+    "paired_delta",
+    "parse_args",
+]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m llmkit.vision.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m llmkit.vision.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}, or 'all'")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/vision/<experiment>)")
-    parser.add_argument("--no-readme", action="store_true",
-                        help="accepted for old commands; the library never writes the README "
-                             "(benchmarks/vision_tables.py does)")
+    parser.add_argument(
+        "--no-readme",
+        action="store_true",
+        help="accepted for old commands; the library never writes the README (benchmarks/vision_tables.py does)",
+    )
     parser.add_argument("--tag", default="", help="name a variant run: README block and default folder get '-<tag>'")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--noise", default="symmetric", help="dpc: symmetric | asymmetric | pair")
@@ -77,8 +89,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rdd-examples", type=int, default=300, help="rdd: labelled training examples")
     parser.add_argument("--seg-images", type=int, default=512, help="rdd-seg: training images per seed")
     parser.add_argument("--seg-steps", type=int, default=1000, help="rdd-seg: student training steps (batch 32)")
-    parser.add_argument("--labels", type=int, default=100,
-                        help="dhkd: labelled examples for the student's CE; optimum-shift: training examples")
+    parser.add_argument(
+        "--labels",
+        type=int,
+        default=100,
+        help="dhkd: labelled examples for the student's CE; optimum-shift: training examples",
+    )
     return parser.parse_args(argv)
 
 
@@ -102,7 +118,9 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    command = "python -m llmkit.vision.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m llmkit.vision.run " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     machine = f"CPU {platform.machine()}, {args.threads} torch thread(s), torch {torch.__version__}"
     outputs = {}
     for experiment in EXPERIMENTS if args.experiment == "all" else (args.experiment,):
@@ -112,13 +130,25 @@ def main(argv=None) -> dict:
         started = time.time()
         text, results = RUNNERS[experiment](args.seeds, out, args)
         seconds = time.time() - started
-        block = (f"{text}\n\nMean ± std over seeds {', '.join(map(str, args.seeds))}. "
-                 f"Date {dt.date.today().isoformat()}; machine: {machine}; wall time {seconds:.0f} s. "
-                 f"Command: `{command}`")
+        block = (
+            f"{text}\n\nMean ± std over seeds {', '.join(map(str, args.seeds))}. "
+            f"Date {dt.date.today().isoformat()}; machine: {machine}; wall time {seconds:.0f} s. "
+            f"Command: `{command}`"
+        )
         print(f"\n{block}\n", flush=True)
-        (out / "results.json").write_text(json.dumps({"experiment": experiment, "name": name, "seeds": args.seeds,
-                                                      "command": command, "machine": machine, "results": results},
-                                                     default=float))
+        (out / "results.json").write_text(
+            json.dumps(
+                {
+                    "experiment": experiment,
+                    "name": name,
+                    "seeds": args.seeds,
+                    "command": command,
+                    "machine": machine,
+                    "results": results,
+                },
+                default=float,
+            )
+        )
         (out / "table.md").write_text(block + "\n")
         outputs[experiment] = results
     return outputs

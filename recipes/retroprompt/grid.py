@@ -56,9 +56,18 @@ TABLE_ROWS: dict[str, tuple[str, str]] = {
 
 # Config keys the grid sets itself, per run; an override of one after `--` would contradict the run folders'
 # names. `method.split` decides whether the grid sets train_path, so it comes from the config file only.
-GRID_KEYS = ("trainer.seed", "trainer.output_dir", "trainer.resume", "method.shots_per_class", "method.train_path",
-             "method.split", "method.retroprompt.demo_topk", "method.retroprompt.use_demonstrations",
-             "method.retroprompt.knn_train", "method.retroprompt.knn_infer")
+GRID_KEYS = (
+    "trainer.seed",
+    "trainer.output_dir",
+    "trainer.resume",
+    "method.shots_per_class",
+    "method.train_path",
+    "method.split",
+    "method.retroprompt.demo_topk",
+    "method.retroprompt.use_demonstrations",
+    "method.retroprompt.knn_train",
+    "method.retroprompt.knn_infer",
+)
 DEMO_TOPK = {16: 8, 4: 2}  # demonstration neighbours per class: 8 at 16-shot (the configs), 2 at 4-shot
 
 
@@ -81,7 +90,9 @@ def check_overrides(config_cls: type, extra: list[str]) -> None:
             raise ConfigError("--config after `--`: give the recipe config once, as the grid's --config")
         path = ".".join(resolve_key(config_cls, key))
         if path in GRID_KEYS:
-            raise ConfigError(f"--{key} (= --{path}) is set by the grid for each run; use --seeds/--shots/--arms/--root")
+            raise ConfigError(
+                f"--{key} (= --{path}) is set by the grid for each run; use --seeds/--shots/--arms/--root"
+            )
 
 
 def seeded_train_path(train_path: str, seed: int) -> str:
@@ -89,8 +100,10 @@ def seeded_train_path(train_path: str, seed: int) -> str:
     `sst2/k-shot/16-13/train.jsonl` → `sst2/k-shot/16-21/train.jsonl` for seed 21."""
     match = re.fullmatch(r"(.*?)(\d+)-\d+(/[^/]+)", train_path)
     if match is None:
-        raise ConfigError(f"method.train_path {train_path!r} is not an LM-BFF k-shot file (<dir>/<k>-<seed>/<file>), "
-                          f"so the grid cannot pick each seed's split")
+        raise ConfigError(
+            f"method.train_path {train_path!r} is not an LM-BFF k-shot file (<dir>/<k>-<seed>/<file>), "
+            f"so the grid cannot pick each seed's split"
+        )
     return f"{match.group(1)}{match.group(2)}-{seed}{match.group(3)}"
 
 
@@ -100,8 +113,14 @@ def run_overrides(split: str, shots: int, seed: int, arm: str, train_path: str |
     split "files": each seed has its own k-shot file, `train_path` with the seed replaced (4-shot takes the
     first 4 per class of the 16-shot file); "text_hash": the recipe draws k per class from its pool by seed.
     """
-    args = ["--trainer.seed", str(seed), "--method.shots_per_class", str(shots),
-            "--method.retroprompt.demo_topk", str(DEMO_TOPK.get(shots, min(8, shots)))]
+    args = [
+        "--trainer.seed",
+        str(seed),
+        "--method.shots_per_class",
+        str(shots),
+        "--method.retroprompt.demo_topk",
+        str(DEMO_TOPK.get(shots, min(8, shots))),
+    ]
     if split == "files":
         if train_path is None:
             raise ValueError("split 'files' needs the config's train_path")
@@ -114,6 +133,7 @@ def run_overrides(split: str, shots: int, seed: int, arm: str, train_path: str |
 def same_command(earlier: list[str], now: list[str]) -> bool:
     """Whether two runs' recipe arguments are the same, reading the config and output paths as the files
     they name (`recipes/x.yaml` and `./recipes/x.yaml`, a relative and an absolute --root)."""
+
     def normalised(args: list[str]) -> list[str]:
         out = list(args)
         for i in range(len(out) - 1):
@@ -124,7 +144,9 @@ def same_command(earlier: list[str], now: list[str]) -> bool:
     return normalised(earlier) == normalised(now)
 
 
-def summarise(results: dict[tuple[int, int, str], dict[str, Any]], shots: list[int], seeds: list[int]) -> dict[str, Any]:
+def summarise(
+    results: dict[tuple[int, int, str], dict[str, Any]], shots: list[int], seeds: list[int]
+) -> dict[str, Any]:
     """Grid table from finished runs: {row: {shots: {"mean", "std", "n", "values"}}} in accuracy %.
 
     `results` maps (shots, seed, training arm) to that run's results.json `eval` dict.
@@ -183,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         split = method.split
         for k, seed, arm in runs:
             out = root / f"{k}shot-seed{seed}-{arm}"
-            overrides = ["--trainer.output_dir", str(out), *run_overrides(split, k, seed, arm, method.train_path), *extra]
+            overrides = [
+                "--trainer.output_dir",
+                str(out),
+                *run_overrides(split, k, seed, arm, method.train_path),
+                *extra,
+            ]
             load_config(config_cls, args.config, overrides)
             commands[(k, seed, arm)] = ["--config", args.config, *overrides]
     except (ConfigError, ValueError) as err:
@@ -220,10 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         f"config: `{args.config}` (k-shot data: {split}), seeds {args.seeds}, overrides `{' '.join(extra)}`; "
         f"accuracy %, mean ± std (ddof 0)\n\n{text}\n"
     )
-    (root / "grid.json").write_text(json.dumps({
-        "config": args.config, "split": split, "seeds": args.seeds, "shots": args.shots, "overrides": extra,
-        "table": {r: {str(k): c for k, c in cells.items()} for r, cells in table.items()},
-    }, indent=2))
+    (root / "grid.json").write_text(
+        json.dumps(
+            {
+                "config": args.config,
+                "split": split,
+                "seeds": args.seeds,
+                "shots": args.shots,
+                "overrides": extra,
+                "table": {r: {str(k): c for k, c in cells.items()} for r, cells in table.items()},
+            },
+            indent=2,
+        )
+    )
     print(text)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -24,7 +24,6 @@ recipe's README ("Choices").
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from llmkit.data.loading import read_records
 from llmkit.data.padding import pad_right
 from llmkit.data.sft import IGNORE_INDEX, TokenizedExample
 from llmkit.errors import DataError, exit_on_user_error
+from llmkit.io import atomic_write_json
 from llmkit.models import load_model_and_tokenizer
 from llmkit.prompting.retroprompt import (
     KnowledgeStore,
@@ -59,7 +59,6 @@ from llmkit.prompting.retroprompt import (
 )
 from llmkit.recipe import RecipeConfig, parse_recipe_args, setup_logging
 from llmkit.train import Trainer, build_accelerator
-from llmkit.io import atomic_write_json
 
 logger = logging.getLogger("recipes.retroprompt")
 
@@ -102,8 +101,10 @@ class RetroPromptMethodConfig:
         if self.label_values is not None and len(self.label_values) != len(self.label_words):
             raise ValueError("method.label_values needs one value per label word")
         if self.split == "text_hash" and (self.shots_per_class is None or self.train_path != self.eval_path):
-            raise ValueError("method.split text_hash draws shots_per_class rows per class from the pool part of one "
-                             "file: set method.shots_per_class and the same train_path and eval_path")
+            raise ValueError(
+                "method.split text_hash draws shots_per_class rows per class from the pool part of one "
+                "file: set method.shots_per_class and the same train_path and eval_path"
+            )
 
 
 @dataclass
@@ -123,8 +124,14 @@ def text_in_pool(text: str, modulus: int = POOL_MODULUS) -> bool:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16) % modulus == 0
 
 
-def split_by_text_hash(records: list[dict[str, Any]], text_column: str, label_column: str, shots_per_class: int,
-                       seed: int, modulus: int = POOL_MODULUS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_by_text_hash(
+    records: list[dict[str, Any]],
+    text_column: str,
+    label_column: str,
+    shots_per_class: int,
+    seed: int,
+    modulus: int = POOL_MODULUS,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A k-shot training set and a held-out evaluation set from one labelled file; a pure function.
 
     Rows whose text is `text_in_pool` form the pool, all the others (in file order, duplicates kept) the
@@ -157,7 +164,6 @@ def split_by_text_hash(records: list[dict[str, Any]], text_column: str, label_co
     return [records[i] for i in sorted(chosen)], evaluation
 
 
-
 @dataclass
 class PromptExample(TokenizedExample):
     """A classification prompt: the trainer's fields plus what RetroPrompt needs per example.
@@ -174,7 +180,9 @@ class PromptExample(TokenizedExample):
     plain_ids: list[int] = field(default_factory=list)
 
 
-def encode_prompt(tokenizer, method: RetroPromptMethodConfig, text: str, with_slots: bool, slot_token: int) -> tuple[list[int], list[int]]:
+def encode_prompt(
+    tokenizer, method: RetroPromptMethodConfig, text: str, with_slots: bool, slot_token: int
+) -> tuple[list[int], list[int]]:
     """Token ids of a prompt (without the label word) and the positions of its demonstration slots."""
     encode = lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []  # noqa: E731
     ids: list[int] = []
@@ -191,9 +199,15 @@ def encode_prompt(tokenizer, method: RetroPromptMethodConfig, text: str, with_sl
     return ids, slots
 
 
-def load_examples(path: str, method: RetroPromptMethodConfig, tokenizer, label_word_ids: torch.Tensor,
-                  limit: int | None = None, shots_per_class: int | None = None,
-                  records: list[dict[str, Any]] | None = None) -> list[PromptExample]:
+def load_examples(
+    path: str,
+    method: RetroPromptMethodConfig,
+    tokenizer,
+    label_word_ids: torch.Tensor,
+    limit: int | None = None,
+    shots_per_class: int | None = None,
+    records: list[dict[str, Any]] | None = None,
+) -> list[PromptExample]:
     """Read a classification file (or rows of it, `records`) into prompts; row i of the result is store row i."""
     records = read_records(path, max_rows=None) if records is None else records
     num_classes = len(method.label_words)
@@ -219,10 +233,18 @@ def load_examples(path: str, method: RetroPromptMethodConfig, tokenizer, label_w
         ids, slots = encode_prompt(tokenizer, method, text, with_slots, slot_token)
         plain, _ = encode_prompt(tokenizer, method, text, False, slot_token)
         word = int(label_word_ids[label])
-        examples.append(PromptExample(
-            input_ids=ids + [word], labels=[IGNORE_INDEX] * len(ids) + [word], source=f"{path}:{len(examples)}",
-            class_id=label, store_index=len(examples), label_position=len(ids) - 1, slot_positions=slots, plain_ids=plain,
-        ))
+        examples.append(
+            PromptExample(
+                input_ids=ids + [word],
+                labels=[IGNORE_INDEX] * len(ids) + [word],
+                source=f"{path}:{len(examples)}",
+                class_id=label,
+                store_index=len(examples),
+                label_position=len(ids) - 1,
+                slot_positions=slots,
+                plain_ids=plain,
+            )
+        )
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples
@@ -236,7 +258,9 @@ def collate_prompts(examples: list[PromptExample], pad_token_id: int, plain: boo
     return {
         **padded,
         "num_examples": len(rows),
-        "label_positions": torch.tensor([len(ids) - 1 if plain else ex.label_position for ex, ids in zip(examples, rows)]),
+        "label_positions": torch.tensor(
+            [len(ids) - 1 if plain else ex.label_position for ex, ids in zip(examples, rows)]
+        ),
         "class_ids": torch.tensor([ex.class_id for ex in examples]),
         "store_index": torch.tensor([ex.store_index for ex in examples]),
         "slot_positions": torch.tensor([ex.slot_positions for ex in examples], dtype=torch.long).reshape(len(rows), -1),
@@ -253,15 +277,26 @@ class RetroPromptTrainer(Trainer):
     # One prompt per row: the label position of each row is known.
     supports_packing = ("none",)
 
-    def __init__(self, cfg, settings: RetroPromptRetrievalConfig, label_word_ids: torch.Tensor, model, tokenizer,
-                 train_data: list[PromptExample], eval_data: list[PromptExample] | None = None,
-                 encode_batch_size: int = 16, **kwargs):
+    def __init__(
+        self,
+        cfg,
+        settings: RetroPromptRetrievalConfig,
+        label_word_ids: torch.Tensor,
+        model,
+        tokenizer,
+        train_data: list[PromptExample],
+        eval_data: list[PromptExample] | None = None,
+        encode_batch_size: int = 16,
+        **kwargs,
+    ):
         super().__init__(cfg, model, tokenizer, train_data, eval_data, **kwargs)
         self.settings = settings
         self.label_word_ids = label_word_ids
         self.num_classes = len(label_word_ids)
         self.encode_batch_size = encode_batch_size
-        self.schedule = StoreRefreshSchedule(self.steps_per_epoch, cfg.eval_steps, settings.refresh_every_epoch, settings.refresh_after_eval)
+        self.schedule = StoreRefreshSchedule(
+            self.steps_per_epoch, cfg.eval_steps, settings.refresh_every_epoch, settings.refresh_after_eval
+        )
         self.store: KnowledgeStore | None = None
         self.embedding_norm = 1.0
         self.refreshes: list[dict[str, Any]] = []
@@ -277,7 +312,9 @@ class RetroPromptTrainer(Trainer):
         model.eval()
         features = []
         for start in range(0, len(examples), self.encode_batch_size):
-            batch = collate_prompts(examples[start : start + self.encode_batch_size], self.tokenizer.pad_token_id, plain=True)
+            batch = collate_prompts(
+                examples[start : start + self.encode_batch_size], self.tokenizer.pad_token_id, plain=True
+            )
             batch = {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             features.append(label_position_features(model, batch).float().cpu())
         model.train(was_training)
@@ -295,8 +332,13 @@ class RetroPromptTrainer(Trainer):
         embed = self.accelerator.unwrap_model(self.model).get_input_embeddings()
         self.embedding_norm = float(embed.weight.detach().float().norm(dim=-1).mean())
         self.refreshes.append({"step": self.global_step, "reason": reason})
-        logger.info("knowledge store rebuilt at step %d (%s): %d keys, %s search", self.global_step, reason,
-                    len(self.store), self.store.backend)
+        logger.info(
+            "knowledge store rebuilt at step %d (%s): %d keys, %s search",
+            self.global_step,
+            reason,
+            len(self.store),
+            self.store.backend,
+        )
 
     def knn_k(self, excluding: bool) -> int:
         """K for p_kNN, capped by the store size (a 4-shot binary store holds 8 keys, fewer than K = 16)."""
@@ -304,7 +346,9 @@ class RetroPromptTrainer(Trainer):
 
     # --- forward ---
 
-    def class_forward(self, model, batch: dict[str, Any], queries: torch.Tensor, exclude: torch.Tensor | None) -> LabelPositionOutput:
+    def class_forward(
+        self, model, batch: dict[str, Any], queries: torch.Tensor, exclude: torch.Tensor | None
+    ) -> LabelPositionOutput:
         """Label-position output with the demonstration slots filled (when demonstrations are on)."""
         if not self.settings.use_demonstrations:
             return label_position_forward(model, batch, self.label_word_ids)
@@ -312,7 +356,9 @@ class RetroPromptTrainer(Trainer):
         embed = self.accelerator.unwrap_model(model).get_input_embeddings()
         if self.settings.demo_norm == "match_embeddings":
             demos = match_norm(demos, self.embedding_norm)
-        embeds = insert_demonstrations(embed(batch["input_ids"]), batch["slot_positions"], demos.to(batch["input_ids"].device))
+        embeds = insert_demonstrations(
+            embed(batch["input_ids"]), batch["slot_positions"], demos.to(batch["input_ids"].device)
+        )
         return label_position_forward(model, batch, self.label_word_ids, inputs_embeds=embeds)
 
     def compute_loss(self, model, batch):
@@ -326,8 +372,9 @@ class RetroPromptTrainer(Trainer):
         if s.knn_train:
             # Leave-one-out by store row, as for the demonstrations: otherwise each example retrieves
             # itself and NLL_kNN ≈ 0 (issue 25).
-            p_knn = training_knn_distribution(self.store, rows, self.knn_k(s.knn_exclude_self), s.knn_temperature,
-                                              leave_one_out=s.knn_exclude_self)
+            p_knn = training_knn_distribution(
+                self.store, rows, self.knn_k(s.knn_exclude_self), s.knn_temperature, leave_one_out=s.knn_exclude_self
+            )
             loss = knn_guided_loss(out.label_logits, p_knn.to(targets.device), targets, s.knn_beta, s.loss_form)
         else:
             loss = F.cross_entropy(out.label_logits.float(), targets)
@@ -339,8 +386,9 @@ class RetroPromptTrainer(Trainer):
         if reason is not None:
             self.refresh_store(reason)
         # In the sampled order, not grouped by length: the runs so far were made that way.
-        return self.micro_batches(self.train_data, self.cfg.per_device_batch_size, self.cfg.seed, step,
-                                  group_by_length=False)
+        return self.micro_batches(
+            self.train_data, self.cfg.per_device_batch_size, self.cfg.seed, step, group_by_length=False
+        )
 
     def make_batch(self, examples: list[PromptExample]) -> dict[str, Any]:
         """RetroPrompt's fields: label positions, classes, store rows and slot positions (`collate_prompts`)."""
@@ -409,25 +457,50 @@ def main(argv: list[str] | None = None) -> None:
     train_rows = eval_rows = None
     split_seed = cfg.trainer.seed if method.split_seed is None else method.split_seed
     if method.split == "text_hash":
-        train_rows, eval_rows = split_by_text_hash(read_records(method.eval_path), method.text_column,
-                                                   method.label_column, method.shots_per_class, split_seed)
-    train = load_examples(method.train_path, method, tokenizer, label_word_ids, shots_per_class=method.shots_per_class,
-                          records=train_rows)
-    test = load_examples(method.eval_path, method, tokenizer, label_word_ids, limit=method.eval_limit, records=eval_rows)
-    logger.info("train: %d examples, eval: %d; arm: demonstrations %s, kNN train %s, kNN infer %s",
-                len(train), len(test), method.retroprompt.use_demonstrations, method.retroprompt.knn_train,
-                method.retroprompt.knn_infer)
-    trainer = RetroPromptTrainer(cfg.trainer, method.retroprompt, label_word_ids, model, tokenizer, train,
-                                 test if cfg.trainer.eval_steps > 0 else None, encode_batch_size=method.encode_batch_size,
-                                 run_config=to_dict(cfg), accelerator=accelerator)
+        train_rows, eval_rows = split_by_text_hash(
+            read_records(method.eval_path), method.text_column, method.label_column, method.shots_per_class, split_seed
+        )
+    train = load_examples(
+        method.train_path, method, tokenizer, label_word_ids, shots_per_class=method.shots_per_class, records=train_rows
+    )
+    test = load_examples(
+        method.eval_path, method, tokenizer, label_word_ids, limit=method.eval_limit, records=eval_rows
+    )
+    logger.info(
+        "train: %d examples, eval: %d; arm: demonstrations %s, kNN train %s, kNN infer %s",
+        len(train),
+        len(test),
+        method.retroprompt.use_demonstrations,
+        method.retroprompt.knn_train,
+        method.retroprompt.knn_infer,
+    )
+    trainer = RetroPromptTrainer(
+        cfg.trainer,
+        method.retroprompt,
+        label_word_ids,
+        model,
+        tokenizer,
+        train,
+        test if cfg.trainer.eval_steps > 0 else None,
+        encode_batch_size=method.encode_batch_size,
+        run_config=to_dict(cfg),
+        accelerator=accelerator,
+    )
     result = trainer.train()
     if accelerator.is_main_process:
         trainer.refresh_store("final")  # the store of the final weights, as a separate kNN inference run builds it
         scores = trainer.classify(test)
         out = Path(cfg.trainer.output_dir)
-        report = {"eval": scores, "train_examples": len(train), "eval_examples": len(test),
-                  "settings": asdict(method.retroprompt), "train_path": method.train_path, "eval_path": method.eval_path,
-                  "seed": cfg.trainer.seed, "refreshes": trainer.refreshes}
+        report = {
+            "eval": scores,
+            "train_examples": len(train),
+            "eval_examples": len(test),
+            "settings": asdict(method.retroprompt),
+            "train_path": method.train_path,
+            "eval_path": method.eval_path,
+            "seed": cfg.trainer.seed,
+            "refreshes": trainer.refreshes,
+        }
         if method.split == "text_hash":
             report.update(split="text_hash", split_seed=split_seed, train_rows=[r.get("_source") for r in train_rows])
         atomic_write_json(out / "results.json", report)  # the grid driver treats an existing file as a finished run

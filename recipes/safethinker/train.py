@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     data = load_sft_data(cfg.data, tokenizer)
     logger.info("train examples: %d, eval examples: %d", len(data.train), len(data.eval))
-    trainer = Trainer(cfg.trainer, model, tokenizer, data.train, data.eval, run_config=to_dict(cfg), accelerator=accelerator)
+    trainer = Trainer(
+        cfg.trainer, model, tokenizer, data.train, data.eval, run_config=to_dict(cfg), accelerator=accelerator
+    )
     result = trainer.train()
     if accelerator.is_main_process:
         print(f"done: {result}; SATE twin in {cfg.trainer.output_dir}")

@@ -34,14 +34,32 @@ from accelerate.utils import set_seed
 from llmkit.config import to_dict
 from llmkit.errors import ConfigError, exit_on_user_error
 from llmkit.io import replace_dir
-from llmkit.models import TINY_ALIAS, LoraAdapterConfig, ModelConfig, _torch_dtype, apply_lora, load_model, load_tokenizer, resolve_model_path
+from llmkit.models import (
+    TINY_ALIAS,
+    LoraAdapterConfig,
+    ModelConfig,
+    _torch_dtype,
+    apply_lora,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 from llmkit.recipe import parse_recipe_args, setup_logging
 from llmkit.train import Trainer, TrainerConfig, build_accelerator
 from llmkit.unlearning.losses import KIND_GOLD, KIND_NEG, KIND_POS
 from llmkit.unlearning.multimodal import language_model_lora_targets
 from llmkit.unlearning.proxy import (
-    GOLD_PROMPT, ProxyRow, build_rows, emission_rate, hallucination_pairs, mean_token_ce, perplexity,
-    pope_objects, read_sentences, tokenize_rows, write_json,
+    GOLD_PROMPT,
+    ProxyRow,
+    build_rows,
+    emission_rate,
+    hallucination_pairs,
+    mean_token_ce,
+    perplexity,
+    pope_objects,
+    read_sentences,
+    tokenize_rows,
+    write_json,
 )
 from llmkit.unlearning.sam import sharpness_probe
 from llmkit.unlearning.trainer import UnlearningConfig, UnlearningTrainer
@@ -54,8 +72,13 @@ COMPLETE = ".llmkit-complete"
 class ProxyConfig:
     """The text proxy: which objects, how many taught hallucinations, which general text, span scores."""
 
-    pope_files: list[str] = field(default_factory=lambda: [
-        "pope/coco_pope_random.json", "pope/coco_pope_popular.json", "pope/coco_pope_adversarial.json"])
+    pope_files: list[str] = field(
+        default_factory=lambda: [
+            "pope/coco_pope_random.json",
+            "pope/coco_pope_popular.json",
+            "pope/coco_pope_adversarial.json",
+        ]
+    )
     num_forget_objects: int = 35  # × 4 phrasings = the forget set (140 with the default)
     gold_path: str = "sst2/train.jsonl"  # human-written sentences: EFUF's gold-caption term
     num_gold: int = 48
@@ -126,12 +149,18 @@ def build_data(cfg: SAREConfig, tokenizer) -> dict:
     objects = pope_objects(p.pope_files)
     pairs = hallucination_pairs(objects, p.num_forget_objects, p.seed)
     rows = build_rows(objects, pairs, read_sentences(p.gold_path, p.num_gold))
-    eval_rows = [ProxyRow(GOLD_PROMPT, " " + s, KIND_GOLD, "") for s in read_sentences(p.eval_text_path, p.num_eval_text)]
+    eval_rows = [
+        ProxyRow(GOLD_PROMPT, " " + s, KIND_GOLD, "") for s in read_sentences(p.eval_text_path, p.num_eval_text)
+    ]
     scores = {KIND_NEG: p.neg_score, KIND_POS: p.pos_score, KIND_GOLD: cfg.method.unlearning.gold_score}
     tok = lambda rs: tokenize_rows(rs, tokenizer, scores, p.max_length)  # noqa: E731
     return {
-        "rows": rows, "pairs": pairs, "forget": tok(rows["forget"]), "facts": tok(rows["retain"]),
-        "retain": tok(rows["retain"] + rows["gold"]), "eval_text": tok(eval_rows),
+        "rows": rows,
+        "pairs": pairs,
+        "forget": tok(rows["forget"]),
+        "facts": tok(rows["retain"]),
+        "retain": tok(rows["retain"] + rows["gold"]),
+        "eval_text": tok(eval_rows),
     }
 
 
@@ -148,7 +177,8 @@ def load_base_model(model_cfg: ModelConfig, vocab_size: int):
             image_text = False  # load_model reports the missing model
         if image_text:
             model = AutoModelForImageTextToText.from_pretrained(
-                source, dtype=_torch_dtype(model_cfg.dtype), attn_implementation=model_cfg.attn_implementation)
+                source, dtype=_torch_dtype(model_cfg.dtype), attn_implementation=model_cfg.attn_implementation
+            )
             if model_cfg.gradient_checkpointing:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                 model.config.use_cache = False
@@ -158,7 +188,9 @@ def load_base_model(model_cfg: ModelConfig, vocab_size: int):
 
 def with_lora(model, lora: LoraAdapterConfig):
     """`apply_lora`, with an image-text model's adapters on its language model only (not the vision tower)."""
-    return apply_lora(model, dataclasses.replace(lora, target_modules=language_model_lora_targets(model, lora.target_modules)))
+    return apply_lora(
+        model, dataclasses.replace(lora, target_modules=language_model_lora_targets(model, lora.target_modules))
+    )
 
 
 def teach(cfg: SAREConfig, accelerator, tokenizer, data: dict) -> str:
@@ -171,9 +203,20 @@ def teach(cfg: SAREConfig, accelerator, tokenizer, data: dict) -> str:
     set_seed(cfg.trainer.seed)
     model = with_lora(load_base_model(dataclasses.replace(cfg.model, lora=None), len(tokenizer)), t.lora)
     run_cfg = dataclasses.replace(
-        cfg.trainer, output_dir=f"{t.output_dir}-run", max_steps=t.max_steps, learning_rate=t.learning_rate,
-        per_device_batch_size=t.batch_size, gradient_accumulation_steps=1, save_steps=0, eval_steps=0,
-        lr_scheduler="constant", warmup_steps=0, warmup_ratio=0.0, save_final_model=False, resume=False)
+        cfg.trainer,
+        output_dir=f"{t.output_dir}-run",
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        per_device_batch_size=t.batch_size,
+        gradient_accumulation_steps=1,
+        save_steps=0,
+        eval_steps=0,
+        lr_scheduler="constant",
+        warmup_steps=0,
+        warmup_ratio=0.0,
+        save_final_model=False,
+        resume=False,
+    )
     trainer = Trainer(run_cfg, model, tokenizer, data["forget"] + data["retain"], accelerator=accelerator)
     trainer.method_name = "sare-teach"
     trainer.train()
@@ -204,7 +247,9 @@ def evaluate(cfg: SAREConfig, model, tokenizer, data: dict, probe: bool) -> dict
         params = [p for p in model.parameters() if p.requires_grad]
         examples = data["forget"][: pr.num_examples]
         out["sharpness"] = {
-            str(rho): sharpness_probe(params, lambda: mean_token_ce(model, examples, pad, grad=True), rho, pr.num_random, cfg.trainer.seed)
+            str(rho): sharpness_probe(
+                params, lambda: mean_token_ce(model, examples, pad, grad=True), rho, pr.num_random, cfg.trainer.seed
+            )
             for rho in pr.rhos
         }
     return out
@@ -225,17 +270,30 @@ def relearning_curve(cfg: SAREConfig, accelerator, model, tokenizer, data: dict,
             curve.append({"n": 0, "emission": unlearned["emission"], "forget_ce": unlearned["forget_ce"]})
             continue
         run_cfg = dataclasses.replace(
-            cfg.trainer, output_dir=str(Path(cfg.trainer.output_dir) / f"relearn-{size}"), max_steps=r.max_steps,
-            learning_rate=r.learning_rate, per_device_batch_size=min(r.batch_size, size // accelerator.num_processes),
-            gradient_accumulation_steps=1, save_steps=0, eval_steps=0, lr_scheduler="constant", warmup_steps=0,
-            warmup_ratio=0.0, save_final_model=False, resume=False, overwrite_output_dir=True)
+            cfg.trainer,
+            output_dir=str(Path(cfg.trainer.output_dir) / f"relearn-{size}"),
+            max_steps=r.max_steps,
+            learning_rate=r.learning_rate,
+            per_device_batch_size=min(r.batch_size, size // accelerator.num_processes),
+            gradient_accumulation_steps=1,
+            save_steps=0,
+            eval_steps=0,
+            lr_scheduler="constant",
+            warmup_steps=0,
+            warmup_ratio=0.0,
+            save_final_model=False,
+            resume=False,
+            overwrite_output_dir=True,
+        )
         Trainer(run_cfg, model, tokenizer, [data["forget"][i] for i in order[:size]], accelerator=accelerator).train()
         model.eval()
-        curve.append({
-            "n": size,
-            "emission": emission_rate(model, tokenizer, data["rows"]["forget"], cfg.method.emission_max_new_tokens),
-            "forget_ce": float(mean_token_ce(model, data["forget"], tokenizer.pad_token_id)),
-        })
+        curve.append(
+            {
+                "n": size,
+                "emission": emission_rate(model, tokenizer, data["rows"]["forget"], cfg.method.emission_max_new_tokens),
+                "forget_ce": float(mean_token_ce(model, data["forget"], tokenizer.pad_token_id)),
+            }
+        )
         logger.info("relearn N=%d: %s", size, curve[-1])
         with torch.no_grad():
             for n, p in params.items():
@@ -252,19 +310,36 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = build_accelerator(cfg.trainer)
     tokenizer = load_tokenizer(cfg.model)
     data = build_data(cfg, tokenizer)
-    logger.info("proxy: %d forget, %d retain (%d facts), %d held-out sentences",
-                len(data["forget"]), len(data["retain"]), len(data["facts"]), len(data["eval_text"]))
+    logger.info(
+        "proxy: %d forget, %d retain (%d facts), %d held-out sentences",
+        len(data["forget"]),
+        len(data["retain"]),
+        len(data["facts"]),
+        len(data["eval_text"]),
+    )
     taught_dir = teach(cfg, accelerator, tokenizer, data)
 
     set_seed(cfg.trainer.seed)
     model = load_base_model(dataclasses.replace(cfg.model, name=taught_dir, lora=None), len(tokenizer))
     model = with_lora(model, cfg.model.lora or LoraAdapterConfig(dropout=0.0))
-    results = {"algorithm": cfg.method.unlearning.algorithm, "config": to_dict(cfg),
-               "pairs": data["pairs"], "taught": evaluate(cfg, model, tokenizer, data, probe=True)}
+    results = {
+        "algorithm": cfg.method.unlearning.algorithm,
+        "config": to_dict(cfg),
+        "pairs": data["pairs"],
+        "taught": evaluate(cfg, model, tokenizer, data, probe=True),
+    }
     logger.info("taught: %s", results["taught"])
 
-    trainer = UnlearningTrainer(cfg.trainer, cfg.method.unlearning, model, tokenizer, data["forget"], data["retain"],
-                                run_config=to_dict(cfg), accelerator=accelerator)
+    trainer = UnlearningTrainer(
+        cfg.trainer,
+        cfg.method.unlearning,
+        model,
+        tokenizer,
+        data["forget"],
+        data["retain"],
+        run_config=to_dict(cfg),
+        accelerator=accelerator,
+    )
     results["train"] = trainer.train()
     model = accelerator.unwrap_model(trainer.model)
     results["unlearned"] = evaluate(cfg, model, tokenizer, data, probe=True)
@@ -275,8 +350,10 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "results.json", results)
         curve = ", ".join(f"N={c['n']}: {c['emission']:.2f}" for c in results["relearn"])
-        print(f"done: {cfg.method.unlearning.algorithm}: emission taught {results['taught']['emission']:.2f} → "
-              f"unlearned {results['unlearned']['emission']:.2f}; relearning {curve}; results.json in {out}")
+        print(
+            f"done: {cfg.method.unlearning.algorithm}: emission taught {results['taught']['emission']:.2f} → "
+            f"unlearned {results['unlearned']['emission']:.2f}; relearning {curve}; results.json in {out}"
+        )
 
 
 if __name__ == "__main__":

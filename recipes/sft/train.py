@@ -1,7 +1,7 @@
 """Supervised fine-tuning (full or LoRA) with a response-only loss on the shared trainer.
 
-    accelerate launch recipes/sft/train.py --config recipes/sft/configs/smollm2_codealpaca.yaml
-    python recipes/sft/train.py --config recipes/sft/configs/tiny_cpu.yaml --trainer.max_steps 5
+accelerate launch recipes/sft/train.py --config recipes/sft/configs/smollm2_codealpaca.yaml
+python recipes/sft/train.py --config recipes/sft/configs/tiny_cpu.yaml --trainer.max_steps 5
 """
 
 from __future__ import annotations
@@ -46,9 +46,13 @@ def main(argv: list[str] | None = None) -> None:
 
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     data = load_sft_data(cfg.data, tokenizer)
-    logger.info("train examples: %d, eval examples: %d, skipped rows: %d", len(data.train), len(data.eval), data.bad_rows.count)
+    logger.info(
+        "train examples: %d, eval examples: %d, skipped rows: %d", len(data.train), len(data.eval), data.bad_rows.count
+    )
 
-    trainer = Trainer(cfg.trainer, model, tokenizer, data.train, data.eval, run_config=to_dict(cfg), accelerator=accelerator)
+    trainer = Trainer(
+        cfg.trainer, model, tokenizer, data.train, data.eval, run_config=to_dict(cfg), accelerator=accelerator
+    )
     result = trainer.train()
     if accelerator.is_main_process:
         print(f"done: {result}; model, metrics.jsonl, training_loss.png and README.md are in {cfg.trainer.output_dir}")

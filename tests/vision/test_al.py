@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from llmkit.vision import VisionError
-from llmkit.vision.al import (UNKNOWN, IndexCollection, Oracle, State, StateIO, StoppingCriteria,
-                              query_precision)
+from llmkit.vision.al import UNKNOWN, IndexCollection, Oracle, State, StateIO, StoppingCriteria, query_precision
 from llmkit.vision.data import as_tensors, initial_labelled, load_digits_split, open_set_split
 from llmkit.vision.loops.active import ActiveConfig, ActiveLoop
 from llmkit.vision.strategies import make_strategy
@@ -101,6 +100,7 @@ def test_stopping_criteria():
 
 # -- the loop -------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def openset_digits():
     split = load_digits_split(0)
@@ -115,15 +115,25 @@ def openset_digits():
 def _loop(openset_digits, stateio, strategy="eaoa", rounds=3, seed=0):
     split, known, x, x_test, y_test, _ = openset_digits
     config = ActiveConfig(budget=8, target_steps=25, detector_steps=25, hidden=(32,))
-    return ActiveLoop(x, Oracle(split.y_train, known_classes=known), make_strategy(strategy, len(known)),
-                      StoppingCriteria("num_of_queries", rounds), stateio, x_test=x_test, y_test=y_test,
-                      num_known=len(known), seed=seed, config=config)
+    return ActiveLoop(
+        x,
+        Oracle(split.y_train, known_classes=known),
+        make_strategy(strategy, len(known)),
+        StoppingCriteria("num_of_queries", rounds),
+        stateio,
+        x_test=x_test,
+        y_test=y_test,
+        num_known=len(known),
+        seed=seed,
+        config=config,
+    )
 
 
 def _fresh_stateio(openset_digits, path):
     _, _, x, _, y_test, init_l = openset_digits
-    return StateIO(0, np.arange(len(x)), np.arange(len(y_test)), init_l, np.setdiff1d(np.arange(len(x)), init_l),
-                   saving_path=path)
+    return StateIO(
+        0, np.arange(len(x)), np.arange(len(y_test)), init_l, np.setdiff1d(np.arange(len(x)), init_l), saving_path=path
+    )
 
 
 @pytest.mark.parametrize("strategy", ["eaoa", "lfosa", "bual", "e2oal", "random"])

@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from llmkit.vision import VisionError
-from llmkit.vision.al import StateIO
+from llmkit.vision.al import Oracle, StateIO, StoppingCriteria
+from llmkit.vision.data import as_tensors, initial_labelled, load_digits_split, open_set_split
+from llmkit.vision.loops.active import ActiveConfig, ActiveLoop
 from llmkit.vision.losses.openset import head_discrepancy, head_discrepancy_loss
 from llmkit.vision.strategies import make_strategy
 from llmkit.vision.strategies.dcfs import data_uncertainty, dcfs_select_positions, distribution_uncertainty
-from llmkit.vision.al import Oracle, StoppingCriteria
-from llmkit.vision.data import as_tensors, initial_labelled, load_digits_split, open_set_split
-from llmkit.vision.loops.active import ActiveConfig, ActiveLoop
 
 ALPHA = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 1.0]], dtype=torch.float64)
 
@@ -19,14 +18,16 @@ ALPHA = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 1.0]], dtype=torch.float64)
 def test_data_uncertainty_by_hand():
     # ψ(n+1) − ψ(m+1) are harmonic sums: (1,1) -> ψ(3)−ψ(2) = 1/2; (2,2) -> 1/3 + 1/4;
     # (3,1) -> 0.75·(1/4) + 0.25·(1/2 + 1/3 + 1/4)
-    assert torch.allclose(data_uncertainty(ALPHA), torch.tensor([0.5, 0.583333, 0.458333], dtype=torch.float64),
-                          atol=1e-6)
+    assert torch.allclose(
+        data_uncertainty(ALPHA), torch.tensor([0.5, 0.583333, 0.458333], dtype=torch.float64), atol=1e-6
+    )
 
 
 def test_distribution_uncertainty_by_hand():
     # H(mean) − expected entropy: ln2 − 0.5, ln2 − 0.583333, 0.562335 − 0.458333
-    assert torch.allclose(distribution_uncertainty(ALPHA),
-                          torch.tensor([0.193147, 0.109814, 0.104002], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        distribution_uncertainty(ALPHA), torch.tensor([0.193147, 0.109814, 0.104002], dtype=torch.float64), atol=1e-6
+    )
 
 
 def test_head_discrepancy_and_loss_by_hand():
@@ -40,20 +41,24 @@ def test_head_discrepancy_and_loss_by_hand():
 
 def test_two_stage_selection_by_hand():
     # coarse: ratio 2 × budget 1 keeps the two least uncertain (positions 0, 1); fine: higher discrepancy -> 1
-    positions = dcfs_select_positions(np.array([0.0, 1, 2, 3]), np.array([0.0, 1, 2, 3]),
-                                      np.array([0.1, 0.9, 5, 5]), 1, candidate_ratio=2)
+    positions = dcfs_select_positions(
+        np.array([0.0, 1, 2, 3]), np.array([0.0, 1, 2, 3]), np.array([0.1, 0.9, 5, 5]), 1, candidate_ratio=2
+    )
     assert positions.tolist() == [1]
 
 
-@pytest.mark.parametrize("call", [
-    lambda: data_uncertainty(torch.tensor([[1.0, -1.0]])),
-    lambda: distribution_uncertainty(torch.tensor([1.0, 2.0])),
-    lambda: head_discrepancy(torch.ones(2, 2), torch.ones(2, 3)),
-    lambda: head_discrepancy_loss(torch.ones(2, 2), torch.ones(2, 2), torch.tensor([True])),
-    lambda: dcfs_select_positions(np.zeros(3), np.zeros(3), np.zeros(2), 1),
-    lambda: dcfs_select_positions(np.zeros(3), np.zeros(3), np.zeros(3), 4),
-    lambda: dcfs_select_positions(np.zeros(3), np.zeros(3), np.zeros(3), 1, candidate_ratio=0.5),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: data_uncertainty(torch.tensor([[1.0, -1.0]])),
+        lambda: distribution_uncertainty(torch.tensor([1.0, 2.0])),
+        lambda: head_discrepancy(torch.ones(2, 2), torch.ones(2, 3)),
+        lambda: head_discrepancy_loss(torch.ones(2, 2), torch.ones(2, 2), torch.tensor([True])),
+        lambda: dcfs_select_positions(np.zeros(3), np.zeros(3), np.zeros(2), 1),
+        lambda: dcfs_select_positions(np.zeros(3), np.zeros(3), np.zeros(3), 4),
+        lambda: dcfs_select_positions(np.zeros(3), np.zeros(3), np.zeros(3), 1, candidate_ratio=0.5),
+    ],
+)
 def test_bad_input_raises_vision_error(call):
     with pytest.raises(VisionError):
         call()
@@ -82,9 +87,18 @@ def _loop(stateio, rounds=3):
     x = as_tensors(split.x_train)
     x_test, y_test = as_tensors(split.x_test[view.is_known], view.known_labels[view.is_known])
     config = ActiveConfig(budget=8, target_steps=25, detector_steps=25, hidden=(32,))
-    return ActiveLoop(x, Oracle(split.y_train, known_classes=known), make_strategy("dcfs", 3),
-                      StoppingCriteria("num_of_queries", rounds), stateio, x_test=x_test, y_test=y_test,
-                      num_known=3, seed=0, config=config)
+    return ActiveLoop(
+        x,
+        Oracle(split.y_train, known_classes=known),
+        make_strategy("dcfs", 3),
+        StoppingCriteria("num_of_queries", rounds),
+        stateio,
+        x_test=x_test,
+        y_test=y_test,
+        num_known=3,
+        seed=0,
+        config=config,
+    )
 
 
 def _fresh_stateio(path):

@@ -51,6 +51,7 @@ def test_add_trigger_sets_the_corner_patch():
 
 # -- FairFAL --------------------------------------------------------------------------------------
 
+
 def test_fairfal_model_choice_by_hand():
     from llmkit.vision.strategies.fairfal import distribution_discrepancy, imbalance_ratio, use_global_model
 
@@ -61,16 +62,18 @@ def test_fairfal_model_choice_by_hand():
 
 
 def test_fairfal_scores_by_hand():
-    from llmkit.vision.strategies.fairfal import (gradient_embeddings, normalised_entropy, prototype_pseudo_classes)
+    from llmkit.vision.strategies.fairfal import gradient_embeddings, normalised_entropy, prototype_pseudo_classes
 
     assert normalised_entropy(torch.tensor([[0.25] * 4, [1.0, 0, 0, 0]])).tolist() == pytest.approx([1.0, 0.0])
     # Class 1 has no labelled example, so every point falls to class 0's prototype.
-    classes = prototype_pseudo_classes(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 0.0]]),
-                                       torch.tensor([0]), 2)
+    classes = prototype_pseudo_classes(
+        torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 0.0]]), torch.tensor([0]), 2
+    )
     assert classes.tolist() == [0, 0]
     # (p − onehot(ŷ)) ⊗ a = (−¼, ¼) ⊗ (1, 2)
     assert gradient_embeddings(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.75, 0.25]])).tolist() == [
-        [-0.25, -0.5, 0.25, 0.5]]
+        [-0.25, -0.5, 0.25, 0.5]
+    ]
 
 
 def test_fairfal_selection_helpers_by_hand():
@@ -94,9 +97,16 @@ def test_fairfal_select_and_long_tail():
     torch.manual_seed(0)
     x = torch.randn(30, 4)
     scorer = ModelScorer(x, {"global": MLP(4, 3, (8,)), "local": MLP(4, 3, (8,))})
-    picked = FairFALSampling(3).select(np.arange(6, 30), 6, scorer=scorer, labelled_idx=np.arange(6),
-                                       labelled_y=np.array([0, 0, 1, 1, 2, 2]), state={"mean_global_imbalance": 0.4})
+    picked = FairFALSampling(3).select(
+        np.arange(6, 30),
+        6,
+        scorer=scorer,
+        labelled_idx=np.arange(6),
+        labelled_y=np.array([0, 0, 1, 1, 2, 2]),
+        state={"mean_global_imbalance": 0.4},
+    )
     assert len(set(picked.tolist())) == 6 and set(picked.tolist()) <= set(range(6, 30))
     with pytest.raises(VisionError, match="labelled examples"):
-        FairFALSampling(3).select(np.arange(6, 30), 6, scorer=scorer, labelled_idx=np.array([], dtype=int),
-                                  labelled_y=np.array([], dtype=int))
+        FairFALSampling(3).select(
+            np.arange(6, 30), 6, scorer=scorer, labelled_idx=np.array([], dtype=int), labelled_y=np.array([], dtype=int)
+        )

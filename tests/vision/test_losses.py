@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from llmkit.vision import VisionError
+from llmkit.vision.loops.distill import aligned_step_gradients
 from llmkit.vision.losses import DPCLoss, DualHeadDistillLoss, EnergyDetectorLoss, TemperatureDetectorLoss
 from llmkit.vision.losses import functional as LF
-from llmkit.vision.loops.distill import aligned_step_gradients
 from llmkit.vision.models import MLP, Outputs
 
 
@@ -18,6 +18,7 @@ def close(a, b, tol=1e-5):
 
 
 # -- DPC (evidential) ---------------------------------------------------------------------------
+
 
 def test_dirichlet_kl_to_uniform_by_hand():
     # KL(Dir(1,2) || Dir(1,1)) = lnΓ(3) − lnΓ(2) − lnΓ(1) − lnΓ(2) + (2−1)(ψ(2) − ψ(3)) = ln 2 − 1/2
@@ -64,6 +65,7 @@ def test_label_margin_by_hand():
 
 # -- open-set detector losses -------------------------------------------------------------------
 
+
 def test_energy_score_and_margin_loss_by_hand():
     assert close(LF.energy_score(torch.zeros(1, 2))[0], -math.log(2))
     # C = 2. Known row: known logits (0, 0) → E_in = −ln 2; unknown row: (10, 10) → E_out = −10 − ln 2.
@@ -85,11 +87,13 @@ def test_eaoa_detector_loss_is_plain_ce_before_any_unknown():
 
 def test_temperature_cross_entropy_by_hand():
     # logits (1, 0) / 0.5 = (2, 0); CE for class 0 = ln(1 + e^−2)
-    assert close(LF.temperature_cross_entropy(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), 0.5),
-                 math.log(1 + math.exp(-2)))
+    assert close(
+        LF.temperature_cross_entropy(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), 0.5), math.log(1 + math.exp(-2))
+    )
     # Per-example temperatures: row 2 uses T = 1 → ln(1 + e^−1)
-    per_row = LF.temperature_cross_entropy(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 0]),
-                                           torch.tensor([0.5, 1.0]), reduction="none")
+    per_row = LF.temperature_cross_entropy(
+        torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 0]), torch.tensor([0.5, 1.0]), reduction="none"
+    )
     assert close(per_row[1], math.log(1 + math.exp(-1)))
     loss = TemperatureDetectorLoss(1, known_temperature=0.5, unknown_temperature=1.0)
     assert close(loss(torch.tensor([[0.0, 1.0]]), torch.tensor([1])), math.log(1 + math.exp(-1)))
@@ -103,6 +107,7 @@ def test_complementary_label_loss_by_hand():
 
 
 # -- distillation -------------------------------------------------------------------------------
+
 
 def test_kd_loss_by_hand():
     # T = 1, teacher (½, ½), student (¾, ¼): KL = ½ ln(½/¾) + ½ ln(½/¼) = ½ ln(4/3)
@@ -161,8 +166,9 @@ def test_distillation_parts_modes_and_errors():
     assert close(parts.task, ce) and close(parts.aux, 0.5 * math.log(4 / 3))
     assert close(LF.distillation_parts(logits, torch.tensor([0]), teacher, mode="ce").aux, 0.0)
     # No labelled rows: the CE part is zero, distillation still applies.
-    none = LF.distillation_parts(logits, torch.tensor([0]), teacher, mode="kd", kd_temperature=1.0,
-                                 labelled_mask=torch.tensor([False]))
+    none = LF.distillation_parts(
+        logits, torch.tensor([0]), teacher, mode="kd", kd_temperature=1.0, labelled_mask=torch.tensor([False])
+    )
     assert close(none.task, 0.0) and none.aux > 0
     with pytest.raises(VisionError, match="auxiliary head"):
         LF.distillation_parts(logits, torch.tensor([0]), teacher, mode="dhkd")
@@ -173,10 +179,10 @@ def test_distillation_parts_modes_and_errors():
 def test_aligned_gradients_never_oppose_the_task_gradient():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
-    task = (w * torch.tensor([1.0, 0.0])).sum()      # g_task = (1, 0)
-    aux = (w * torch.tensor([-2.0, 1.0])).sum()      # g_aux = (−2, 1): conflicts
+    task = (w * torch.tensor([1.0, 0.0])).sum()  # g_task = (1, 0)
+    aux = (w * torch.tensor([-2.0, 1.0])).sum()  # g_aux = (−2, 1): conflicts
     aligned_step_gradients([w], task, aux)
-    assert w.grad.tolist() == [1.0, 1.0]             # (1, 0) + (0, 1)
+    assert w.grad.tolist() == [1.0, 1.0]  # (1, 0) + (0, 1)
 
 
 def test_edl_loss_by_hand():
@@ -186,6 +192,7 @@ def test_edl_loss_by_hand():
 
 
 # -- BLDR ---------------------------------------------------------------------------------------
+
 
 def test_bldr_over_parameterised_probabilities_by_hand():
     from llmkit.vision.losses.noisy import over_parameterised_probabilities
@@ -200,25 +207,33 @@ def test_bldr_over_parameterised_probabilities_by_hand():
 
 
 def test_bldr_losses_by_hand():
-    from llmkit.vision.losses.noisy import (bldr_negative_loss, bldr_positive_loss, complementary_targets,
-                                            nl_sample_weights)
+    from llmkit.vision.losses.noisy import (
+        bldr_negative_loss,
+        bldr_positive_loss,
+        complementary_targets,
+        nl_sample_weights,
+    )
 
     assert complementary_targets(torch.tensor([[0.0, 5.0, 1.0]]), torch.tensor([0])).tolist() == [[0, 0, 1]]
     # Flat 3-class NL head, label 0 (also the argmax): −2·log(1 − ⅓) = 2 ln 1.5
     assert close(bldr_negative_loss(torch.zeros(1, 3), torch.tensor([0])), 2 * math.log(1.5))
     # u = v = 0, no ratio or balance term: plain CE on softmax
     logits = torch.tensor([[math.log(3), 0.0]])
-    assert close(bldr_positive_loss(logits, torch.tensor([0]), torch.zeros(1, 2), torch.zeros(1, 2),
-                                    balance_weight=0.0), -math.log(0.75))
+    assert close(
+        bldr_positive_loss(logits, torch.tensor([0]), torch.zeros(1, 2), torch.zeros(1, 2), balance_weight=0.0),
+        -math.log(0.75),
+    )
     # NL probabilities of the given labels: .75, .5, .1 → weights (1, .4/.65, 0); 1 of 3 below 0.3
-    weights, ratio = nl_sample_weights(torch.tensor([[math.log(3), 0.0], [0.0, 0.0], [0.0, math.log(9)]]),
-                                       torch.tensor([0, 1, 0]))
+    weights, ratio = nl_sample_weights(
+        torch.tensor([[math.log(3), 0.0], [0.0, 0.0], [0.0, math.log(9)]]), torch.tensor([0, 1, 0])
+    )
     assert np.allclose(weights.numpy(), [1.0, 0.4 / 0.65, 0.0], atol=1e-6) and close(ratio, 1 / 3)
     with pytest.raises(VisionError, match="share a shape"):
         bldr_positive_loss(logits, torch.tensor([0]), torch.zeros(1, 3), torch.zeros(1, 2))
 
 
 # -- RDD ----------------------------------------------------------------------------------------
+
 
 def test_rdd_weights_and_hard_masks_by_hand():
     main, aux = torch.zeros(1, 2), torch.tensor([[math.log(3), 0.0]])
@@ -233,8 +248,8 @@ def test_rdd_weights_and_hard_masks_by_hand():
 
 def test_rdd_stage_two_uses_only_xor_hard_examples():
     target = torch.tensor([0, 0])
-    student = torch.tensor([[0.0, 0.0], [5.0, 0.0]])   # example 0 hard for the student (p = .5), 1 easy
-    teacher = torch.tensor([[5.0, 0.0], [5.0, 0.0]])   # both easy for the teacher
+    student = torch.tensor([[0.0, 0.0], [5.0, 0.0]])  # example 0 hard for the student (p = .5), 1 easy
+    teacher = torch.tensor([[5.0, 0.0], [5.0, 0.0]])  # both easy for the teacher
     kd = LF.kd_loss(student, teacher, 1.0)
     assert close(LF.rdd_loss(student, teacher, teacher, target, stage=2), math.log(2) + float(kd))
     # Stage 1 with identical teacher heads: weights 1 → mean CE over both examples

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from llmkit.vision import VisionError
+from llmkit.vision import VisionError, run
 from llmkit.vision.data import as_tensors, load_digits_split, symmetric_noise
 from llmkit.vision.gmm import two_gmm_posterior
 from llmkit.vision.loops.noisy import NoisyConfig, train_noisy
 from llmkit.vision.models import MLP, Outputs, SmallCNN, as_outputs
-from llmkit.vision import run
 
 
 def test_models_return_named_outputs_with_all_heads():
@@ -53,8 +52,16 @@ def test_dpc_loss_beats_ce_at_40_percent_symmetric_noise(noisy_digits):
 
 def test_margin_selection_keeps_a_cleaner_set_than_the_noise_rate(noisy_digits):
     x, y, clean, x_test, y_test = noisy_digits
-    result = train_noisy("dpc+select", x, y, x_test, y_test, seed=0, clean_y=clean,
-                         config=NoisyConfig(epochs=6, warmup_epochs=5, hidden=(128, 128)))
+    result = train_noisy(
+        "dpc+select",
+        x,
+        y,
+        x_test,
+        y_test,
+        seed=0,
+        clean_y=clean,
+        config=NoisyConfig(epochs=6, warmup_epochs=5, hidden=(128, 128)),
+    )
     actual_clean = float((y == clean).float().mean() * 100)
     assert result.kept_precision > actual_clean + 20
     with pytest.raises(VisionError, match="unknown noisy-label method"):

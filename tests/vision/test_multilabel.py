@@ -7,20 +7,28 @@ import pytest
 import torch
 
 from llmkit.vision import VisionError
-from llmkit.vision.losses.multilabel import (L2DLoss, asymmetric_loss, cap_pseudo_labels, class_aware_distillation,
-                                             fixed_threshold_pseudo_labels, instance_aware_distillation,
-                                             mean_average_precision, multilabel_logit_distillation,
-                                             structural_distances, structure_loss)
+from llmkit.vision.losses.multilabel import (
+    L2DLoss,
+    asymmetric_loss,
+    cap_pseudo_labels,
+    class_aware_distillation,
+    fixed_threshold_pseudo_labels,
+    instance_aware_distillation,
+    mean_average_precision,
+    multilabel_logit_distillation,
+    structural_distances,
+    structure_loss,
+)
 from llmkit.vision.models import LabelWiseMLP, Outputs
 
 
 def test_asymmetric_loss_by_hand():
     # p = σ(0) = ½. Positive entry: −log ½. Negative entry: p_m = ½ − 0.05 = 0.45 → −0.45⁴·log(0.55).
     logits = torch.zeros(1, 2)
-    expected = math.log(2) - 0.45 ** 4 * math.log(0.55)
+    expected = math.log(2) - 0.45**4 * math.log(0.55)
     assert math.isclose(float(asymmetric_loss(logits, torch.tensor([[1.0, 0.0]]))), expected, rel_tol=1e-6)
     masked = asymmetric_loss(logits, torch.tensor([[1.0, 0.0]]), weight=torch.tensor([[0.0, 1.0]]))
-    assert math.isclose(float(masked), -0.45 ** 4 * math.log(0.55), rel_tol=1e-6)
+    assert math.isclose(float(masked), -(0.45**4) * math.log(0.55), rel_tol=1e-6)
     with pytest.raises(VisionError, match="differ in shape"):
         asymmetric_loss(logits, torch.zeros(2, 2))
 
@@ -28,7 +36,7 @@ def test_asymmetric_loss_by_hand():
 def test_cap_pseudo_labels_match_the_prior_by_hand():
     probs = torch.tensor([[0.9], [0.2], [0.6], [0.1]])
     pseudo, mask = cap_pseudo_labels(probs, torch.tensor([0.5]))
-    assert pseudo[:, 0].tolist() == [1, 0, 1, 0]          # the 2 (= ½·4) largest are positive
+    assert pseudo[:, 0].tolist() == [1, 0, 1, 0]  # the 2 (= ½·4) largest are positive
     assert mask[:, 0].tolist() == [1, 1, 1, 1]
     # ρ⁺ = ½ keeps only the single most confident positive; negatives: bottom round(.998·½·4) = 2
     _, mask = cap_pseudo_labels(probs, torch.tensor([0.5]), rho_pos=0.5)
@@ -60,16 +68,21 @@ def test_cd_and_id_are_zero_for_a_rescaled_teacher_and_positive_otherwise():
     assert float(class_aware_distillation(2 * teacher, teacher, targets)) == pytest.approx(0.0, abs=1e-5)
     assert float(instance_aware_distillation(2 * teacher, teacher, targets)) == pytest.approx(0.0, abs=1e-5)
     other = torch.randn(4, 3, 2)
-    assert class_aware_distillation(other, teacher, targets) > 0 and instance_aware_distillation(other, teacher,
-                                                                                                 targets) > 0
+    assert (
+        class_aware_distillation(other, teacher, targets) > 0
+        and instance_aware_distillation(other, teacher, targets) > 0
+    )
     # Groups with < 2 members contribute nothing.
     assert float(instance_aware_distillation(other, teacher, torch.zeros(4, 3))) == 0.0
 
 
 def test_mld_and_l2d_loss():
     # MLD = BinaryKL at T = 1: σ(0) vs σ(ln 3) → ½ ln(4/3)
-    assert math.isclose(float(multilabel_logit_distillation(torch.tensor([[math.log(3)]]), torch.zeros(1, 1))),
-                        0.5 * math.log(4 / 3), rel_tol=1e-6)
+    assert math.isclose(
+        float(multilabel_logit_distillation(torch.tensor([[math.log(3)]]), torch.zeros(1, 1))),
+        0.5 * math.log(4 / 3),
+        rel_tol=1e-6,
+    )
     torch.manual_seed(0)
     model = LabelWiseMLP(6, 3, hidden=(8,), embed_dim=4)
     out = model(torch.randn(5, 6))

@@ -9,8 +9,13 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from llmkit.vision import VisionError
-from llmkit.vision.losses.partial import (candidate_sets, meta_weight_gradient, normalise_over_candidates,
-                                          self_training_weights, weighted_candidate_loss)
+from llmkit.vision.losses.partial import (
+    candidate_sets,
+    meta_weight_gradient,
+    normalise_over_candidates,
+    self_training_weights,
+    weighted_candidate_loss,
+)
 from llmkit.vision.models import MLP
 
 
@@ -31,8 +36,9 @@ def test_candidate_weights_by_hand():
     st = self_training_weights(torch.tensor([[0.0, math.log(3), math.log(6)]]), candidates[:1])
     assert torch.allclose(st, torch.tensor([[0.25, 0.75, 0.0]]))
     # Σ w·(−log p) with p = ½ for both classes: ln 2
-    assert math.isclose(float(weighted_candidate_loss(torch.zeros(1, 2), torch.tensor([[0.3, 0.7]]))), math.log(2),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        float(weighted_candidate_loss(torch.zeros(1, 2), torch.tensor([[0.3, 0.7]]))), math.log(2), rel_tol=1e-6
+    )
 
 
 def test_meta_weight_gradient_matches_finite_differences():

@@ -24,9 +24,9 @@ def image(*pixels):
 
 # Target: pixels (0,0)=0, (0,1)=1, (1,0)=0, (1,1) ignored. Ignored pixel logits are extreme on purpose.
 TARGET = torch.tensor([[[0, 1], [0, 255]]])
-STUDENT = image([0, 0], [L3, 0], [L3, 0], [-10, 10])     # p_true .5, .25, .75 → hard, hard, easy
-TEACHER = image([L3, 0], [0, 0], [0, 0], [10, -10])      # p_true .75, .5, .5 → easy, hard, hard
-AUX = image([0, 0], [0, 0], [0, 0], [-10, 10])           # disagrees with the main head only at (0,0) (and (1,1))
+STUDENT = image([0, 0], [L3, 0], [L3, 0], [-10, 10])  # p_true .5, .25, .75 → hard, hard, easy
+TEACHER = image([L3, 0], [0, 0], [0, 0], [10, -10])  # p_true .75, .5, .5 → easy, hard, hard
+AUX = image([0, 0], [0, 0], [0, 0], [-10, 10])  # disagrees with the main head only at (0,0) (and (1,1))
 
 
 def test_hand_case_weights_masks_and_min_kept_over_valid_pixels():
@@ -79,8 +79,9 @@ def test_per_pixel_equals_per_sample_on_flattened_valid_pixels():
     rs, rt, ra = as_rows(s, target), as_rows(t, target), as_rows(a, target)
     assert torch.allclose(LF.teacher_disagreement_weights(t, a)[valid], LF.teacher_disagreement_weights(rt, ra))
     for min_kept in (0, 5, 40):
-        assert torch.equal(LF.hard_example_mask(s, target, 0.3, min_kept)[valid],
-                           LF.hard_example_mask(rs, labels, 0.3, min_kept))
+        assert torch.equal(
+            LF.hard_example_mask(s, target, 0.3, min_kept)[valid], LF.hard_example_mask(rs, labels, 0.3, min_kept)
+        )
         for stage in (1, 2):
             pixel = LF.rdd_loss(s, t, a, target, stage=stage, threshold=0.3, min_kept=min_kept)
             rows = LF.rdd_loss(rs, rt, ra, labels, stage=stage, threshold=0.3, min_kept=min_kept)
@@ -96,8 +97,10 @@ def test_ignored_pixels_change_nothing_and_get_no_gradient():
     s2, t2, a2 = scramble(s), scramble(t), scramble(a)
     for stage in (1, 2):
         for min_kept in (0, 10):
-            assert close(LF.rdd_loss(s, t, a, target, stage=stage, min_kept=min_kept),
-                         LF.rdd_loss(s2, t2, a2, target, stage=stage, min_kept=min_kept))
+            assert close(
+                LF.rdd_loss(s, t, a, target, stage=stage, min_kept=min_kept),
+                LF.rdd_loss(s2, t2, a2, target, stage=stage, min_kept=min_kept),
+            )
     assert torch.equal(LF.hard_example_mask(s, target, min_kept=10), LF.hard_example_mask(s2, target, min_kept=10))
     student = s.clone().requires_grad_(True)
     LF.rdd_loss(student, t, a, target, stage=2, min_kept=10).backward()
@@ -127,6 +130,7 @@ def test_shape_and_label_errors():
 
 
 # -- data, model, metrics, loop ---------------------------------------------------------------------
+
 
 def test_make_shapes_and_segnet():
     from llmkit.vision.data import SHAPE_CLASSES, make_shapes, outline, shape_mask
@@ -172,14 +176,25 @@ def test_per_pixel_rdd_student_runs_every_arm():
     from llmkit.vision.models import SegNet
 
     x, y = as_tensors(*make_shapes(8, np.random.default_rng(0), size=16, radius=(3, 5)))
-    two_head = lambda o, t: F.cross_entropy(o.heads[0], t, ignore_index=255) + 0.4 * F.cross_entropy(
-        o.heads[1], t, ignore_index=255)
+    two_head = lambda o, t: (
+        F.cross_entropy(o.heads[0], t, ignore_index=255) + 0.4 * F.cross_entropy(o.heads[1], t, ignore_index=255)
+    )
     torch.manual_seed(0)
     teacher = fit(SegNet(4, 4, num_heads=2), x, y, two_head, steps=3, lr=1e-2)
     for arm in ("ce", "kd", "rdd"):
         torch.manual_seed(0)
-        student = train_rdd_student(x, y, teacher, arm=arm, steps=4, lr=1e-2, student=SegNet(4, 2, (2,)),
-                                    batch_size=4, min_kept=20, poly_power=0.9 if arm == "rdd" else None)
+        student = train_rdd_student(
+            x,
+            y,
+            teacher,
+            arm=arm,
+            steps=4,
+            lr=1e-2,
+            student=SegNet(4, 2, (2,)),
+            batch_size=4,
+            min_kept=20,
+            poly_power=0.9 if arm == "rdd" else None,
+        )
         miou, acc = segmentation_scores(student, x, y, 4)
         assert 0 <= miou <= 100 and 0 <= acc <= 100
         assert all(torch.isfinite(p).all() for p in student.parameters())

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from llmkit.vision import VisionError
-from llmkit.vision.data import (asymmetric_noise, initial_labelled, inject_noise, load_digits_split, make_multilabel,
-                                open_set_split, pair_noise, symmetric_noise)
+from llmkit.vision.data import (
+    asymmetric_noise,
+    initial_labelled,
+    inject_noise,
+    load_digits_split,
+    make_multilabel,
+    open_set_split,
+    pair_noise,
+    symmetric_noise,
+)
 
 
 def test_digits_split_is_stratified_and_scaled():
@@ -66,8 +74,9 @@ def test_tensors_from_any_torch_dataset():
 
     from llmkit.vision.data import tensors_from_dataset
 
-    x, y = tensors_from_dataset(TensorDataset(torch.ones(5, 1, 8, 8, dtype=torch.float64), torch.arange(5)),
-                                batch_size=2)
+    x, y = tensors_from_dataset(
+        TensorDataset(torch.ones(5, 1, 8, 8, dtype=torch.float64), torch.arange(5)), batch_size=2
+    )
     assert x.shape == (5, 1, 8, 8) and x.dtype == torch.float32 and y.tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(VisionError, match="empty"):
         tensors_from_dataset(TensorDataset(torch.zeros(0, 2), torch.zeros(0)))

@@ -8,10 +8,21 @@ import torch
 
 from llmkit.vision import VisionError
 from llmkit.vision.models import Outputs
-from llmkit.vision.strategies import (EAOASampling, LfOSASampling, QueryResult, RandomSampling, UncertaintySampling,
-                                      make_strategy)
-from llmkit.vision.strategies.eaoa import (aleatoric_uncertainty, data_epistemic_uncertainty, eaoa_select_positions,
-                                           model_epistemic_uncertainty, update_candidate_multiplier)
+from llmkit.vision.strategies import (
+    EAOASampling,
+    LfOSASampling,
+    QueryResult,
+    RandomSampling,
+    UncertaintySampling,
+    make_strategy,
+)
+from llmkit.vision.strategies.eaoa import (
+    aleatoric_uncertainty,
+    data_epistemic_uncertainty,
+    eaoa_select_positions,
+    model_epistemic_uncertainty,
+    update_candidate_multiplier,
+)
 from llmkit.vision.strategies.lfosa import lfosa_utilities
 from llmkit.vision.strategies.uncertainty import entropy_utility, least_confidence_utility, margin_utility
 
@@ -29,10 +40,14 @@ class FakeScorer:
 
 # -- closed-set baselines -------------------------------------------------------------------------
 
+
 def test_uncertainty_measures_by_hand():
     probs = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.5, 0.3, 0.2]])
-    assert np.allclose(entropy_utility(probs), [math.log(2), 0.0, -(0.5 * math.log(0.5) + 0.3 * math.log(0.3)
-                                                                   + 0.2 * math.log(0.2))], atol=1e-6)
+    assert np.allclose(
+        entropy_utility(probs),
+        [math.log(2), 0.0, -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))],
+        atol=1e-6,
+    )
     assert np.allclose(least_confidence_utility(probs), [0.5, 0.0, 0.5])
     assert np.allclose(margin_utility(probs), [0.0, -1.0, -0.2])
 
@@ -40,8 +55,9 @@ def test_uncertainty_measures_by_hand():
 def test_entropy_sampling_returns_pool_indices_most_uncertain_first():
     # Global examples 0..3; pool = {1, 2, 3}. Example 3 is flat (most uncertain), 1 is confident.
     logits = [[0, 0], [9, 0], [1, 0], [0, 0]]
-    result = UncertaintySampling("entropy").select(np.array([1, 2, 3]), 2, scorer=FakeScorer(target=logits),
-                                                   return_utilities=True)
+    result = UncertaintySampling("entropy").select(
+        np.array([1, 2, 3]), 2, scorer=FakeScorer(target=logits), return_utilities=True
+    )
     assert isinstance(result, QueryResult)
     assert result.indices.tolist() == [3, 2]
     assert result.utilities.shape == (3,)
@@ -56,10 +72,16 @@ def test_random_sampling_is_a_reproducible_subset():
         RandomSampling().select(pool, 10)
 
 
-@pytest.mark.parametrize("pool,budget,message", [
-    ([], 1, "empty"), ([1, 2], 3, "exceeds"), ([1, 2], 0, "positive"), ([1, 1], 1, "duplicate"),
-    ([1, 2], 1.5, "positive integer"),
-])
+@pytest.mark.parametrize(
+    "pool,budget,message",
+    [
+        ([], 1, "empty"),
+        ([1, 2], 3, "exceeds"),
+        ([1, 2], 0, "positive"),
+        ([1, 1], 1, "duplicate"),
+        ([1, 2], 1.5, "positive integer"),
+    ],
+)
 def test_bad_queries_raise_clear_errors(pool, budget, message):
     with pytest.raises(VisionError, match=message):
         RandomSampling().select(np.array(pool), budget, rng=np.random.default_rng(0))
@@ -73,6 +95,7 @@ def test_make_strategy_rejects_unknown_names():
 
 
 # -- LfOSA ----------------------------------------------------------------------------------------
+
 
 def test_lfosa_utilities_split_each_predicted_class_by_max_activation():
     # C = 2 (+ unknown column 2). Rows 0-3 predicted class 0 with activations 10, 10.2, 1, 1.1;
@@ -89,18 +112,20 @@ def test_lfosa_utilities_split_each_predicted_class_by_max_activation():
 
 # -- EAOA -----------------------------------------------------------------------------------------
 
+
 def test_model_epistemic_uncertainty_by_hand():
     # C = 2: −logsumexp(0, 0) + softplus(0) = −ln 2 + ln 2 = 0; −logsumexp(ln 3, ln 1) + softplus(ln 3) = −ln 4 + ln 4
     eu = model_epistemic_uncertainty(torch.tensor([[0.0, 0.0, 0.0], [math.log(3), 0.0, math.log(3)]]), 2)
     assert np.allclose(eu, [0.0, 0.0], atol=1e-6)
     eu = model_epistemic_uncertainty(torch.tensor([[0.0, 0.0, 2.0]]), 2)
-    assert math.isclose(float(eu[0]), -math.log(2) + math.log(1 + math.e ** 2), rel_tol=1e-6)
+    assert math.isclose(float(eu[0]), -math.log(2) + math.log(1 + math.e**2), rel_tol=1e-6)
 
 
 def test_aleatoric_uncertainty_is_log_of_non_top_mass():
     # logits (0, ln 3) → p = (¼, ¾): AU = log ¼
-    assert math.isclose(float(aleatoric_uncertainty(torch.tensor([[0.0, math.log(3)]]))[0]), math.log(0.25),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        float(aleatoric_uncertainty(torch.tensor([[0.0, math.log(3)]]))[0]), math.log(0.25), rel_tol=1e-6
+    )
 
 
 def test_data_epistemic_uncertainty_by_hand():
@@ -129,10 +154,10 @@ def test_eaoa_selection_is_purity_then_informativeness():
 
 
 def test_eaoa_k1_moves_towards_the_precision_target():
-    assert update_candidate_multiplier(5, 0.9) == 6      # precise enough: look wider for informative ones
-    assert update_candidate_multiplier(5, 0.3) == 4      # too many unknowns: be purer
-    assert update_candidate_multiplier(1, 0.0) == 1      # never below 1
-    assert update_candidate_multiplier(5, 0.62) == 5     # within tolerance
+    assert update_candidate_multiplier(5, 0.9) == 6  # precise enough: look wider for informative ones
+    assert update_candidate_multiplier(5, 0.3) == 4  # too many unknowns: be purer
+    assert update_candidate_multiplier(1, 0.0) == 1  # never below 1
+    assert update_candidate_multiplier(5, 0.62) == 5  # within tolerance
     strategy = EAOASampling(2)
     assert strategy.update_state(strategy.initial_state(), 1.0) == {"k1": 6}
 
@@ -150,6 +175,7 @@ def test_eaoa_select_returns_known_looking_examples():
 
 
 # -- BUAL -----------------------------------------------------------------------------------------
+
 
 def test_bidirectional_scores_by_hand():
     from llmkit.vision.strategies.bual import bidirectional_scores
@@ -178,15 +204,20 @@ def test_bual_select_drops_predicted_unknowns_and_takes_lowest_scores():
     detector = [[5, 0, 0], [5, 0, 0], [0, 0, 5], [0, 5, 0]]  # example 2 is predicted unknown (class C = 2)
     strategy = make_strategy("bual", 2)
     # a ≈ (0, 0, 1, 0); r = 1 → score = u_P (normalised) for 0, 1, 3: (1, .5, .125) → 3, then 1; 2 is dropped.
-    picked = strategy.select(np.arange(4), 2, scorer=Scorer(detector=detector), labelled_y=np.array([0, -1]),
-                             state={"r": 1.0})
+    picked = strategy.select(
+        np.arange(4), 2, scorer=Scorer(detector=detector), labelled_y=np.array([0, -1]), state={"r": 1.0}
+    )
     assert 2 not in picked.tolist() and set(picked.tolist()) == {1, 3}
     # Round 1 (no unknown labelled yet): no aux classifier, lowest u_N first → 2 then 3.
-    assert strategy.select(np.arange(4), 2, scorer=Scorer(), labelled_y=np.array([0]), state={"r": 0.0}).tolist() == [2, 3]
+    assert strategy.select(np.arange(4), 2, scorer=Scorer(), labelled_y=np.array([0]), state={"r": 0.0}).tolist() == [
+        2,
+        3,
+    ]
     assert strategy.update_state({"r": 0.0}, 0.8) == {"r": 0.8}
 
 
 # -- E2OAL ----------------------------------------------------------------------------------------
+
 
 def test_e2oal_scores_by_hand():
     from llmkit.vision.strategies.e2oal import e2oal_informativeness, js_divergence, known_unknown_margin
@@ -210,8 +241,9 @@ def test_e2oal_candidate_size_and_target_update_by_hand():
     assert update_target_precision(0.6, 0.9) == pytest.approx(0.3)
     assert update_target_precision(0.6, 0.0) == 1.0  # clipped
     # One class, L = 2, B = 1: candidates = the 2 largest margins {0, 1}; the more informative is 1.
-    assert e2oal_select_positions(np.array([3.0, 2.0, 1.0]), np.array([0.1, 0.5, 0.9]), np.zeros(3, int), 1, 1,
-                                  2).tolist() == [1]
+    assert e2oal_select_positions(
+        np.array([3.0, 2.0, 1.0]), np.array([0.1, 0.5, 0.9]), np.zeros(3, int), 1, 1, 2
+    ).tolist() == [1]
 
 
 def test_f1_product_and_cluster_estimate():
@@ -235,9 +267,14 @@ def test_f1_product_and_cluster_estimate():
 
 # -- Lewis-weight one-shot AL ----------------------------------------------------------------------
 
+
 def test_lewis_weights_by_hand():
-    from llmkit.vision.strategies.lewis import (leverage_scores, lewis_weights, multi_model_sampling_probabilities,
-                                                weighted_least_squares_head)
+    from llmkit.vision.strategies.lewis import (
+        leverage_scores,
+        lewis_weights,
+        multi_model_sampling_probabilities,
+        weighted_least_squares_head,
+    )
 
     assert np.allclose(leverage_scores(np.eye(3)), [1, 1, 1])
     assert np.allclose(leverage_scores(np.array([[1.0], [1.0]])), [0.5, 0.5])
@@ -258,5 +295,5 @@ def test_lewis_one_shot_returns_a_pool_subset():
     from llmkit.vision.strategies import LewisOneShot
 
     features = np.random.default_rng(1).standard_normal((40, 3))
-    picked = LewisOneShot([features, features ** 2]).select(np.arange(10, 40), 5, rng=np.random.default_rng(0))
+    picked = LewisOneShot([features, features**2]).select(np.arange(10, 40), 5, rng=np.random.default_rng(0))
     assert len(set(picked.tolist())) == 5 and set(picked.tolist()) <= set(range(10, 40))

@@ -41,8 +41,22 @@ def test_collect_copies_each_table_under_its_name(tmp_path):
 
 
 def test_every_experiment_is_one_module_with_the_old_names():
-    assert EXPERIMENTS == ("dpc", "openset-al", "dhkd", "l2d", "cap", "cdcr", "ccmn", "mogd", "lewis", "flain",
-                           "fairfal", "rdd", "rdd-seg", "optimum-shift")
+    assert EXPERIMENTS == (
+        "dpc",
+        "openset-al",
+        "dhkd",
+        "l2d",
+        "cap",
+        "cdcr",
+        "ccmn",
+        "mogd",
+        "lewis",
+        "flain",
+        "fairfal",
+        "rdd",
+        "rdd-seg",
+        "optimum-shift",
+    )
     assert run.RUNNERS is RUNNERS and all(callable(f) for f in RUNNERS.values())
     assert {f.__module__.rsplit(".", 1)[1] for f in RUNNERS.values()} == {e.replace("-", "_") for e in EXPERIMENTS}
 

@@ -18,7 +18,18 @@ from llmkit.data.selection.methods import (
 )
 
 __all__ = [
-    "cdas_quotas", "cdas_select", "centroid_loss", "cluster_histogram_kl", "coverage_report", "distribution_select",
-    "ifd_from_nll", "kcenter_select", "kmeans_clusters", "mean_nearest_selected_similarity", "random_select",
-    "score_ifd", "sequence_mean_nll", "top_ifd_select",
+    "cdas_quotas",
+    "cdas_select",
+    "centroid_loss",
+    "cluster_histogram_kl",
+    "coverage_report",
+    "distribution_select",
+    "ifd_from_nll",
+    "kcenter_select",
+    "kmeans_clusters",
+    "mean_nearest_selected_similarity",
+    "random_select",
+    "score_ifd",
+    "sequence_mean_nll",
+    "top_ifd_select",
 ]

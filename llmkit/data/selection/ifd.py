@@ -68,7 +68,9 @@ class IFDInputs:
     response_ids: list[int]
 
 
-def build_ifd_inputs(tokenizer, instruction: str, response: str, max_length: int, prompt_format: str = IFD_PROMPT) -> IFDInputs:
+def build_ifd_inputs(
+    tokenizer, instruction: str, response: str, max_length: int, prompt_format: str = IFD_PROMPT
+) -> IFDInputs:
     """The conditioned sequence (prompt masked, truncated to `max_length`) and the response alone."""
     prompt_ids = tokenizer(prompt_format.format(instruction=instruction), add_special_tokens=True)["input_ids"]
     answer_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
@@ -86,14 +88,23 @@ def pair_key(instruction: str, response: str) -> str:
 @torch.no_grad()
 def _batch_nll(model, sequences: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in pad_right([i for i, _ in sequences], pad_id, [l for _, l in sequences]).items()}
+    batch = {
+        k: v.to(device) for k, v in pad_right([i for i, _ in sequences], pad_id, [l for _, l in sequences]).items()
+    }
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return sequence_mean_nll(logits, batch["labels"]).cpu().tolist()
 
 
 def score_ifd(
-    model, tokenizer, instructions: Sequence[str], responses: Sequence[str], scores_path: str | os.PathLike,
-    max_length: int = 2048, batch_size: int = 8, prompt_format: str = IFD_PROMPT, show_progress: bool = True,
+    model,
+    tokenizer,
+    instructions: Sequence[str],
+    responses: Sequence[str],
+    scores_path: str | os.PathLike,
+    max_length: int = 2048,
+    batch_size: int = 8,
+    prompt_format: str = IFD_PROMPT,
+    show_progress: bool = True,
 ) -> tuple[np.ndarray, int]:
     """IFD of every pair, reusing scores in `scores_path` (JSON lines ``{key, cond_nll, uncond_nll}``).
 

@@ -46,7 +46,9 @@ def cdas_select(ifd: np.ndarray, clusters: np.ndarray, ratio: float = 0.4, max_i
     return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
 
 
-def cdas_quotas(ifd: np.ndarray, clusters: np.ndarray, ratio: float = 0.4, max_ifd: float = 1.0) -> dict[int, dict[str, int]]:
+def cdas_quotas(
+    ifd: np.ndarray, clusters: np.ndarray, ratio: float = 0.4, max_ifd: float = 1.0
+) -> dict[int, dict[str, int]]:
     """Per cluster: pool size, size after the IFD filter, and the number kept (for reports)."""
     ifd, clusters = np.asarray(ifd, dtype=np.float64), np.asarray(clusters)
     out = {}
@@ -109,8 +111,14 @@ def centroid_loss(features: torch.Tensor, theta: torch.Tensor, tau: float = 0.07
 
 
 def train_centroids(
-    features: torch.Tensor, m: int, tau: float = 0.07, balance: float = 1.0, iterations: int = 300,
-    lr: float = 1e-3, slice_size: int = 20_000, seed: int = 0,
+    features: torch.Tensor,
+    m: int,
+    tau: float = 0.07,
+    balance: float = 1.0,
+    iterations: int = 300,
+    lr: float = 1e-3,
+    slice_size: int = 20_000,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, list[float]]:
     """Optimise m centroids (initialised at m random samples' features) with Adam on the full batch.
 
@@ -150,9 +158,16 @@ def nearest_unused(features: torch.Tensor, centroids: torch.Tensor) -> np.ndarra
     return np.asarray(chosen)
 
 
-def distribution_select(embeddings: np.ndarray, budget: int, tau: float = 0.07, balance: float = 1.0,
-                        iterations: int = 300, lr: float = 1e-3, slice_size: int = 20_000, seed: int = 0
-                        ) -> tuple[np.ndarray, list[float]]:
+def distribution_select(
+    embeddings: np.ndarray,
+    budget: int,
+    tau: float = 0.07,
+    balance: float = 1.0,
+    iterations: int = 300,
+    lr: float = 1e-3,
+    slice_size: int = 20_000,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[float]]:
     """Distribution-consistent selection: train `budget` centroids, map each to its nearest unused sample."""
     features = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
     centroids, curve = train_centroids(features, budget, tau, balance, iterations, lr, slice_size, seed)

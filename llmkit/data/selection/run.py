@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from llmkit.data.embeddings import DEFAULT_EMBEDDER, embed_texts
 from llmkit.data.loading import SOURCE_KEY, BadRowPolicy, BadRows, read_records
 from llmkit.data.selection import coverage, methods
-from llmkit.data.embeddings import DEFAULT_EMBEDDER, embed_texts
 from llmkit.data.selection.ifd import IFD_PROMPT, score_ifd
 from llmkit.data.sft import check_columns, column_value
 from llmkit.errors import DataError
@@ -119,11 +119,15 @@ def cached_embeddings(texts: list[str], model_name: str, cache: Path) -> np.ndar
     cache.mkdir(parents=True, exist_ok=True)
     with atomic_open(vectors, "wb") as fh:
         np.save(fh, emb)
-    atomic_write_text(meta, json.dumps({"sha256": digest, "model": model_name, "count": len(texts), "dim": int(emb.shape[1])}))
+    atomic_write_text(
+        meta, json.dumps({"sha256": digest, "model": model_name, "count": len(texts), "dim": int(emb.shape[1])})
+    )
     return emb
 
 
-def compute_ifd(cfg: SelectConfig, instructions: list[str], responses: list[str], cache: Path) -> tuple[np.ndarray, int]:
+def compute_ifd(
+    cfg: SelectConfig, instructions: list[str], responses: list[str], cache: Path
+) -> tuple[np.ndarray, int]:
     """IFD scores with the configured model (resumable through `cache/ifd_scores.jsonl`)."""
     from llmkit.models import load_model_and_tokenizer
 
@@ -131,9 +135,19 @@ def compute_ifd(cfg: SelectConfig, instructions: list[str], responses: list[str]
     # one scores file per scoring setting; inside it, scores are keyed by the pair's text
     # (a fresh LoRA adapter does not change the outputs, so it does not change the scores)
     model_id = {k: v for k, v in asdict(cfg.model).items() if k not in ("lora", "gradient_checkpointing")}
-    tag = hashlib.sha256(json.dumps([model_id, cfg.ifd_max_length, cfg.ifd_prompt_format], sort_keys=True).encode()).hexdigest()[:10]
-    return score_ifd(model, tokenizer, instructions, responses, cache / f"ifd_scores-{tag}.jsonl",
-                     cfg.ifd_max_length, cfg.ifd_batch_size, cfg.ifd_prompt_format)
+    tag = hashlib.sha256(
+        json.dumps([model_id, cfg.ifd_max_length, cfg.ifd_prompt_format], sort_keys=True).encode()
+    ).hexdigest()[:10]
+    return score_ifd(
+        model,
+        tokenizer,
+        instructions,
+        responses,
+        cache / f"ifd_scores-{tag}.jsonl",
+        cfg.ifd_max_length,
+        cfg.ifd_batch_size,
+        cfg.ifd_prompt_format,
+    )
 
 
 def run_selection(cfg: SelectConfig) -> dict[str, Any]:
@@ -188,8 +202,12 @@ def run_selection(cfg: SelectConfig) -> dict[str, Any]:
         "skipped_rows": tally.count,
         "selected": int(len(selected)),
         "coverage": coverage.coverage_report(emb, clusters, selected),
-        "ifd": None if ifd is None else {
-            "failures": failures, "pool_mean": float(ifd.mean()), "selected_mean": float(ifd[selected].mean()),
+        "ifd": None
+        if ifd is None
+        else {
+            "failures": failures,
+            "pool_mean": float(ifd.mean()),
+            "selected_mean": float(ifd[selected].mean()),
             "pool_at_least_max": int((ifd >= cfg.max_ifd).sum()),
         },
         **extra,
@@ -219,20 +237,35 @@ def write_subset(path: Path, records, selected: np.ndarray, clusters: np.ndarray
 def write_report(out: Path, summary: dict[str, Any], clusters: np.ndarray, selected: np.ndarray) -> None:
     """report.md: counts, coverage, per-cluster table, plots."""
     cov = summary["coverage"]
-    lines = [f"# Selection: {summary['method']}", "",
-             f"- pool: {summary['pool']} rows ({summary['skipped_rows']} skipped), selected: {summary['selected']}",
-             f"- coverage: mean nearest-selected cosine {cov['mean_nearest_selected_cosine']:.4f}, "
-             f"cluster-histogram KL(pool‖subset) {cov['cluster_kl']:.4f} nats",
-             f"- time: {summary['timings_s']}", ""]
+    lines = [
+        f"# Selection: {summary['method']}",
+        "",
+        f"- pool: {summary['pool']} rows ({summary['skipped_rows']} skipped), selected: {summary['selected']}",
+        f"- coverage: mean nearest-selected cosine {cov['mean_nearest_selected_cosine']:.4f}, "
+        f"cluster-histogram KL(pool‖subset) {cov['cluster_kl']:.4f} nats",
+        f"- time: {summary['timings_s']}",
+        "",
+    ]
     if summary["ifd"]:
-        lines += [f"- IFD: pool mean {summary['ifd']['pool_mean']:.3f}, subset mean {summary['ifd']['selected_mean']:.3f}, "
-                  f"{summary['ifd']['pool_at_least_max']} pool rows with IFD ≥ max, {summary['ifd']['failures']} unscored (IFD 0)", "",
-                  "![IFD histogram](ifd_hist.png)", ""]
-    lines += ["![cluster shares](cluster_counts.png)", "", "| cluster | pool | selected | share of pool % | share of subset % |", "|---|---|---|---|---|"]
+        lines += [
+            f"- IFD: pool mean {summary['ifd']['pool_mean']:.3f}, subset mean {summary['ifd']['selected_mean']:.3f}, "
+            f"{summary['ifd']['pool_at_least_max']} pool rows with IFD ≥ max, {summary['ifd']['failures']} unscored (IFD 0)",
+            "",
+            "![IFD histogram](ifd_hist.png)",
+            "",
+        ]
+    lines += [
+        "![cluster shares](cluster_counts.png)",
+        "",
+        "| cluster | pool | selected | share of pool % | share of subset % |",
+        "|---|---|---|---|---|",
+    ]
     pool_counts = np.bincount(clusters)
     sel_counts = np.bincount(clusters[selected], minlength=len(pool_counts))
     for c, (p, s) in enumerate(zip(pool_counts, sel_counts)):
-        lines.append(f"| {c} | {p} | {s} | {100 * p / pool_counts.sum():.1f} | {100 * s / max(sel_counts.sum(), 1):.1f} |")
+        lines.append(
+            f"| {c} | {p} | {s} | {100 * p / pool_counts.sum():.1f} | {100 * s / max(sel_counts.sum(), 1):.1f} |"
+        )
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 

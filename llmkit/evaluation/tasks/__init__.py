@@ -38,8 +38,10 @@ def task_names() -> list[str]:
 def get_task(name: str, data_path: str | None = None, timeout_s: float = 10.0):
     """The task called `name` (optionally reading its problems from `data_path`)."""
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown task '{name}'; available: {', '.join(_REGISTRY)}"
-                          " (a method's task is listed once its package is imported, e.g. `import llmkit.safety`)")
+        raise ConfigError(
+            f"unknown task '{name}'; available: {', '.join(_REGISTRY)}"
+            " (a method's task is listed once its package is imported, e.g. `import llmkit.safety`)"
+        )
     return _REGISTRY[name](data_path, timeout_s)
 
 

@@ -39,8 +39,14 @@ class GSM8K(Task):
     def score(self, problems, outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
         """Exact match per sample; accuracy = mean over problems of the first sample; pass@k over samples."""
         verdicts = [
-            [{"correct": gsm8k_correct(c.text, p["gold"]), "predicted": extract_final_number(c.text), "gold": p["gold"]}
-             for c in o.completions]
+            [
+                {
+                    "correct": gsm8k_correct(c.text, p["gold"]),
+                    "predicted": extract_final_number(c.text),
+                    "gold": p["gold"],
+                }
+                for c in o.completions
+            ]
             for p, o in zip(problems, outputs)
         ]
         metrics = {"accuracy": sum(v[0]["correct"] for v in verdicts) / len(verdicts)}

@@ -65,7 +65,9 @@ class HumanEval(Task):
 
     def programs(self, problems, completions_per_problem: list[list[str]], chat: bool) -> list[str]:
         """Every (problem, completion) program, flattened problem-major."""
-        return [self.executed(p, text, chat)[1] for p, texts in zip(problems, completions_per_problem) for text in texts]
+        return [
+            self.executed(p, text, chat)[1] for p, texts in zip(problems, completions_per_problem) for text in texts
+        ]
 
     def score(self, problems, outputs: list[GenerationOutput], chat: bool, ks: list[int]) -> Scored:
         """Run every completion in the sandbox; pass@k over problems.
@@ -75,10 +77,27 @@ class HumanEval(Task):
         """
         runs = [[self.executed(p, c.text, chat) for c in o.completions] for p, o in zip(problems, outputs)]
         results = iter(run_programs([program for row in runs for _, program in row], self.limits))
-        verdicts = [[{"passed": r.passed, "status": r.status, "detail": r.detail, "completion": completion,
-                      "program": program} for (completion, program), r in zip(row, results)] for row in runs]
+        verdicts = [
+            [
+                {
+                    "passed": r.passed,
+                    "status": r.status,
+                    "detail": r.detail,
+                    "completion": completion,
+                    "program": program,
+                }
+                for (completion, program), r in zip(row, results)
+            ]
+            for row in runs
+        ]
         metrics = mean_pass_at_k([[v["passed"] for v in row] for row in verdicts], ks)
         python, dropped = sandbox_interpreter()
-        extra = {"sandbox": {"network_isolation": network_isolation_mode(), "interpreter": python,
-                             "private_uid": dropped, "limits": vars(self.limits)}}
+        extra = {
+            "sandbox": {
+                "network_isolation": network_isolation_mode(),
+                "interpreter": python,
+                "private_uid": dropped,
+                "limits": vars(self.limits),
+            }
+        }
         return Scored(metrics=metrics, verdicts=verdicts, extra=extra)

@@ -10,7 +10,9 @@ from llmkit.evaluation.tasks.humaneval import HumanEval
 from llmkit.generation.types import Prompt
 
 TEST_IDS = range(11, 511)
-PROMPT = "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n"
+PROMPT = (
+    "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n"
+)
 
 
 def read_mbpp(path: str | None = None, split_ids=TEST_IDS) -> list[dict[str, Any]]:

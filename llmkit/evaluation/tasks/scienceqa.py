@@ -65,8 +65,14 @@ def scienceqa_verdict(text: str, problem: dict[str, Any]) -> dict[str, Any]:
     option's text) and strict (`choice_strict`, `correct_strict`: a letter only)."""
     choice = extract_choice(text, problem["choices"])
     strict = extract_choice(text, problem["choices"], letters_only=True)
-    return {"correct": choice == problem["answer"], "choice": choice, "gold": problem["answer"], "parsed": choice is not None,
-            "correct_strict": strict == problem["answer"], "choice_strict": strict}
+    return {
+        "correct": choice == problem["answer"],
+        "choice": choice,
+        "gold": problem["answer"],
+        "parsed": choice is not None,
+        "correct_strict": strict == problem["answer"],
+        "choice_strict": strict,
+    }
 
 
 def problem_groups(problem: dict[str, Any]) -> list[str]:
@@ -136,20 +142,27 @@ class ScienceQA(Task):
         option's text counts as that option; `accuracy_strict` (and `unparsed_rate_strict`) reads letters
         only, as the published ScienceQA evaluations do, so compare that one with the literature.
         """
-        verdicts = [[scienceqa_verdict(c.text if chat else "(" + c.text, p) for c in o.completions]
-                    for p, o in zip(problems, outputs)]
+        verdicts = [
+            [scienceqa_verdict(c.text if chat else "(" + c.text, p) for c in o.completions]
+            for p, o in zip(problems, outputs)
+        ]
         metrics = breakdown(problems, [v[0]["correct"] for v in verdicts])
         metrics["unparsed_rate"] = 100.0 * sum(not v[0]["parsed"] for v in verdicts) / len(verdicts)
         metrics["accuracy_strict"] = 100.0 * sum(v[0]["correct_strict"] for v in verdicts) / len(verdicts)
         metrics["unparsed_rate_strict"] = 100.0 * sum(v[0]["choice_strict"] is None for v in verdicts) / len(verdicts)
-        return Scored(metrics=metrics, verdicts=verdicts,
-                      extra={"use_caption": self.use_caption, "text_only": self.text_only})
+        return Scored(
+            metrics=metrics, verdicts=verdicts, extra={"use_caption": self.use_caption, "text_only": self.text_only}
+        )
 
 
 def hgivr_prompt(problem: dict[str, Any], descriptions: list[str], history: list[int | None]) -> list[dict[str, str]]:
     """An H-GIVR answering turn: question, the descriptions so far, options, earlier answers as references."""
     options = " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(problem["choices"]))
-    lines = [f"Question: {problem['question']}", "Descriptions:"] + [f"- {d}" for d in descriptions] + [f"Options: {options}"]
+    lines = (
+        [f"Question: {problem['question']}", "Descriptions:"]
+        + [f"- {d}" for d in descriptions]
+        + [f"Options: {options}"]
+    )
     earlier = [f"({LETTERS[a]})" for a in history if a is not None]
     if earlier:
         lines.append("Previous answers (references only; they may be wrong): " + ", ".join(earlier))
@@ -160,8 +173,9 @@ def _final_output(choice: int | None, calls: int, stopped_by: str | None = None)
     """The strategy's answer as one output; its per-question record (calls, how it stopped) in metadata."""
     text = f"The answer is ({LETTERS[choice]})." if choice is not None else "(no answer)"
     record: dict[str, Any] = {"calls": calls, **({"stopped_by": stopped_by} if stopped_by else {})}
-    return GenerationOutput(prompt_text=f"[{calls} model calls]", completions=[Completion(text, [], "stop")],
-                            metadata={"strategy": record})
+    return GenerationOutput(
+        prompt_text=f"[{calls} model calls]", completions=[Completion(text, [], "stop")], metadata={"strategy": record}
+    )
 
 
 def run_scienceqa_strategy(task: "ScienceQA", strategy: str, problems, generator, params: SamplingParams, cfg):
@@ -174,8 +188,13 @@ def run_scienceqa_strategy(task: "ScienceQA", strategy: str, problems, generator
     from llmkit.evaluation.strategies import run_hgivr, self_consistency
 
     if strategy == "self_consistency":
-        sampled = SamplingParams(n=cfg.sc_samples, temperature=cfg.sc_temperature, top_p=params.top_p,
-                                 max_new_tokens=params.max_new_tokens, seed=params.seed)
+        sampled = SamplingParams(
+            n=cfg.sc_samples,
+            temperature=cfg.sc_temperature,
+            top_p=params.top_p,
+            max_new_tokens=params.max_new_tokens,
+            seed=params.seed,
+        )
         outs = generator.generate([task.prompt(p, chat=True) for p in problems], sampled)
         choices = [[extract_choice(c.text, p["choices"]) for c in o.completions] for p, o in zip(problems, outs)]
         finals = self_consistency(choices)
@@ -194,9 +213,13 @@ def run_scienceqa_strategy(task: "ScienceQA", strategy: str, problems, generator
         # each round its own seed: with sampling, rounds sharing one random stream would agree more often
         # than independent draws and stop the repeat rule early (greedy decoding is unaffected)
         round_index = next(answer_rounds)
-        round_params = params if params.seed is None else replace(params, seed=params.seed + ROUND_SEED_STRIDE * round_index)
+        round_params = (
+            params if params.seed is None else replace(params, seed=params.seed + ROUND_SEED_STRIDE * round_index)
+        )
         outs = generator.generate(prompts, round_params)
         return [extract_choice(o.completions[0].text, by_index[i]["choices"]) for i, o in zip(indices, outs)]
 
-    traces = run_hgivr(list(by_index), describe, answer, cfg.hgivr_max_rounds, cfg.hgivr_consecutive, describe_is_call=False)
+    traces = run_hgivr(
+        list(by_index), describe, answer, cfg.hgivr_max_rounds, cfg.hgivr_consecutive, describe_is_call=False
+    )
     return [_final_output(t.final, t.answer_calls, t.stopped_by) for t in traces]

@@ -9,5 +9,14 @@ from llmkit.vision.al.oracle import UNKNOWN, Oracle, query_precision
 from llmkit.vision.al.state import State, StateIO, Workspace
 from llmkit.vision.al.stopping import STOPPING_KINDS, StoppingCriteria
 
-__all__ = ["IndexCollection", "Oracle", "STOPPING_KINDS", "State", "StateIO", "StoppingCriteria", "UNKNOWN",
-           "Workspace", "query_precision"]
+__all__ = [
+    "IndexCollection",
+    "Oracle",
+    "STOPPING_KINDS",
+    "State",
+    "StateIO",
+    "StoppingCriteria",
+    "UNKNOWN",
+    "Workspace",
+    "query_precision",
+]

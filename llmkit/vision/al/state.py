@@ -72,8 +72,18 @@ class StateIO:
     sets after i rounds, which is how an interrupted run resumes exactly where it stopped.
     """
 
-    def __init__(self, round: int, train_idx, test_idx, init_L, init_U, initial_point=None,
-                 saving_path: str | os.PathLike | None = None, meta: dict | None = None, verbose: bool = False):
+    def __init__(
+        self,
+        round: int,
+        train_idx,
+        test_idx,
+        init_L,
+        init_U,
+        initial_point=None,
+        saving_path: str | os.PathLike | None = None,
+        meta: dict | None = None,
+        verbose: bool = False,
+    ):
         self.round = int(round)
         self.train_idx = np.asarray(train_idx, dtype=np.int64)
         self.test_idx = np.asarray(test_idx, dtype=np.int64)
@@ -127,9 +137,19 @@ class StateIO:
 
     def to_dict(self) -> dict:
         """Everything needed to rebuild this StateIO, as JSON-ready Python."""
-        return _jsonable({"format_version": _FORMAT_VERSION, "round": self.round, "train_idx": self.train_idx,
-                          "test_idx": self.test_idx, "init_L": self.init_L.index, "init_U": self.init_U.index,
-                          "initial_point": self.initial_point, "meta": self.meta, "states": list(self._states)})
+        return _jsonable(
+            {
+                "format_version": _FORMAT_VERSION,
+                "round": self.round,
+                "train_idx": self.train_idx,
+                "test_idx": self.test_idx,
+                "init_L": self.init_L.index,
+                "init_U": self.init_U.index,
+                "initial_point": self.initial_point,
+                "meta": self.meta,
+                "states": list(self._states),
+            }
+        )
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write JSON atomically (temp file + rename) so a crash mid-write never leaves a torn file."""
@@ -152,9 +172,16 @@ class StateIO:
             raise VisionError(f"{path} is not a valid StateIO file: {exc}") from None
         if data.get("format_version") != _FORMAT_VERSION:
             raise VisionError(f"{path}: unsupported StateIO format {data.get('format_version')!r}")
-        stateio = cls(data["round"], data["train_idx"], data["test_idx"], data["init_L"], data["init_U"],
-                      data["initial_point"], saving_path=path if saving_path == "same" else saving_path,
-                      meta=data["meta"])
+        stateio = cls(
+            data["round"],
+            data["train_idx"],
+            data["test_idx"],
+            data["init_L"],
+            data["init_U"],
+            data["initial_point"],
+            saving_path=path if saving_path == "same" else saving_path,
+            meta=data["meta"],
+        )
         for raw in data["states"]:
             raw = dict(raw)
             stateio._states.append(State(raw.pop("select_index"), raw.pop("performance"), **raw))

@@ -11,8 +11,22 @@ from __future__ import annotations
 import importlib
 
 # In the order `all` runs them; each module defines NAME and run().
-_MODULE_NAMES = ("dpc", "openset_al", "dhkd", "l2d", "cap", "cdcr", "ccmn", "mogd", "lewis", "flain", "fairfal", "rdd",
-                 "rdd_seg", "optimum_shift")
+_MODULE_NAMES = (
+    "dpc",
+    "openset_al",
+    "dhkd",
+    "l2d",
+    "cap",
+    "cdcr",
+    "ccmn",
+    "mogd",
+    "lewis",
+    "flain",
+    "fairfal",
+    "rdd",
+    "rdd_seg",
+    "optimum_shift",
+)
 _MODULES = tuple(importlib.import_module(f"{__name__}.{name}") for name in _MODULE_NAMES)
 RUNNERS = {module.NAME: module.run for module in _MODULES}
 EXPERIMENTS = tuple(RUNNERS)

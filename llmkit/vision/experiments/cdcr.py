@@ -29,14 +29,18 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
         results["cdcr"].append(r["map"])
         extra.append(r)
         print(f"  seed {seed}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()), flush=True)
-    table = markdown_table(["training labels", "test mAP %", "Δ vs naive (paired)"],
-                           [[k, mean_std(v), paired_delta(v, results["naive"])] for k, v in results.items()])
+    table = markdown_table(
+        ["training labels", "test mAP %", "Δ vs naive (paired)"],
+        [[k, mean_std(v), paired_delta(v, results["naive"])] for k, v in results.items()],
+    )
     fp_share = 100 * (1 - y[:2000].sum() / candidates.sum())
-    title = (f"CDCR — make_multilabel_classification (15 labels), 2,000 train / 1,000 test; candidates = true "
-             f"positives + each negative with probability {args.false_rate} ({fp_share:.0f}% of candidates false on "
-             "the last seed); MLP-128, BCE, 5 warm-up epochs treating candidates as positives, 30 epochs in all; "
-             "CDCR trusts a candidate once p ≥ 0.6. At the end CDCR trusts candidates with precision "
-             f"{mean_std([r['trusted_precision'] for r in extra])}% and recall "
-             f"{mean_std([r['trusted_recall'] for r in extra])}% of the true positives")
+    title = (
+        f"CDCR — make_multilabel_classification (15 labels), 2,000 train / 1,000 test; candidates = true "
+        f"positives + each negative with probability {args.false_rate} ({fp_share:.0f}% of candidates false on "
+        "the last seed); MLP-128, BCE, 5 warm-up epochs treating candidates as positives, 30 epochs in all; "
+        "CDCR trusts a candidate once p ≥ 0.6. At the end CDCR trusts candidates with precision "
+        f"{mean_std([r['trusted_precision'] for r in extra])}% and recall "
+        f"{mean_std([r['trusted_recall'] for r in extra])}% of the true positives"
+    )
     bar_plot(results, out / "result.png", "test mAP %")
     return f"{title}\n\n{table}", {"map": results, "cdcr_trust": extra}

@@ -32,14 +32,19 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
         labelled = torch.zeros(len(x), dtype=torch.bool)
         labelled[torch.as_tensor(np.random.default_rng(seed).choice(len(x), args.labels, replace=False))] = True
         for mode, ga in arms:
-            student = train_student(mode, x, y, labelled, teacher_logits, gradient_alignment=ga, seed=seed,
-                                    config=config)
+            student = train_student(
+                mode, x, y, labelled, teacher_logits, gradient_alignment=ga, seed=seed, config=config
+            )
             results[f"{mode}{' + GA' if ga else ''}"].append(student_accuracy(student, x_test, y_test))
         print(f"  seed {seed}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()), flush=True)
-    table = markdown_table(["model", "test acc %", "Δ vs ce (paired)"],
-                           [[k, mean_std(v), paired_delta(v, results["ce"])] for k, v in results.items()])
-    title = (f"DHKD vs KD — digits; teacher MLP-512 on all train labels; student MLP-32 with {args.labels} labels "
-             f"for CE and all train inputs for distillation; {config.student_steps} full-batch Adam steps "
-             f"(lr {config.lr}); KD T={config.kd_temperature}, BinaryKL(-Norm) T={config.binary_temperature}, α=1")
+    table = markdown_table(
+        ["model", "test acc %", "Δ vs ce (paired)"],
+        [[k, mean_std(v), paired_delta(v, results["ce"])] for k, v in results.items()],
+    )
+    title = (
+        f"DHKD vs KD — digits; teacher MLP-512 on all train labels; student MLP-32 with {args.labels} labels "
+        f"for CE and all train inputs for distillation; {config.student_steps} full-batch Adam steps "
+        f"(lr {config.lr}); KD T={config.kd_temperature}, BinaryKL(-Norm) T={config.binary_temperature}, α=1"
+    )
     bar_plot(results, out / "result.png", "test accuracy %")
     return f"{title}\n\n{table}", results

@@ -29,8 +29,9 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
         with torch.no_grad():
             into["clean test acc %"].append(float((model(x_te).logits.argmax(1) == y_te).float().mean() * 100))
             victims = x_te[y_te != target_class]
-            into["attack success %"].append(float((model(add_trigger(victims)).logits.argmax(1) == target_class)
-                                                  .float().mean() * 100))
+            into["attack success %"].append(
+                float((model(add_trigger(victims)).logits.argmax(1) == target_class).float().mean() * 100)
+            )
 
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -38,8 +39,9 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
         aux = initial_labelled(split.y_test, 5, rng)  # FLAIN's small clean auxiliary set: 5 per class
         rest = np.setdiff1d(np.arange(len(split.y_test)), aux)
         x, y = as_tensors(split.x_train, split.y_train)
-        x_aux, y_aux, x_te, y_te = as_tensors(split.x_test[aux], split.y_test[aux], split.x_test[rest],
-                                              split.y_test[rest])
+        x_aux, y_aux, x_te, y_te = as_tensors(
+            split.x_test[aux], split.y_test[aux], split.x_test[rest], split.y_test[rest]
+        )
         clients = []
         for c, idx in enumerate(dirichlet_split(split.y_train, num_clients, args.beta, rng)):
             cx, cy = x[torch.as_tensor(idx)].clone(), y[torch.as_tensor(idx)].clone()
@@ -62,21 +64,38 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
                 head.weight.copy_(original)
             return acc
 
-        defended, _, flipped = flain_defence(initial["heads.0.weight"], head.weight.detach().clone(), activation,
-                                             aux_accuracy, tolerance=args.flain_tolerance)
+        defended, _, flipped = flain_defence(
+            initial["heads.0.weight"],
+            head.weight.detach().clone(),
+            activation,
+            aux_accuracy,
+            tolerance=args.flain_tolerance,
+        )
         with torch.no_grad():
             head.weight.copy_(defended)
         measure(model, x_te, y_te, results["FLAIN"])
         results["flipped neurons"].append(flipped)
-        print(f"  seed {seed}: ASR {results['no defence']['attack success %'][-1]:.1f} → "
-              f"{results['FLAIN']['attack success %'][-1]:.1f}, flipped {flipped}", flush=True)
-    rows = [[k, mean_std(results["no defence"][k]), mean_std(results["FLAIN"][k]),
-             paired_delta(results["FLAIN"][k], results["no defence"][k])] for k in keys]
+        print(
+            f"  seed {seed}: ASR {results['no defence']['attack success %'][-1]:.1f} → "
+            f"{results['FLAIN']['attack success %'][-1]:.1f}, flipped {flipped}",
+            flush=True,
+        )
+    rows = [
+        [
+            k,
+            mean_std(results["no defence"][k]),
+            mean_std(results["FLAIN"][k]),
+            paired_delta(results["FLAIN"][k], results["no defence"][k]),
+        ]
+        for k in keys
+    ]
     table = markdown_table(["metric", "no defence", "FLAIN", "Δ (paired)"], rows)
-    title = (f"FLAIN — digits, FedAvg over {num_clients} clients (Dirichlet β={args.beta}), {args.fl_rounds} rounds × 2 "
-             f"local epochs (SGD 0.05, momentum 0.9), MLP 64-128-10; {malicious} malicious clients relabel half their "
-             f"data as class {target_class} with a 2×2 corner trigger; FLAIN on the last layer with 5 clean "
-             f"examples per class, tolerance {args.flain_tolerance}; "
-             f"{mean_std(results['flipped neurons'])} of 128 input neurons flipped")
+    title = (
+        f"FLAIN — digits, FedAvg over {num_clients} clients (Dirichlet β={args.beta}), {args.fl_rounds} rounds × 2 "
+        f"local epochs (SGD 0.05, momentum 0.9), MLP 64-128-10; {malicious} malicious clients relabel half their "
+        f"data as class {target_class} with a 2×2 corner trigger; FLAIN on the last layer with 5 clean "
+        f"examples per class, tolerance {args.flain_tolerance}; "
+        f"{mean_std(results['flipped neurons'])} of 128 input neurons flipped"
+    )
     bar_plot({f"{k} / {w}": results[w][k] for k in keys for w in ("no defence", "FLAIN")}, out / "result.png", "%")
     return f"{title}\n\n{table}", results

@@ -26,12 +26,16 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
             results[arm].append(score)
         results["teacher"].append(mean_average_precision(predict_scores(teacher, x_te), y_te.numpy()))
         print(f"  seed {seed}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()), flush=True)
-    table = markdown_table(["model", "test mAP %", "Δ vs bce (paired)"],
-                           [[k, mean_std(v), paired_delta(v, results["bce"])] for k, v in results.items()])
-    title = ("L2D vs BCE / MLD — scikit-learn make_multilabel_classification (15 labels, 64 features, 2,000 train / "
-             f"1,000 test); teacher LabelWiseMLP-256 ({config.teacher_epochs} epochs), student LabelWiseMLP-16 "
-             f"({config.epochs} epochs), label-wise embeddings d={config.embed_dim}, Adam {config.lr}, batch "
-             f"{config.batch_size}; 'l2d' = reference weights (λ_logits 10, λ_cd 100, λ_id 1000), 'l2d-scaled' = "
-             "λ_cd 1, λ_id 10")
+    table = markdown_table(
+        ["model", "test mAP %", "Δ vs bce (paired)"],
+        [[k, mean_std(v), paired_delta(v, results["bce"])] for k, v in results.items()],
+    )
+    title = (
+        "L2D vs BCE / MLD — scikit-learn make_multilabel_classification (15 labels, 64 features, 2,000 train / "
+        f"1,000 test); teacher LabelWiseMLP-256 ({config.teacher_epochs} epochs), student LabelWiseMLP-16 "
+        f"({config.epochs} epochs), label-wise embeddings d={config.embed_dim}, Adam {config.lr}, batch "
+        f"{config.batch_size}; 'l2d' = reference weights (λ_logits 10, λ_cd 100, λ_id 1000), 'l2d-scaled' = "
+        "λ_cd 1, λ_id 10"
+    )
     bar_plot(results, out / "result.png", "test mAP %")
     return f"{title}\n\n{table}", results

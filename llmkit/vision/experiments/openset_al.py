@@ -31,31 +31,69 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
         init_l = initial_labelled(split.y_train, args.initial_per_class, np.random.default_rng(seed), classes=known)
         init_u = np.setdiff1d(np.arange(len(x)), init_l)
         for name in strategies:
-            stateio = StateIO(seed, np.arange(len(x)), np.arange(len(x_test)), init_l, init_u,
-                              saving_path=out / "states" / f"{name}_seed{seed}.json")
-            loop = ActiveLoop(x, Oracle(split.y_train, known_classes=known), make_strategy(name, len(known)),
-                              StoppingCriteria("num_of_queries", args.rounds), stateio, x_test=x_test, y_test=y_test,
-                              num_known=len(known), seed=seed, config=config)
+            stateio = StateIO(
+                seed,
+                np.arange(len(x)),
+                np.arange(len(x_test)),
+                init_l,
+                init_u,
+                saving_path=out / "states" / f"{name}_seed{seed}.json",
+            )
+            loop = ActiveLoop(
+                x,
+                Oracle(split.y_train, known_classes=known),
+                make_strategy(name, len(known)),
+                StoppingCriteria("num_of_queries", args.rounds),
+                stateio,
+                x_test=x_test,
+                y_test=y_test,
+                num_known=len(known),
+                seed=seed,
+                config=config,
+            )
             loop.run()
-            results[name].append({"initial": stateio.initial_point,
-                                  "accuracy": [s["performance"] for s in stateio],
-                                  "precision": [s["query_precision"] * 100 for s in stateio],
-                                  "known_labelled": stateio[-1]["num_labelled"] - len(init_l),
-                                  "k1": [s["strategy_state"].get("k1") for s in stateio]})
-            print(f"  seed {seed} {name:<8} precision {np.mean(results[name][-1]['precision']):.1f} "
-                  f"acc {results[name][-1]['accuracy'][-1]:.1f}", flush=True)
+            results[name].append(
+                {
+                    "initial": stateio.initial_point,
+                    "accuracy": [s["performance"] for s in stateio],
+                    "precision": [s["query_precision"] * 100 for s in stateio],
+                    "known_labelled": stateio[-1]["num_labelled"] - len(init_l),
+                    "k1": [s["strategy_state"].get("k1") for s in stateio],
+                }
+            )
+            print(
+                f"  seed {seed} {name:<8} precision {np.mean(results[name][-1]['precision']):.1f} "
+                f"acc {results[name][-1]['accuracy'][-1]:.1f}",
+                flush=True,
+            )
     final = {name: [r["accuracy"][-1] for r in runs] for name, runs in results.items()}
-    rows = [[name, mean_std([np.mean(r["precision"]) for r in runs]),
-             mean_std([r["known_labelled"] for r in runs]), mean_std(final[name]),
-             paired_delta(final[name], final["random"])]
-            for name, runs in results.items()]
+    rows = [
+        [
+            name,
+            mean_std([np.mean(r["precision"]) for r in runs]),
+            mean_std([r["known_labelled"] for r in runs]),
+            mean_std(final[name]),
+            paired_delta(final[name], final["random"]),
+        ]
+        for name, runs in results.items()
+    ]
     pool_unknown = 100 * (1 - np.isin(split.y_train, known).mean())
-    table = markdown_table(["strategy", "mean query precision %", "known examples bought",
-                            "final known-class test acc %", "Δ acc vs random (paired)"], rows)
-    title = (f"Open-set AL — digits, known {known[0]}–{known[-1]}, unknown the rest ({pool_unknown:.0f}% of the "
-             f"pool); {args.initial_per_class} labelled per known class at start; {args.rounds} rounds × "
-             f"{args.budget} queries; MLP 64-128-128, {config.target_steps} full-batch Adam steps per model, fresh "
-             f"models each round. Initial accuracy {mean_std([r['initial'] for r in results['random']])}.")
+    table = markdown_table(
+        [
+            "strategy",
+            "mean query precision %",
+            "known examples bought",
+            "final known-class test acc %",
+            "Δ acc vs random (paired)",
+        ],
+        rows,
+    )
+    title = (
+        f"Open-set AL — digits, known {known[0]}–{known[-1]}, unknown the rest ({pool_unknown:.0f}% of the "
+        f"pool); {args.initial_per_class} labelled per known class at start; {args.rounds} rounds × "
+        f"{args.budget} queries; MLP 64-128-128, {config.target_steps} full-batch Adam steps per model, fresh "
+        f"models each round. Initial accuracy {mean_std([r['initial'] for r in results['random']])}."
+    )
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, runs in results.items():

@@ -48,13 +48,27 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
         optimum_shift_(model.heads[0], features)
         measure(model, x, y, x_test, y_test, results["after"])
     digits = {"test acc %": 1}
-    rows = [[k, mean_std(results["before"][k], digits.get(k, 4)), mean_std(results["after"][k], digits.get(k, 4)),
-             paired_delta(np.array(results["after"][k]) * 10 ** (digits.get(k, 4) - 1),
-                          np.array(results["before"][k]) * 10 ** (digits.get(k, 4) - 1))] for k in keys]
+    rows = [
+        [
+            k,
+            mean_std(results["before"][k], digits.get(k, 4)),
+            mean_std(results["after"][k], digits.get(k, 4)),
+            paired_delta(
+                np.array(results["after"][k]) * 10 ** (digits.get(k, 4) - 1),
+                np.array(results["before"][k]) * 10 ** (digits.get(k, 4) - 1),
+            ),
+        ]
+        for k in keys
+    ]
     table = markdown_table(["quantity", "before shift", "after shift", "Δ (paired; ×10³ except acc)"], rows)
-    title = (f"Optimum shifting — digits, MLP 64-256-10 trained 100 full-batch Adam steps on {args.labels} labelled "
-             f"examples (n = {args.labels} < 256 features); last layer (weight + bias) replaced by the minimum-norm "
-             "solution on those training features")
-    bar_plot({f"{k} {when}": results[when][k] for k in ("‖W‖_F",) for when in ("before", "after")},
-              out / "result.png", "‖W‖_F")
+    title = (
+        f"Optimum shifting — digits, MLP 64-256-10 trained 100 full-batch Adam steps on {args.labels} labelled "
+        f"examples (n = {args.labels} < 256 features); last layer (weight + bias) replaced by the minimum-norm "
+        "solution on those training features"
+    )
+    bar_plot(
+        {f"{k} {when}": results[when][k] for k in ("‖W‖_F",) for when in ("before", "after")},
+        out / "result.png",
+        "‖W‖_F",
+    )
     return f"{title}\n\n{table}", results

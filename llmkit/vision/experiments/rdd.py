@@ -32,14 +32,19 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
         teacher = fit(MLP(64, 10, (512,), num_heads=2), x, y, two_head_ce, steps=300, lr=1e-3, seed=seed)
         results["teacher"].append(accuracy(teacher, x_test, y_test))
         for arm in arms:
-            results[arm].append(accuracy(train_rdd_student(x, y, teacher, arm=arm, seed=seed, hidden=(8,)),
-                                         x_test, y_test))
+            results[arm].append(
+                accuracy(train_rdd_student(x, y, teacher, arm=arm, seed=seed, hidden=(8,)), x_test, y_test)
+            )
         print(f"  seed {seed}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()), flush=True)
-    table = markdown_table(["model", "test acc %", "Δ vs ce (paired)"],
-                           [[k, mean_std(v), paired_delta(v, results["ce"])] for k, v in results.items()])
-    title = (f"RDD (per-sample port) — digits, {args.rdd_examples} labelled training examples; teacher MLP-512 with "
-             "main + auxiliary heads (aux CE weight 0.4); student MLP-8, 400 full-batch Adam steps (lr 1e-2); "
-             "RDD = stage 1 (CE weighted by exp(−KL(aux‖main))) for the first 10% of steps, then stage 2 (CE on "
-             "XOR-hard examples, τ 0.7), KD T=1 throughout")
+    table = markdown_table(
+        ["model", "test acc %", "Δ vs ce (paired)"],
+        [[k, mean_std(v), paired_delta(v, results["ce"])] for k, v in results.items()],
+    )
+    title = (
+        f"RDD (per-sample port) — digits, {args.rdd_examples} labelled training examples; teacher MLP-512 with "
+        "main + auxiliary heads (aux CE weight 0.4); student MLP-8, 400 full-batch Adam steps (lr 1e-2); "
+        "RDD = stage 1 (CE weighted by exp(−KL(aux‖main))) for the first 10% of steps, then stage 2 (CE on "
+        "XOR-hard examples, τ 0.7), KD T=1 throughout"
+    )
     bar_plot(results, out / "result.png", "test accuracy %")
     return f"{title}\n\n{table}", results

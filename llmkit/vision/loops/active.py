@@ -43,9 +43,21 @@ class ActiveLoop:
     stateio: holds init_L / init_U; pass a loaded StateIO to resume.
     """
 
-    def __init__(self, x: torch.Tensor, oracle: Oracle, strategy, stopping: StoppingCriteria, stateio: StateIO, *,
-                 x_test: torch.Tensor, y_test: torch.Tensor, num_known: int, seed: int = 0,
-                 config: ActiveConfig | None = None, model_factory=None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        oracle: Oracle,
+        strategy,
+        stopping: StoppingCriteria,
+        stateio: StateIO,
+        *,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor,
+        num_known: int,
+        seed: int = 0,
+        config: ActiveConfig | None = None,
+        model_factory=None,
+    ):
         if len(oracle) != x.shape[0]:
             raise VisionError(f"oracle knows {len(oracle)} examples but x has {x.shape[0]} rows")
         self.x, self.oracle, self.strategy, self.stopping, self.stateio = x, oracle, strategy, stopping, stateio
@@ -57,8 +69,12 @@ class ActiveLoop:
 
     def _check_meta(self) -> None:
         """Refuse to resume a saved run with a different strategy, seed or budget (it would not be the same run)."""
-        meta = {"strategy": getattr(self.strategy, "name", type(self.strategy).__name__), "seed": self.seed,
-                "budget": self.config.budget, "num_known": self.num_known}
+        meta = {
+            "strategy": getattr(self.strategy, "name", type(self.strategy).__name__),
+            "seed": self.seed,
+            "budget": self.config.budget,
+            "num_known": self.num_known,
+        }
         saved = self.stateio.meta
         clash = {k: (saved[k], v) for k, v in meta.items() if k in saved and saved[k] != v}
         if clash:
@@ -69,8 +85,15 @@ class ActiveLoop:
     def _train(self, idx: np.ndarray, labels: np.ndarray, num_outputs: int, loss_fn, steps: int, seed: int):
         torch.manual_seed(seed)  # the initial weights
         model = self.model_factory(num_outputs)
-        return fit(model, self.x[torch.as_tensor(idx)], torch.as_tensor(labels, dtype=torch.int64), loss_fn,
-                   steps=steps, lr=self.config.lr, seed=seed)
+        return fit(
+            model,
+            self.x[torch.as_tensor(idx)],
+            torch.as_tensor(labels, dtype=torch.int64),
+            loss_fn,
+            steps=steps,
+            lr=self.config.lr,
+            seed=seed,
+        )
 
     def _target(self, rounds_done: int, labelled: IndexCollection, labels: dict) -> torch.nn.Module:
         """Target classifier on the labelled known set after `rounds_done` rounds (cached: it is also the
@@ -78,8 +101,14 @@ class ActiveLoop:
         if self._target_cache is not None and self._target_cache[0] == rounds_done:
             return self._target_cache[1]
         idx = labelled.index
-        model = self._train(idx, np.array([labels[i] for i in idx]), self.num_known, CrossEntropy(),
-                            self.config.target_steps, derived_seed(self.seed, rounds_done, _TARGET))
+        model = self._train(
+            idx,
+            np.array([labels[i] for i in idx]),
+            self.num_known,
+            CrossEntropy(),
+            self.config.target_steps,
+            derived_seed(self.seed, rounds_done, _TARGET),
+        )
         self._target_cache = (rounds_done, model)
         return model
 
@@ -88,8 +117,14 @@ class ActiveLoop:
         idx = np.concatenate([labelled.index, unknown.index])
         y = np.array([labels[i] for i in labelled.index] + [self.num_known] * len(unknown), dtype=np.int64)
         loss = self.strategy.detector_loss(self.num_known)
-        return self._train(idx, y, self.num_known + 1, loss, self.config.detector_steps,
-                           derived_seed(self.seed, rounds_done, _DETECTOR))
+        return self._train(
+            idx,
+            y,
+            self.num_known + 1,
+            loss,
+            self.config.detector_steps,
+            derived_seed(self.seed, rounds_done, _DETECTOR),
+        )
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> StateIO:
@@ -124,14 +159,26 @@ class ActiveLoop:
             labelled_y = np.array([labels[i] for i in labelled.index] + [UNKNOWN] * len(unknown), dtype=np.int64)
             # Roles the loop does not know how to train (e.g. BUAL's PL/NL network) use the strategy's recipe.
             for k, role in enumerate(sorted(set(self.strategy.requires) - {"target", "detector"})):
-                models[role] = self.strategy.train_role(role, x=self.x, labelled_idx=labelled_idx,
-                                                        labelled_y=labelled_y, pool_idx=unlabelled.index,
-                                                        budget=budget, hidden=self.config.hidden,
-                                                        seed=derived_seed(self.seed, rounds_done, _EXTRA_ROLES + k))
-            result = self.strategy.select(unlabelled.index, budget, scorer=ModelScorer(self.x, models),
-                                          labelled_idx=labelled_idx, labelled_y=labelled_y,
-                                          state=strategy_state, rng=np.random.default_rng([self.seed, round_no]),
-                                          return_utilities=True)
+                models[role] = self.strategy.train_role(
+                    role,
+                    x=self.x,
+                    labelled_idx=labelled_idx,
+                    labelled_y=labelled_y,
+                    pool_idx=unlabelled.index,
+                    budget=budget,
+                    hidden=self.config.hidden,
+                    seed=derived_seed(self.seed, rounds_done, _EXTRA_ROLES + k),
+                )
+            result = self.strategy.select(
+                unlabelled.index,
+                budget,
+                scorer=ModelScorer(self.x, models),
+                labelled_idx=labelled_idx,
+                labelled_y=labelled_y,
+                state=strategy_state,
+                rng=np.random.default_rng([self.seed, round_no]),
+                return_utilities=True,
+            )
             chosen = result.indices if isinstance(result, QueryResult) else np.asarray(result)
             if not set(chosen.tolist()) <= set(unlabelled):
                 raise VisionError(f"strategy {self.strategy.name!r} returned indices outside the unlabelled pool")
@@ -146,7 +193,16 @@ class ActiveLoop:
             unlabelled.difference_update(chosen)
 
             performance = accuracy(self._target(round_no, labelled, labels), self.x_test, self.y_test)
-            self.stateio.add_state(State(chosen, performance, answers, costs, query_precision=precision,
-                                         num_labelled=len(labelled), strategy_state=strategy_state))
+            self.stateio.add_state(
+                State(
+                    chosen,
+                    performance,
+                    answers,
+                    costs,
+                    query_precision=precision,
+                    num_labelled=len(labelled),
+                    strategy_state=strategy_state,
+                )
+            )
             self.stopping.update_information(self.stateio)
         return self.stateio

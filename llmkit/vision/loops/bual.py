@@ -45,9 +45,22 @@ def max_probability(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits, 1).max(1).values.numpy()
 
 
-def train_bual(x: torch.Tensor, labelled_idx: np.ndarray, labels: np.ndarray, pool_idx: np.ndarray, num_known: int, *,
-               budget: int, seed: int = 0, pl_steps: int = 150, nl_steps: int = 150, check_every: int = 10,
-               patience: int = 5, lr: float = 1e-3, hidden=(128, 128)) -> BUALScores:
+def train_bual(
+    x: torch.Tensor,
+    labelled_idx: np.ndarray,
+    labels: np.ndarray,
+    pool_idx: np.ndarray,
+    num_known: int,
+    *,
+    budget: int,
+    seed: int = 0,
+    pl_steps: int = 150,
+    nl_steps: int = 150,
+    check_every: int = 10,
+    patience: int = 5,
+    lr: float = 1e-3,
+    hidden=(128, 128),
+) -> BUALScores:
     """Run PL then RLNL; stop NL early once the would-be query (the `budget` lowest accumulated u_neg in the
     pool, a label-free proxy for the reference's known-count rule) is unchanged for `patience` checks."""
     if len(labelled_idx) != len(labels):

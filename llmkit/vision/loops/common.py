@@ -18,9 +18,20 @@ def derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, steps: int | None = None,
-        epochs: int | None = None, batch_size: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
-        seed: int = 0, on_epoch_end=None) -> nn.Module:
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    on_epoch_end=None,
+) -> nn.Module:
     """Train `model` with Adam on (x, y) using `loss_fn(outputs, y)`.
 
     Full batch for `steps` steps (default), or mini-batches of `batch_size` for `epochs` epochs.
@@ -44,7 +55,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, steps: i
     for epoch in range(epochs if epochs is not None else 1):
         order = torch.randperm(x.shape[0], generator=generator)
         for start in range(0, x.shape[0], batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             optimiser.zero_grad()
             loss_fn(model(x[batch]), y[batch]).backward()
             optimiser.step()
@@ -62,8 +73,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, head: int = 0) 
     return float((predicted == y).float().mean() * 100)
 
 
-def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> np.ndarray:
+def confusion_matrix(
+    predicted: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> np.ndarray:
     """[K, K] counts, rows = true class, columns = predicted class, over entries whose target != ignore_index.
 
     Works for any matching shapes (labels [N] or label maps [B, H, W])."""
@@ -73,7 +85,7 @@ def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes:
     t, p = target[valid].long(), predicted[valid].long()
     if len(t) and (t.min() < 0 or t.max() >= num_classes or p.min() < 0 or p.max() >= num_classes):
         raise VisionError(f"labels must lie in [0, {num_classes - 1}] (or equal ignore_index {ignore_index})")
-    return torch.bincount(t * num_classes + p, minlength=num_classes ** 2).view(num_classes, num_classes).numpy()
+    return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(num_classes, num_classes).numpy()
 
 
 def miou_and_pixel_accuracy(confusion: np.ndarray) -> tuple[float, float]:
@@ -88,13 +100,20 @@ def miou_and_pixel_accuracy(confusion: np.ndarray) -> tuple[float, float]:
     return miou, float(tp.sum() / total * 100) if total else 0.0
 
 
-def segmentation_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, *,
-                        ignore_index: int = 255, batch_size: int = 256) -> tuple[float, float]:
+def segmentation_scores(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    *,
+    ignore_index: int = 255,
+    batch_size: int = 256,
+) -> tuple[float, float]:
     """(mIoU %, pixel accuracy %) of head 0's per-pixel argmax over images x [B, C, H, W], label maps y [B, H, W]."""
     model.eval()
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            predicted = model(x[start:start + batch_size]).logits.argmax(1)
-            confusion += confusion_matrix(predicted, y[start:start + batch_size], num_classes, ignore_index)
+            predicted = model(x[start : start + batch_size]).logits.argmax(1)
+            confusion += confusion_matrix(predicted, y[start : start + batch_size], num_classes, ignore_index)
     return miou_and_pixel_accuracy(confusion)

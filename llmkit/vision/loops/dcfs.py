@@ -15,9 +15,19 @@ from llmkit.vision.losses.openset import head_discrepancy_loss
 from llmkit.vision.models import MLP
 
 
-def train_dcfs(x: torch.Tensor, labelled_idx: np.ndarray, labelled_y: np.ndarray, num_known: int, *,
-               seed: int = 0, steps: int = 150, lr: float = 1e-3, hidden=(128, 128),
-               evidence_offset: float | None = None, discrepancy_weight: float = 1.0) -> MLP:
+def train_dcfs(
+    x: torch.Tensor,
+    labelled_idx: np.ndarray,
+    labelled_y: np.ndarray,
+    num_known: int,
+    *,
+    seed: int = 0,
+    steps: int = 150,
+    lr: float = 1e-3,
+    hidden=(128, 128),
+    evidence_offset: float | None = None,
+    discrepancy_weight: float = 1.0,
+) -> MLP:
     """Full-batch Adam on Σ_heads [DPC(known) + no-evidence KL(unknown)] + w·discrepancy loss."""
     torch.manual_seed(seed)
     model = MLP(x.shape[1], num_known, hidden, num_heads=2)

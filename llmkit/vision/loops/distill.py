@@ -14,8 +14,7 @@ from torch import nn
 
 from llmkit.vision import VisionError
 from llmkit.vision.loops.common import accuracy, fit
-from llmkit.vision.losses.distill import (IGNORE_INDEX, DualHeadDistillLoss, masked_kd, project_conflicting,
-                                          rdd_loss)
+from llmkit.vision.losses.distill import IGNORE_INDEX, DualHeadDistillLoss, masked_kd, project_conflicting, rdd_loss
 from llmkit.vision.losses.evidential import CrossEntropy
 from llmkit.vision.models import MLP
 
@@ -47,26 +46,40 @@ def aligned_step_gradients(parameters, task: torch.Tensor, aux: torch.Tensor) ->
     parameters = [p for p in parameters if p.requires_grad]
     g_task = torch.autograd.grad(task, parameters, retain_graph=True, allow_unused=True)
     g_aux = torch.autograd.grad(aux, parameters, allow_unused=True)
-    flat = lambda grads: torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                                    for p, g in zip(parameters, grads)])
+    flat = lambda grads: torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(parameters, grads)]
+    )
     task_vec, aux_vec = flat(g_task), flat(g_aux)
     combined = task_vec + project_conflicting(task_vec, aux_vec)
     offset = 0
     for p in parameters:
-        p.grad = combined[offset:offset + p.numel()].view_as(p).clone()
+        p.grad = combined[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
 
 
-def train_student(mode: str, x: torch.Tensor, y: torch.Tensor, labelled_mask: torch.Tensor,
-                  teacher_logits: torch.Tensor, *, gradient_alignment: bool = False, seed: int = 0,
-                  config: DistillConfig | None = None):
+def train_student(
+    mode: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labelled_mask: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    gradient_alignment: bool = False,
+    seed: int = 0,
+    config: DistillConfig | None = None,
+):
     """Train a student in one of `DISTILL_MODES` (two heads for the DHKD modes); returns the student."""
     config = config or DistillConfig()
-    loss_fn = DualHeadDistillLoss(mode, kd_temperature=config.kd_temperature,
-                                  binary_temperature=config.binary_temperature, aux_weight=config.aux_weight)
+    loss_fn = DualHeadDistillLoss(
+        mode,
+        kd_temperature=config.kd_temperature,
+        binary_temperature=config.binary_temperature,
+        aux_weight=config.aux_weight,
+    )
     torch.manual_seed(seed)
-    student = MLP(x.shape[1], teacher_logits.shape[1], config.student_hidden,
-                  num_heads=2 if mode.startswith("dhkd") else 1)
+    student = MLP(
+        x.shape[1], teacher_logits.shape[1], config.student_hidden, num_heads=2 if mode.startswith("dhkd") else 1
+    )
     optimiser = torch.optim.Adam(student.parameters(), lr=config.lr)
     student.train()
     for _ in range(config.student_steps):
@@ -88,10 +101,23 @@ def student_accuracy(student, x_test: torch.Tensor, y_test: torch.Tensor) -> flo
 RDD_ARMS = ("ce", "kd", "rdd")
 
 
-def train_rdd_student(x: torch.Tensor, y: torch.Tensor, teacher, *, arm: str = "rdd", seed: int = 0,
-                      steps: int = 400, stage_one_fraction: float = 0.1, lr: float = 1e-2, hidden=(16,),
-                      min_kept: int = 0, student: nn.Module | None = None, batch_size: int | None = None,
-                      ignore_index: int = IGNORE_INDEX, poly_power: float | None = None):
+def train_rdd_student(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    teacher,
+    *,
+    arm: str = "rdd",
+    seed: int = 0,
+    steps: int = 400,
+    stage_one_fraction: float = 0.1,
+    lr: float = 1e-2,
+    hidden=(16,),
+    min_kept: int = 0,
+    student: nn.Module | None = None,
+    batch_size: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    poly_power: float | None = None,
+):
     """Fully supervised student for the RDD checks: arm 'ce', 'kd' (CE + KD T=1) or 'rdd' (stage 1 for the first
     `stage_one_fraction` of steps — the reference's 4k of 40k iterations — then stage 2). The teacher needs two
     heads (main = head 0, auxiliary = head 1).
@@ -125,8 +151,9 @@ def train_rdd_student(x: torch.Tensor, y: torch.Tensor, teacher, *, arm: str = "
         logits = student(x[batch]).logits
         if arm == "rdd":
             stage = 1 if step < stage_one_fraction * steps else 2
-            loss = rdd_loss(logits, t_main[batch], t_aux[batch], y[batch], stage=stage, min_kept=min_kept,
-                            ignore_index=ignore_index)
+            loss = rdd_loss(
+                logits, t_main[batch], t_aux[batch], y[batch], stage=stage, min_kept=min_kept, ignore_index=ignore_index
+            )
         elif (y[batch] != ignore_index).any():
             loss = F.cross_entropy(logits, y[batch], ignore_index=ignore_index)
             if arm == "kd":

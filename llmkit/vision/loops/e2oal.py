@@ -11,9 +11,19 @@ from llmkit.vision.losses.evidential import edl_loss
 from llmkit.vision.models import MLP
 
 
-def train_e2oal(x: torch.Tensor, labelled_idx: np.ndarray, labelled_y: np.ndarray, aux_target: np.ndarray,
-                num_known: int, *, seed: int = 0, steps: int = 150, lr: float = 1e-3, hidden=(128, 128),
-                annealing_fraction: float = 0.05) -> MLP:
+def train_e2oal(
+    x: torch.Tensor,
+    labelled_idx: np.ndarray,
+    labelled_y: np.ndarray,
+    aux_target: np.ndarray,
+    num_known: int,
+    *,
+    seed: int = 0,
+    steps: int = 150,
+    lr: float = 1e-3,
+    hidden=(128, 128),
+    annealing_fraction: float = 0.05,
+) -> MLP:
     """Full-batch Adam on CE(base head, known rows) + EDL(aux head, all rows).
 
     The KL term's weight ramps min(1, step / (annealing_fraction·steps)) — the reference's min(1, epoch/10)

@@ -37,12 +37,12 @@ def average_state_dicts(states: list[dict], weights) -> dict:
     if len(states) != len(weights) or weights.sum() <= 0:
         raise VisionError("need one positive weight per client state")
     weights = weights / weights.sum()
-    return {k: sum(float(w) * s[k].float() for w, s in zip(weights, states)).to(states[0][k].dtype)
-            for k in states[0]}
+    return {k: sum(float(w) * s[k].float() for w, s in zip(weights, states)).to(states[0][k].dtype) for k in states[0]}
 
 
-def local_update(model, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
-                 generator: torch.Generator) -> dict:
+def local_update(
+    model, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int, generator: torch.Generator
+) -> dict:
     """Plain SGD (momentum 0.9) on one client's data starting from the global model; returns the new state."""
     local = copy.deepcopy(model)
     optimiser = torch.optim.SGD(local.parameters(), lr=lr, momentum=0.9)
@@ -55,14 +55,25 @@ def local_update(model, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: fl
     return local.state_dict()
 
 
-def fedavg(model, client_data: list[tuple[torch.Tensor, torch.Tensor]], *, rounds: int = 30, local_epochs: int = 2,
-           lr: float = 0.05, batch_size: int = 32, seed: int = 0):
+def fedavg(
+    model,
+    client_data: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    rounds: int = 30,
+    local_epochs: int = 2,
+    lr: float = 0.05,
+    batch_size: int = 32,
+    seed: int = 0,
+):
     """Run FedAvg with every client participating each round; returns (final model, initial state dict)."""
     generator = torch.Generator().manual_seed(seed)
     initial = copy.deepcopy(model.state_dict())
     sizes = [len(y) for _, y in client_data]
     for _ in range(rounds):
-        states = [local_update(model, x, y, epochs=local_epochs, lr=lr, batch_size=batch_size, generator=generator)
-                  for x, y in client_data if len(y)]
+        states = [
+            local_update(model, x, y, epochs=local_epochs, lr=lr, batch_size=batch_size, generator=generator)
+            for x, y in client_data
+            if len(y)
+        ]
         model.load_state_dict(average_state_dicts(states, [s for s in sizes if s]))
     return model, initial

@@ -63,27 +63,46 @@ def balanced_accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(torch.stack(recalls).mean() * 100)
 
 
-def federated_active_learning(strategy: str, x: torch.Tensor, y: np.ndarray, x_test: torch.Tensor,
-                              y_test: torch.Tensor, *, seed: int = 0, config: FederatedALConfig | None = None):
+def federated_active_learning(
+    strategy: str,
+    x: torch.Tensor,
+    y: np.ndarray,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    seed: int = 0,
+    config: FederatedALConfig | None = None,
+):
     """Run federated AL with `strategy` in FEDERATED_STRATEGIES; returns balanced test accuracy after each cycle's
     FedAvg (cycle 0 = initial labels) and the labelled fraction at each point."""
     if strategy not in FEDERATED_STRATEGIES:
-        raise VisionError(f"unknown federated AL strategy {strategy!r}; choose one of {', '.join(FEDERATED_STRATEGIES)}")
+        raise VisionError(
+            f"unknown federated AL strategy {strategy!r}; choose one of {', '.join(FEDERATED_STRATEGIES)}"
+        )
     config = config or FederatedALConfig()
     num_classes = int(max(y.max(), y_test.max())) + 1
     rng = np.random.default_rng(seed)
     clients = [c for c in dirichlet_split(y, config.num_clients, config.beta, rng) if len(c) > 1]
     labelled = [rng.choice(c, max(1, int(round(config.initial_fraction * len(c)))), replace=False) for c in clients]
     y_t = torch.as_tensor(y, dtype=torch.int64)
-    sampler = {"random": RandomSampling(), "entropy": UncertaintySampling("entropy"),
-               "fairfal": FairFALSampling(num_classes)}[strategy]
+    sampler = {
+        "random": RandomSampling(),
+        "entropy": UncertaintySampling("entropy"),
+        "fairfal": FairFALSampling(num_classes),
+    }[strategy]
     curve, fractions = [], []
     for cycle in range(config.cycles + 1):
         torch.manual_seed(derived_seed(seed, cycle, 0))
         data = [(x[torch.as_tensor(l)], y_t[torch.as_tensor(l)]) for l in labelled]
-        global_model, _ = fedavg(MLP(x.shape[1], num_classes, config.hidden), data, rounds=config.fl_rounds,
-                                 local_epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-                                 seed=derived_seed(seed, cycle, 1))
+        global_model, _ = fedavg(
+            MLP(x.shape[1], num_classes, config.hidden),
+            data,
+            rounds=config.fl_rounds,
+            local_epochs=config.local_epochs,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            seed=derived_seed(seed, cycle, 1),
+        )
         curve.append(balanced_accuracy(global_model, x_test, y_test))
         fractions.append(sum(len(l) for l in labelled) / sum(len(c) for c in clients))
         if cycle == config.cycles:
@@ -93,8 +112,16 @@ def federated_active_learning(strategy: str, x: torch.Tensor, y: np.ndarray, x_t
             ratios = []
             for k, l in enumerate(labelled):
                 torch.manual_seed(derived_seed(seed, cycle, 10 + k))
-                local_models.append(fit(MLP(x.shape[1], num_classes, config.hidden), data[k][0], data[k][1],
-                                        CrossEntropy(), steps=config.local_model_steps, lr=1e-3))
+                local_models.append(
+                    fit(
+                        MLP(x.shape[1], num_classes, config.hidden),
+                        data[k][0],
+                        data[k][1],
+                        CrossEntropy(),
+                        steps=config.local_model_steps,
+                        lr=1e-3,
+                    )
+                )
                 global_model.eval()
                 with torch.no_grad():
                     ratios.append(imbalance_ratio(torch.softmax(global_model(data[k][0]).logits, 1).mean(0).numpy()))
@@ -107,8 +134,14 @@ def federated_active_learning(strategy: str, x: torch.Tensor, y: np.ndarray, x_t
             models = {"target": global_model, "global": global_model}
             if local_models:
                 models["local"] = local_models[k]
-            picked = sampler.select(pool, budget, scorer=ModelScorer(x, models), labelled_idx=l, labelled_y=y[l],
-                                    state=state if strategy == "fairfal" else None,
-                                    rng=np.random.default_rng([seed, cycle, k]))
+            picked = sampler.select(
+                pool,
+                budget,
+                scorer=ModelScorer(x, models),
+                labelled_idx=l,
+                labelled_y=y[l],
+                state=state if strategy == "fairfal" else None,
+                rng=np.random.default_rng([seed, cycle, k]),
+            )
             labelled[k] = np.concatenate([l, picked])
     return curve, fractions

@@ -8,9 +8,15 @@ import numpy as np
 import torch
 
 from llmkit.vision import VisionError
-from llmkit.vision.losses.multilabel import (L2DLoss, asymmetric_loss, cap_pseudo_labels, cdcr_weights,
-                                             fixed_threshold_pseudo_labels, mean_average_precision)
-from llmkit.vision.models import LabelWiseMLP, MLP
+from llmkit.vision.losses.multilabel import (
+    L2DLoss,
+    asymmetric_loss,
+    cap_pseudo_labels,
+    cdcr_weights,
+    fixed_threshold_pseudo_labels,
+    mean_average_precision,
+)
+from llmkit.vision.models import MLP, LabelWiseMLP
 
 
 def _adam_steps(model, loss_of_batch, steps: int, lr: float, batches=None, seed: int = 0):
@@ -43,8 +49,12 @@ def predict_scores(model, x: torch.Tensor) -> np.ndarray:
 
 #: Student objectives: BCE only, BCE + MLD, full L2D with the reference COCO weights (λ_cd 100, λ_id 1000),
 #: and L2D with the embedding weights scaled down 100× (this toy's BCE sums are far smaller than COCO's).
-L2D_ARMS = {"bce": dict(logits_weight=0.0, embedding_weight=0.0), "bce+mld": dict(embedding_weight=0.0),
-            "l2d": {}, "l2d-scaled": dict(cd_weight=1.0, id_weight=10.0)}
+L2D_ARMS = {
+    "bce": dict(logits_weight=0.0, embedding_weight=0.0),
+    "bce+mld": dict(embedding_weight=0.0),
+    "l2d": {},
+    "l2d-scaled": dict(cd_weight=1.0, id_weight=10.0),
+}
 
 
 @dataclass
@@ -69,8 +79,14 @@ def train_l2d(arm: str, x, y, x_test, y_test, *, seed: int = 0, config: L2DConfi
     if teacher is None:
         torch.manual_seed(seed)
         teacher = LabelWiseMLP(x.shape[1], y.shape[1], config.teacher_hidden, config.embed_dim)
-        _adam_steps(teacher, lambda b: bce(teacher(x[b]), y[b], None) / len(b), config.teacher_epochs, config.lr,
-                    (len(x), config.batch_size), seed)
+        _adam_steps(
+            teacher,
+            lambda b: bce(teacher(x[b]), y[b], None) / len(b),
+            config.teacher_epochs,
+            config.lr,
+            (len(x), config.batch_size),
+            seed,
+        )
         teacher.eval()
     with torch.no_grad():
         teacher_out = teacher(x)
@@ -78,8 +94,14 @@ def train_l2d(arm: str, x, y, x_test, y_test, *, seed: int = 0, config: L2DConfi
     torch.manual_seed(seed + 1)
     student = LabelWiseMLP(x.shape[1], y.shape[1], config.student_hidden, config.embed_dim)
     with_teacher = lambda b: type(teacher_out)(teacher_out.logits[b], (teacher_out.logits[b],), teacher_out.features[b])
-    _adam_steps(student, lambda b: loss(student(x[b]), y[b], with_teacher(b)) / len(b), config.epochs, config.lr,
-                (len(x), config.batch_size), seed + 1)
+    _adam_steps(
+        student,
+        lambda b: loss(student(x[b]), y[b], with_teacher(b)) / len(b),
+        config.epochs,
+        config.lr,
+        (len(x), config.batch_size),
+        seed + 1,
+    )
     return mean_average_precision(predict_scores(student, x_test), y_test.numpy()), teacher
 
 
@@ -108,8 +130,9 @@ class CAPResult:
     recall: float | None = None
 
 
-def train_cap(rule: str, x_lab, y_lab, x_unl, y_unl_true, x_test, y_test, *, seed: int = 0,
-              config: CAPConfig | None = None) -> CAPResult:
+def train_cap(
+    rule: str, x_lab, y_lab, x_unl, y_unl_true, x_test, y_test, *, seed: int = 0, config: CAPConfig | None = None
+) -> CAPResult:
     """Semi-supervised multi-label training with `rule` in PSEUDO_LABEL_RULES ('supervised' = labelled data only).
 
     `y_unl_true` is used only to report pseudo-label precision/recall, never to train. No EMA teacher
@@ -129,22 +152,39 @@ def train_cap(rule: str, x_lab, y_lab, x_unl, y_unl_true, x_test, y_test, *, see
     for _ in range(config.rounds):
         probs = torch.as_tensor(predict_scores(model, x_unl))
         pseudo, mask = cap_pseudo_labels(probs, prior) if rule == "cap" else fixed_threshold_pseudo_labels(probs)
-        step_loss = lambda _: (asymmetric_loss(model(x_lab).logits, y_lab)
-                               + asymmetric_loss(model(x_unl).logits, pseudo, weight=mask)) / (len(x_lab) + len(x_unl))
+        step_loss = lambda _: (
+            (asymmetric_loss(model(x_lab).logits, y_lab) + asymmetric_loss(model(x_unl).logits, pseudo, weight=mask))
+            / (len(x_lab) + len(x_unl))
+        )
         _adam_steps(model, step_loss, config.steps_per_round, config.lr)
     true = y_unl_true.numpy() > 0
     hit = (pseudo.numpy() > 0) & true
     precision = 100 * hit.sum() / max(pseudo.numpy().sum(), 1)
     recall = 100 * hit.sum() / max(true.sum(), 1)
-    return CAPResult(mean_average_precision(predict_scores(model, x_test), y_test.numpy()), float(precision),
-                     float(recall))
+    return CAPResult(
+        mean_average_precision(predict_scores(model, x_test), y_test.numpy()), float(precision), float(recall)
+    )
 
 
 # -- CDCR -----------------------------------------------------------------------------------------
 
-def train_cdcr(arm: str, x, candidates, x_test, y_test, *, seed: int = 0, hidden=(128,), warmup_epochs: int = 5,
-               epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, threshold: float = 0.6,
-               true_labels=None) -> dict:
+
+def train_cdcr(
+    arm: str,
+    x,
+    candidates,
+    x_test,
+    y_test,
+    *,
+    seed: int = 0,
+    hidden=(128,),
+    warmup_epochs: int = 5,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    threshold: float = 0.6,
+    true_labels=None,
+) -> dict:
     """Partial multi-label training: 'naive' = BCE with every candidate as a positive; 'cdcr' = the same
     warm-up, then BCE weighted by `cdcr_weights` recomputed every epoch. Returns test mAP and, if
     `true_labels` is given (reporting only), the precision of the candidates the weights trust at the end."""
@@ -153,8 +193,12 @@ def train_cdcr(arm: str, x, candidates, x_test, y_test, *, seed: int = 0, hidden
     torch.manual_seed(seed)
     model = MLP(x.shape[1], candidates.shape[1], hidden)
     weights = torch.ones_like(candidates)
-    bce = lambda b: torch.nn.functional.binary_cross_entropy_with_logits(
-        model(x[b]).logits, candidates[b], weight=weights[b], reduction="sum") / len(b)
+    bce = lambda b: (
+        torch.nn.functional.binary_cross_entropy_with_logits(
+            model(x[b]).logits, candidates[b], weight=weights[b], reduction="sum"
+        )
+        / len(b)
+    )
     _adam_steps(model, bce, warmup_epochs, lr, (len(x), batch_size), seed)
     for epoch in range(epochs - warmup_epochs):
         if arm == "cdcr":
@@ -170,8 +214,22 @@ def train_cdcr(arm: str, x, candidates, x_test, y_test, *, seed: int = 0, hidden
 
 # -- CCMN -----------------------------------------------------------------------------------------
 
-def train_ccmn(arm: str, x, observed, x_test, y_test, *, rho_pos: float, rho_neg: float, seed: int = 0,
-               hidden=(128,), epochs: int = 20, batch_size: int = 64, lr: float = 1e-3) -> float:
+
+def train_ccmn(
+    arm: str,
+    x,
+    observed,
+    x_test,
+    y_test,
+    *,
+    rho_pos: float,
+    rho_neg: float,
+    seed: int = 0,
+    hidden=(128,),
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+) -> float:
     """Multi-label training on noisy labels: 'bce' (ignores the noise) or 'ccmn' (unbiased corrected BCE with the
     known flip rates). Returns the clean-test mAP."""
     from llmkit.vision.losses.multilabel import ccmn_unbiased_bce
@@ -181,8 +239,10 @@ def train_ccmn(arm: str, x, observed, x_test, y_test, *, rho_pos: float, rho_neg
     torch.manual_seed(seed)
     model = MLP(x.shape[1], observed.shape[1], hidden)
     if arm == "bce":
-        loss = lambda b: torch.nn.functional.binary_cross_entropy_with_logits(
-            model(x[b]).logits, observed[b], reduction="sum") / len(b)
+        loss = lambda b: (
+            torch.nn.functional.binary_cross_entropy_with_logits(model(x[b]).logits, observed[b], reduction="sum")
+            / len(b)
+        )
     else:
         loss = lambda b: ccmn_unbiased_bce(model(x[b]).logits, observed[b], rho_pos, rho_neg) / len(b)
     _adam_steps(model, loss, epochs, lr, (len(x), batch_size), seed)

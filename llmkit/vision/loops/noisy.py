@@ -57,8 +57,17 @@ class NoisyResult:
     curve: list | None = None  # test accuracy after each epoch
 
 
-def train_noisy(method: str, x: torch.Tensor, noisy_y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                *, seed: int = 0, config: NoisyConfig | None = None, clean_y: torch.Tensor | None = None) -> NoisyResult:
+def train_noisy(
+    method: str,
+    x: torch.Tensor,
+    noisy_y: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    seed: int = 0,
+    config: NoisyConfig | None = None,
+    clean_y: torch.Tensor | None = None,
+) -> NoisyResult:
     """Train one of `NOISY_METHODS` on noisy labels and report test accuracy.
 
     `clean_y` (optional) is only used to report the label precision of the kept set, never to train.
@@ -68,8 +77,15 @@ def train_noisy(method: str, x: torch.Tensor, noisy_y: torch.Tensor, x_test: tor
     config = config or NoisyConfig()
     if method.startswith("bldr"):
         never = config.epochs + 1  # reweighting never starts
-        return train_bldr(x, noisy_y, x_test, y_test, seed=seed, config=config,
-                          update_weights_from=never if method == "bldr-no-rw" else None)
+        return train_bldr(
+            x,
+            noisy_y,
+            x_test,
+            y_test,
+            seed=seed,
+            config=config,
+            update_weights_from=never if method == "bldr-no-rw" else None,
+        )
     curve: list[float] = []
     record = lambda epoch, model: curve.append(accuracy(model, x_test, y_test))
     torch.manual_seed(seed)
@@ -94,9 +110,17 @@ def train_noisy(method: str, x: torch.Tensor, noisy_y: torch.Tensor, x_test: tor
     return NoisyResult(accuracy(model, x_test, y_test), int(keep.sum()), precision, curve)
 
 
-def train_bldr(x: torch.Tensor, noisy_y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,
-               config: NoisyConfig | None = None, update_weights_from: int | None = None,
-               over_param_lr: float = 10.0) -> NoisyResult:
+def train_bldr(
+    x: torch.Tensor,
+    noisy_y: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    seed: int = 0,
+    config: NoisyConfig | None = None,
+    update_weights_from: int | None = None,
+    over_param_lr: float = 10.0,
+) -> NoisyResult:
     """BLDR-lite: PL head (over-parameterised CE) + NL head (complementary labels), both weighted by the NL
     head's belief in each given label from epoch `update_weights_from` on (reference: 20 of 300 epochs;
     default here: a third of the run). u, v are per-example parameters trained with plain SGD (lr 10)."""
@@ -118,9 +142,9 @@ def train_bldr(x: torch.Tensor, noisy_y: torch.Tensor, x_test: torch.Tensor, y_t
         for batch in torch.randperm(len(x), generator=generator).split(config.batch_size):
             optimiser.zero_grad(), over_param_optimiser.zero_grad()
             out = model(x[batch])
-            loss = (bldr_positive_loss(out.heads[0], noisy_y[batch], u[batch], v[batch], weights=weights[batch],
-                                       noise_ratio=noise_ratio)
-                    + bldr_negative_loss(out.heads[1], noisy_y[batch], weights[batch]))
+            loss = bldr_positive_loss(
+                out.heads[0], noisy_y[batch], u[batch], v[batch], weights=weights[batch], noise_ratio=noise_ratio
+            ) + bldr_negative_loss(out.heads[1], noisy_y[batch], weights[batch])
             loss.backward()
             optimiser.step(), over_param_optimiser.step()
         if epoch + 1 >= start_weights:
@@ -134,17 +158,34 @@ def train_bldr(x: torch.Tensor, noisy_y: torch.Tensor, x_test: torch.Tensor, y_t
 PLL_METHODS = ("uniform", "self-training", "mogd")
 
 
-def train_partial_label(method: str, x: torch.Tensor, candidates: torch.Tensor, x_val: torch.Tensor,
-                        y_val: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,
-                        epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, hidden=(128,),
-                        virtual_lr: float = 0.1, weight_step: float = 1.0) -> float:
+def train_partial_label(
+    method: str,
+    x: torch.Tensor,
+    candidates: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    seed: int = 0,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    hidden=(128,),
+    virtual_lr: float = 0.1,
+    weight_step: float = 1.0,
+) -> float:
     """Partial-label training with candidate weights from `method` in PLL_METHODS; returns test accuracy (%).
 
     uniform: fixed 1/|S_i|; self-training: ∝ model probabilities (PRODEN-style, recomputed every batch);
     mogd: meta-gradient from the clean validation set (x_val, y_val) after a virtual SGD step of `virtual_lr`.
     """
-    from llmkit.vision.losses.partial import (meta_weight_gradient, normalise_over_candidates,
-                                              self_training_weights, weighted_candidate_loss)
+    from llmkit.vision.losses.partial import (
+        meta_weight_gradient,
+        normalise_over_candidates,
+        self_training_weights,
+        weighted_candidate_loss,
+    )
 
     if method not in PLL_METHODS:
         raise VisionError(f"unknown partial-label method {method!r}; choose one of {', '.join(PLL_METHODS)}")
@@ -162,8 +203,9 @@ def train_partial_label(method: str, x: torch.Tensor, candidates: torch.Tensor, 
                 grad = meta_weight_gradient(model, x[batch], weights[batch], x_val, y_val, virtual_lr)
                 # Exponentiated-gradient (mirror) step: stays on the candidate simplex without hard zeroing,
                 # so one noisy 50-example meta-gradient cannot wipe out the true label's weight.
-                weights[batch] = normalise_over_candidates(weights[batch] * torch.exp((-weight_step * grad).clamp(-30, 30)),
-                                                           candidates[batch])
+                weights[batch] = normalise_over_candidates(
+                    weights[batch] * torch.exp((-weight_step * grad).clamp(-30, 30)), candidates[batch]
+                )
             optimiser.zero_grad()
             weighted_candidate_loss(model(x[batch]).logits, weights[batch].detach()).backward()
             optimiser.step()

@@ -21,8 +21,9 @@ from llmkit.vision.models import as_outputs
 
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
     if student.shape != teacher.shape or student.dim() != 2:
-        raise VisionError(f"student and teacher logits must both be [N, K], got {tuple(student.shape)} "
-                          f"and {tuple(teacher.shape)}")
+        raise VisionError(
+            f"student and teacher logits must both be [N, K], got {tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
 
 
 def class_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -35,7 +36,7 @@ def class_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """Hinton KD: T²·KL( softmax(t/T) ‖ softmax(s/T) ), summed over classes, mean over the batch."""
     _check_pair(student, teacher)
-    return temperature ** 2 * class_kl(teacher, student, temperature).mean()
+    return temperature**2 * class_kl(teacher, student, temperature).mean()
 
 
 def binary_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
@@ -45,7 +46,7 @@ def binary_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float =
     p = torch.sigmoid(t)
     # log σ(x) = −softplus(−x) and log(1 − σ(x)) = −softplus(x): stable for large |x|.
     kl = p * (F.softplus(-s) - F.softplus(-t)) + (1 - p) * (F.softplus(s) - F.softplus(t))
-    return temperature ** 2 * kl.sum(1).mean()
+    return temperature**2 * kl.sum(1).mean()
 
 
 def binary_kl_norm(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
@@ -57,7 +58,7 @@ def binary_kl_norm(student: torch.Tensor, teacher: torch.Tensor, temperature: fl
     _check_pair(student, teacher)
     x = (student - teacher) / temperature
     kl = 0.5 * (F.softplus(x) + F.softplus(-x)) - math.log(2.0)
-    return temperature ** 2 * kl.sum(1).mean()
+    return temperature**2 * kl.sum(1).mean()
 
 
 def project_conflicting(task_grad: torch.Tensor, aux_grad: torch.Tensor) -> torch.Tensor:
@@ -92,10 +93,19 @@ class LossParts(NamedTuple):
 DISTILL_MODES = ("ce", "kd", "binary_kl", "dhkd", "dhkd+kd")
 
 
-def distillation_parts(outputs, labels: torch.Tensor, teacher_logits: torch.Tensor, *, mode: str = "dhkd",
-                       labelled_mask: torch.Tensor | None = None, kd_temperature: float = 4.0,
-                       binary_temperature: float = 2.0, ce_weight: float = 1.0, aux_weight: float = 1.0,
-                       kd_weight: float = 1.0) -> LossParts:
+def distillation_parts(
+    outputs,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    mode: str = "dhkd",
+    labelled_mask: torch.Tensor | None = None,
+    kd_temperature: float = 4.0,
+    binary_temperature: float = 2.0,
+    ce_weight: float = 1.0,
+    aux_weight: float = 1.0,
+    kd_weight: float = 1.0,
+) -> LossParts:
     """Task and distillation terms for one of `DISTILL_MODES`.
 
     ce:        CE on head 0 (labelled rows only); no distillation.
@@ -126,20 +136,34 @@ def distillation_parts(outputs, labels: torch.Tensor, teacher_logits: torch.Tens
 class DualHeadDistillLoss(nn.Module):
     """nn.Module twin of `distillation_parts`: forward returns `LossParts` (use `.total` to backprop)."""
 
-    def __init__(self, mode: str = "dhkd", kd_temperature: float = 4.0, binary_temperature: float = 2.0,
-                 ce_weight: float = 1.0, aux_weight: float = 1.0, kd_weight: float = 1.0):
+    def __init__(
+        self,
+        mode: str = "dhkd",
+        kd_temperature: float = 4.0,
+        binary_temperature: float = 2.0,
+        ce_weight: float = 1.0,
+        aux_weight: float = 1.0,
+        kd_weight: float = 1.0,
+    ):
         super().__init__()
         if mode not in DISTILL_MODES:
             raise VisionError(f"unknown distillation mode {mode!r}; choose one of {', '.join(DISTILL_MODES)}")
         self.mode = mode
-        self.kwargs = dict(kd_temperature=kd_temperature, binary_temperature=binary_temperature,
-                           ce_weight=ce_weight, aux_weight=aux_weight, kd_weight=kd_weight)
+        self.kwargs = dict(
+            kd_temperature=kd_temperature,
+            binary_temperature=binary_temperature,
+            ce_weight=ce_weight,
+            aux_weight=aux_weight,
+            kd_weight=kd_weight,
+        )
 
-    def forward(self, outputs, labels: torch.Tensor, teacher_logits: torch.Tensor,
-                labelled_mask: torch.Tensor | None = None) -> LossParts:
+    def forward(
+        self, outputs, labels: torch.Tensor, teacher_logits: torch.Tensor, labelled_mask: torch.Tensor | None = None
+    ) -> LossParts:
         """Task (CE) and distillation parts for this loss's mode."""
-        return distillation_parts(outputs, labels, teacher_logits, mode=self.mode, labelled_mask=labelled_mask,
-                                  **self.kwargs)
+        return distillation_parts(
+            outputs, labels, teacher_logits, mode=self.mode, labelled_mask=labelled_mask, **self.kwargs
+        )
 
 
 class BinaryKLNormLoss(nn.Module):
@@ -176,13 +200,17 @@ def valid_targets(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
         raise VisionError(f"logits must be [N, K] or [B, K, H, W], got {tuple(logits.shape)}")
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != tuple(expected):
-        raise VisionError(f"target must be {'[N]' if logits.dim() == 2 else '[B, H, W]'} matching logits "
-                          f"{tuple(logits.shape)}, got {tuple(target.shape)}")
+        raise VisionError(
+            f"target must be {'[N]' if logits.dim() == 2 else '[B, H, W]'} matching logits "
+            f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+        )
     valid = target != ignore_index
     labels = target.long().masked_fill(~valid, 0)
     if valid.any() and (labels[valid].min() < 0 or labels[valid].max() >= logits.shape[1]):
-        raise VisionError(f"target labels must lie in [0, {logits.shape[1] - 1}] or equal ignore_index "
-                          f"{ignore_index}, got range [{int(labels[valid].min())}, {int(labels[valid].max())}]")
+        raise VisionError(
+            f"target labels must lie in [0, {logits.shape[1] - 1}] or equal ignore_index "
+            f"{ignore_index}, got range [{int(labels[valid].min())}, {int(labels[valid].max())}]"
+        )
     return labels, valid
 
 
@@ -200,8 +228,14 @@ def teacher_disagreement_weights(teacher_main: torch.Tensor, teacher_aux: torch.
     return torch.exp(-class_kl(teacher_aux, teacher_main))
 
 
-def hard_example_mask(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7, min_kept: int = 0, *,
-                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def hard_example_mask(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    threshold: float = 0.7,
+    min_kept: int = 0,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """OHEM-style: an example / pixel is hard if its true-class probability ≤ τ, where τ is raised to the
     `min_kept`-th smallest true-class probability among the *valid* rows when that is larger (so at least
     min_kept valid rows are hard). Returns a bool mask shaped like target; ignored rows are never hard."""
@@ -213,20 +247,35 @@ def hard_example_mask(logits: torch.Tensor, target: torch.Tensor, threshold: flo
     return valid & (prob <= threshold)
 
 
-def masked_kd(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *, temperature: float = 1.0,
-              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def masked_kd(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """`kd_loss` averaged over the valid rows only (target != ignore_index), for [N, K] or [B, K, H, W] logits;
     0 when nothing is valid."""
     _check_same("student and teacher logits", student, teacher)
     _, valid = valid_targets(student, target, ignore_index)
     if not valid.any():
         return student.sum() * 0
-    return temperature ** 2 * class_kl(teacher, student, temperature)[valid].mean()
+    return temperature**2 * class_kl(teacher, student, temperature)[valid].mean()
 
 
-def rdd_loss(student: torch.Tensor, teacher_main: torch.Tensor, teacher_aux: torch.Tensor, target: torch.Tensor, *,
-             stage: int, threshold: float = 0.7, min_kept: int = 0, kd_weight: float = 1.0,
-             ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def rdd_loss(
+    student: torch.Tensor,
+    teacher_main: torch.Tensor,
+    teacher_aux: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    stage: int,
+    threshold: float = 0.7,
+    min_kept: int = 0,
+    kd_weight: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """RDD student loss over the valid examples / pixels (target != ignore_index): KD (T = 1, mean over valid
     rows) always, plus
     stage 1: CE weighted by `teacher_disagreement_weights` (mean over valid rows);

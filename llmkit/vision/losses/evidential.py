@@ -41,9 +41,12 @@ def dirichlet_kl_to_uniform(alpha: torch.Tensor) -> torch.Tensor:
     """
     num_classes = alpha.shape[1]
     total = alpha.sum(1)
-    return (torch.lgamma(total) - torch.lgamma(alpha.new_tensor(float(num_classes)))
-            - torch.lgamma(alpha).sum(1)
-            + ((alpha - 1) * (torch.digamma(alpha) - torch.digamma(total)[:, None])).sum(1))
+    return (
+        torch.lgamma(total)
+        - torch.lgamma(alpha.new_tensor(float(num_classes)))
+        - torch.lgamma(alpha).sum(1)
+        + ((alpha - 1) * (torch.digamma(alpha) - torch.digamma(total)[:, None])).sum(1)
+    )
 
 
 def _as_target_distribution(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -69,8 +72,14 @@ def _reduce(per_example: torch.Tensor, reduction: str) -> torch.Tensor:
     raise VisionError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def dpc_loss(logits: torch.Tensor, target: torch.Tensor, *, kl_weight: float | None = None,
-             evidence_offset: float | None = None, reduction: str = "mean") -> torch.Tensor:
+def dpc_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kl_weight: float | None = None,
+    evidence_offset: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """DPC's evidential loss: [log S − log α_y] + (0.5/K)·KL( Dir(α̃) ‖ Dir(1) ).
 
     α̃ = y + (1 − y)·(K/10)·α removes the labelled class's evidence and rescales the rest so that
@@ -95,15 +104,22 @@ def dpc_loss(logits: torch.Tensor, target: torch.Tensor, *, kl_weight: float | N
 def label_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """m_i = f_{y_i} − max_{k≠y_i} f_k on raw logits: DPC's clean-sample score (large = agrees with label)."""
     if logits.dim() != 2 or labels.dim() != 1 or logits.shape[0] != labels.shape[0]:
-        raise VisionError(f"label_margin needs logits [N, K] and labels [N], got {tuple(logits.shape)}, "
-                          f"{tuple(labels.shape)}")
+        raise VisionError(
+            f"label_margin needs logits [N, K] and labels [N], got {tuple(logits.shape)}, {tuple(labels.shape)}"
+        )
     given = logits.gather(1, labels[:, None].long()).squeeze(1)
     others = logits.scatter(1, labels[:, None].long(), float("-inf")).max(1).values
     return given - others
 
 
-def edl_loss(logits: torch.Tensor, target: torch.Tensor, *, annealing: float = 1.0, logit_clip: float = 10.0,
-             reduction: str = "mean") -> torch.Tensor:
+def edl_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    annealing: float = 1.0,
+    logit_clip: float = 10.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Evidential (Sensoy-style) loss as used by E2OAL's auxiliary head.
 
     α = exp(clip(f, −10, 10)) + 1, S = Σα; loss = Σ_k y_k (log S − log α_k) + annealing·KL( Dir(α̃) ‖ Dir(1) ),
@@ -128,8 +144,13 @@ class DPCLoss(nn.Module):
 
     def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
         """Loss of head 0's logits against `target`."""
-        return dpc_loss(as_outputs(outputs).logits, target, kl_weight=self.kl_weight,
-                        evidence_offset=self.evidence_offset, reduction=self.reduction)
+        return dpc_loss(
+            as_outputs(outputs).logits,
+            target,
+            kl_weight=self.kl_weight,
+            evidence_offset=self.evidence_offset,
+            reduction=self.reduction,
+        )
 
 
 class CrossEntropy(nn.Module):

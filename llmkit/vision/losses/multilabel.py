@@ -20,8 +20,16 @@ from llmkit.vision import VisionError
 from llmkit.vision.losses.distill import binary_kl
 
 
-def asymmetric_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma_neg: float = 4.0, gamma_pos: float = 0.0,
-                    clip: float = 0.05, weight: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+def asymmetric_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.05,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """ASL (Ridnik et al.), summed over entries: −[y(1−p)^γ⁺ log p + (1−y) p_m^γ⁻ log(1 − p_m)], p_m = max(p − clip, 0).
 
     The shifted, focused negative term stops the many easy negatives of multi-label data from
@@ -37,8 +45,9 @@ def asymmetric_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma_neg: fl
     return (loss if weight is None else loss * weight).sum()
 
 
-def cap_pseudo_labels(probs: torch.Tensor, class_prior: torch.Tensor, *, rho_pos: float = 1.0,
-                      rho_neg: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def cap_pseudo_labels(
+    probs: torch.Tensor, class_prior: torch.Tensor, *, rho_pos: float = 1.0, rho_neg: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CAP's class-distribution-aware pseudo-labels and confidence mask for unlabelled probabilities [n_u, K].
 
     Per class k: τ_k = the (γ_k·n_u)-th largest probability; pseudo-label 1[p ≥ τ_k], so the positive
@@ -47,8 +56,9 @@ def cap_pseudo_labels(probs: torch.Tensor, class_prior: torch.Tensor, *, rho_pos
     Counts are rounded to the nearest integer.
     """
     if probs.dim() != 2 or class_prior.shape != (probs.shape[1],):
-        raise VisionError(f"probs must be [n, K] and class_prior [K], got {tuple(probs.shape)}, "
-                          f"{tuple(class_prior.shape)}")
+        raise VisionError(
+            f"probs must be [n, K] and class_prior [K], got {tuple(probs.shape)}, {tuple(class_prior.shape)}"
+        )
     if ((class_prior < 0) | (class_prior > 1)).any():
         raise VisionError("class priors must lie in [0, 1]")
     n = probs.shape[0]
@@ -100,8 +110,9 @@ def flip_multilabel(labels: np.ndarray, rho_pos, rho_neg, rng: np.random.Generat
     return np.where(flip, 1 - labels, labels).astype(labels.dtype)
 
 
-def ccmn_unbiased_bce(logits: torch.Tensor, observed: torch.Tensor, rho_pos, rho_neg,
-                      reduction: str = "sum") -> torch.Tensor:
+def ccmn_unbiased_bce(
+    logits: torch.Tensor, observed: torch.Tensor, rho_pos, rho_neg, reduction: str = "sum"
+) -> torch.Tensor:
     """CCMN's first estimator (Xie & Huang, arXiv 2105.07338): per-label backward-corrected BCE.
 
     With ρ⁺ = P(observed 0 | true 1) and ρ⁻ = P(observed 1 | true 0) per label,
@@ -116,7 +127,7 @@ def ccmn_unbiased_bce(logits: torch.Tensor, observed: torch.Tensor, rho_pos, rho
     if ((rho_pos + rho_neg) >= 1).any():
         raise VisionError("CCMN needs ρ⁺ + ρ⁻ < 1 for every label")
     loss_pos = F.softplus(-logits)  # ℓ(f, 1) = −log σ(f)
-    loss_neg = F.softplus(logits)   # ℓ(f, 0) = −log(1 − σ(f))
+    loss_neg = F.softplus(logits)  # ℓ(f, 0) = −log(1 − σ(f))
     corrected_pos = ((1 - rho_neg) * loss_pos - rho_pos * loss_neg) / (1 - rho_pos - rho_neg)
     corrected_neg = ((1 - rho_pos) * loss_neg - rho_neg * loss_pos) / (1 - rho_pos - rho_neg)
     per_entry = torch.where(observed > 0, corrected_pos, corrected_neg)
@@ -147,8 +158,9 @@ def structure_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return F.smooth_l1_loss(structural_distances(student), target, reduction="sum") / len(student)
 
 
-def grouped_structure_loss(student: torch.Tensor, teacher: torch.Tensor, members: torch.Tensor,
-                           eps: float = 1e-12) -> torch.Tensor:
+def grouped_structure_loss(
+    student: torch.Tensor, teacher: torch.Tensor, members: torch.Tensor, eps: float = 1e-12
+) -> torch.Tensor:
     """Σ over groups with ≥ 2 members of `structure_loss` on that group's member embeddings, vectorised.
 
     student, teacher: [G, M, d] (group g's candidate members); members: [G, M] bool. Equal to looping
@@ -177,13 +189,16 @@ def grouped_structure_loss(student: torch.Tensor, teacher: torch.Tensor, members
     return (per_entry.sum((1, 2)) / counts).sum()
 
 
-def class_aware_distillation(student_emb: torch.Tensor, teacher_emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def class_aware_distillation(
+    student_emb: torch.Tensor, teacher_emb: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """CD: for each class with ≥ 2 positive instances, the structure loss among those instances' embeddings; summed."""
     return grouped_structure_loss(student_emb.transpose(0, 1), teacher_emb.transpose(0, 1), targets.T > 0)
 
 
-def instance_aware_distillation(student_emb: torch.Tensor, teacher_emb: torch.Tensor,
-                                targets: torch.Tensor) -> torch.Tensor:
+def instance_aware_distillation(
+    student_emb: torch.Tensor, teacher_emb: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """ID: for each instance with ≥ 2 positive labels, the structure loss among its positive labels' embeddings; summed."""
     return grouped_structure_loss(student_emb, teacher_emb, targets > 0)
 
@@ -195,8 +210,13 @@ class L2DLoss(nn.Module):
     (see `models.LabelWiseMLP`). Set the λs to 0 to get the BCE or BCE+MLD baselines.
     """
 
-    def __init__(self, logits_weight: float = 10.0, embedding_weight: float = 1.0, cd_weight: float = 100.0,
-                 id_weight: float = 1000.0):
+    def __init__(
+        self,
+        logits_weight: float = 10.0,
+        embedding_weight: float = 1.0,
+        cd_weight: float = 100.0,
+        id_weight: float = 1000.0,
+    ):
         super().__init__()
         self.logits_weight, self.embedding_weight = logits_weight, embedding_weight
         self.cd_weight, self.id_weight = cd_weight, id_weight
@@ -226,7 +246,20 @@ def mean_average_precision(scores, targets) -> float:
     return float(average_precision_score(targets[:, present], scores[:, present], average="macro") * 100)
 
 
-__all__ = ["L2DLoss", "add_false_candidates", "asymmetric_loss", "cap_pseudo_labels", "ccmn_unbiased_bce",
-           "cdcr_weights", "flip_multilabel", "class_aware_distillation",
-           "fixed_threshold_pseudo_labels", "grouped_structure_loss", "instance_aware_distillation", "mean_average_precision",
-           "multilabel_logit_distillation", "structural_distances", "structure_loss"]
+__all__ = [
+    "L2DLoss",
+    "add_false_candidates",
+    "asymmetric_loss",
+    "cap_pseudo_labels",
+    "ccmn_unbiased_bce",
+    "cdcr_weights",
+    "flip_multilabel",
+    "class_aware_distillation",
+    "fixed_threshold_pseudo_labels",
+    "grouped_structure_loss",
+    "instance_aware_distillation",
+    "mean_average_precision",
+    "multilabel_logit_distillation",
+    "structural_distances",
+    "structure_loss",
+]

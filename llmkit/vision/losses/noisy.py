@@ -22,8 +22,9 @@ from llmkit.vision.gmm import min_max_normalise
 _CLIP = 1 - 1e-4
 
 
-def over_parameterised_probabilities(logits: torch.Tensor, onehot: torch.Tensor, u: torch.Tensor,
-                                     v: torch.Tensor) -> torch.Tensor:
+def over_parameterised_probabilities(
+    logits: torch.Tensor, onehot: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
     """q = normalise(clip(softmax(f) + clip(u²⊙y) − sg(clip(v²⊙(1−y))), min 1e-4)); v gets no gradient here."""
     extra = (u.pow(2) * onehot).clamp(0, _CLIP)
     missing = (v.pow(2) * (1 - onehot)).clamp(0, _CLIP).detach()
@@ -31,14 +32,23 @@ def over_parameterised_probabilities(logits: torch.Tensor, onehot: torch.Tensor,
     return q / q.sum(1, keepdim=True)
 
 
-def bldr_positive_loss(logits: torch.Tensor, labels: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
-                       weights: torch.Tensor | None = None, noise_ratio: float = 0.0, ratio_reg: float = 50.0,
-                       balance_weight: float = 0.1) -> torch.Tensor:
+def bldr_positive_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    noise_ratio: float = 0.0,
+    ratio_reg: float = 50.0,
+    balance_weight: float = 0.1,
+) -> torch.Tensor:
     """BLDR's PL loss: weighted CE on q + ratio_reg·r²·MSE(onehot(argmax f) + sg(u²y) − v²(1−y), y)
     + balance_weight·(−Σ_k (1/K) log mean_i q_k)."""
     if logits.shape != u.shape or u.shape != v.shape:
-        raise VisionError(f"logits, u and v must share a shape, got {tuple(logits.shape)}, {tuple(u.shape)}, "
-                          f"{tuple(v.shape)}")
+        raise VisionError(
+            f"logits, u and v must share a shape, got {tuple(logits.shape)}, {tuple(u.shape)}, {tuple(v.shape)}"
+        )
     num_classes = logits.shape[1]
     y = F.one_hot(labels, num_classes).float()
     q = over_parameterised_probabilities(logits, y, u, v)
@@ -46,7 +56,7 @@ def bldr_positive_loss(logits: torch.Tensor, labels: torch.Tensor, u: torch.Tens
     ce = -(w * (y * torch.log(q)).sum(1)).mean()
     predicted = F.one_hot(logits.argmax(1), num_classes).float()
     reconstruction = predicted + (u.pow(2) * y).clamp(0, _CLIP).detach() - (v.pow(2) * (1 - y)).clamp(0, _CLIP)
-    consistency = ratio_reg * noise_ratio ** 2 * F.mse_loss(reconstruction, y)
+    consistency = ratio_reg * noise_ratio**2 * F.mse_loss(reconstruction, y)
     balance = -torch.log(q.mean(0)).mean()
     return ce + consistency + balance_weight * balance
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.vision import VisionError
-from llmkit.vision.models import as_outputs
 from llmkit.vision.losses.evidential import _reduce
+from llmkit.vision.models import as_outputs
 
 
 def energy_score(logits: torch.Tensor) -> torch.Tensor:
@@ -23,8 +23,9 @@ def energy_score(logits: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(logits, dim=1)
 
 
-def energy_margin_loss(logits: torch.Tensor, target: torch.Tensor, num_known: int, *,
-                       margin_in: float = -25.0, margin_out: float = -7.0) -> torch.Tensor:
+def energy_margin_loss(
+    logits: torch.Tensor, target: torch.Tensor, num_known: int, *, margin_in: float = -25.0, margin_out: float = -7.0
+) -> torch.Tensor:
     """EAOA's energy regulariser: mean(relu(E_in − m_in)²) + mean(relu(m_out − E_out)²).
 
     E is computed on the C known-class logits only; "in" rows have target < C, "out" rows target == C.
@@ -40,8 +41,15 @@ def energy_margin_loss(logits: torch.Tensor, target: torch.Tensor, num_known: in
     return terms
 
 
-def eaoa_detector_loss(logits: torch.Tensor, target: torch.Tensor, num_known: int, *, energy_weight: float = 0.01,
-                       margin_in: float = -25.0, margin_out: float = -7.0) -> torch.Tensor:
+def eaoa_detector_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    num_known: int,
+    *,
+    energy_weight: float = 0.01,
+    margin_in: float = -25.0,
+    margin_out: float = -7.0,
+) -> torch.Tensor:
     """EAOA detector objective: CE over C+1 classes + λ_E·energy margin (λ_E 0.01, m_in −25, m_out −7).
 
     Before any unknown has been labelled, the reference trains with plain CE; the margin term is
@@ -52,8 +60,9 @@ def eaoa_detector_loss(logits: torch.Tensor, target: torch.Tensor, num_known: in
     ce = F.cross_entropy(logits, target)
     if not (target == num_known).any():
         return ce
-    return ce + energy_weight * energy_margin_loss(logits, target, num_known, margin_in=margin_in,
-                                                   margin_out=margin_out)
+    return ce + energy_weight * energy_margin_loss(
+        logits, target, num_known, margin_in=margin_in, margin_out=margin_out
+    )
 
 
 def temperature_cross_entropy(logits: torch.Tensor, target: torch.Tensor, temperature, reduction: str = "mean"):
@@ -79,15 +88,22 @@ class EnergyDetectorLoss(nn.Module):
 
     def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
         """Loss of head 0's C+1 logits."""
-        return eaoa_detector_loss(as_outputs(outputs).logits, target, self.num_known, energy_weight=self.energy_weight,
-                                  margin_in=self.margin_in, margin_out=self.margin_out)
+        return eaoa_detector_loss(
+            as_outputs(outputs).logits,
+            target,
+            self.num_known,
+            energy_weight=self.energy_weight,
+            margin_in=self.margin_in,
+            margin_out=self.margin_out,
+        )
 
 
 class TemperatureDetectorLoss(nn.Module):
     """LfOSA's detector loss: CE with T_known for known rows and T_unknown for rows labelled C."""
 
-    def __init__(self, num_known: int, known_temperature: float = 0.5, unknown_temperature: float = 0.5,
-                 reduction: str = "mean"):
+    def __init__(
+        self, num_known: int, known_temperature: float = 0.5, unknown_temperature: float = 0.5, reduction: str = "mean"
+    ):
         super().__init__()
         self.num_known, self.reduction = num_known, reduction
         self.known_temperature, self.unknown_temperature = known_temperature, unknown_temperature
@@ -95,12 +111,15 @@ class TemperatureDetectorLoss(nn.Module):
     def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
         """Temperature-scaled CE of head 0's C+1 logits."""
         logits = as_outputs(outputs).logits
-        temps = torch.where(target == self.num_known, torch.tensor(self.unknown_temperature),
-                            torch.tensor(self.known_temperature)).to(logits.dtype)
+        temps = torch.where(
+            target == self.num_known, torch.tensor(self.unknown_temperature), torch.tensor(self.known_temperature)
+        ).to(logits.dtype)
         return temperature_cross_entropy(logits, target, temps, self.reduction)
 
 
-def complementary_label_loss(logits: torch.Tensor, complementary: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def complementary_label_loss(
+    logits: torch.Tensor, complementary: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """Negative learning: −log(1 − p_c̄) for a complementary label c̄ ("this example is NOT class c̄").
 
     Used by BUAL's negative-learning head and BLDR's NL head.
@@ -111,10 +130,13 @@ def complementary_label_loss(logits: torch.Tensor, complementary: torch.Tensor, 
 
 # -- DCFS: two-head discrepancy -------------------------------------------------------------------
 
+
 def head_discrepancy(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     """Per-row L1 distance Σ_k |p¹_k − p²_k| between two heads' probabilities (in [0, 2])."""
     if p1.shape != p2.shape or p1.dim() != 2:
-        raise VisionError(f"head probabilities must be two equal [N, K] tensors, got {tuple(p1.shape)} and {tuple(p2.shape)}")
+        raise VisionError(
+            f"head probabilities must be two equal [N, K] tensors, got {tuple(p1.shape)} and {tuple(p2.shape)}"
+        )
     return (p1 - p2).abs().sum(1)
 
 

@@ -45,8 +45,14 @@ def self_training_weights(logits: torch.Tensor, candidates: torch.Tensor) -> tor
     return normalise_over_candidates(torch.softmax(logits.detach(), 1), candidates)
 
 
-def meta_weight_gradient(model: torch.nn.Module, x: torch.Tensor, weights: torch.Tensor, x_val: torch.Tensor,
-                         y_val: torch.Tensor, virtual_lr: float) -> torch.Tensor:
+def meta_weight_gradient(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    virtual_lr: float,
+) -> torch.Tensor:
     """∂ L_val(θ − η∇θ Σ_ij w_ij ℓ_ij) / ∂w at the current weights: how each candidate weight would change the
     clean validation loss after one virtual SGD step (uses torch.func.functional_call)."""
     from torch.func import functional_call

@@ -33,5 +33,20 @@ def make_strategy(name: str, num_known: int, **kwargs) -> QueryStrategy:
     raise VisionError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
 
 
-__all__ = ["BUALSampling", "DCFSSampling", "E2OALSampling", "EAOASampling", "FairFALSampling", "LewisOneShot", "LfOSASampling", "ModelScorer", "QueryResult", "QueryStrategy", "RandomSampling",
-           "STRATEGY_NAMES", "Scorer", "UncertaintySampling", "make_strategy"]
+__all__ = [
+    "BUALSampling",
+    "DCFSSampling",
+    "E2OALSampling",
+    "EAOASampling",
+    "FairFALSampling",
+    "LewisOneShot",
+    "LfOSASampling",
+    "ModelScorer",
+    "QueryResult",
+    "QueryStrategy",
+    "RandomSampling",
+    "STRATEGY_NAMES",
+    "Scorer",
+    "UncertaintySampling",
+    "make_strategy",
+]

@@ -51,7 +51,7 @@ class ModelScorer:
         model.eval()
         idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         with torch.no_grad():
-            parts = [model(self.x[idx[i:i + self.batch_size]]) for i in range(0, len(idx), self.batch_size)]
+            parts = [model(self.x[idx[i : i + self.batch_size]]) for i in range(0, len(idx), self.batch_size)]
         heads = tuple(torch.cat([p.heads[h] for p in parts]) for h in range(len(parts[0].heads)))
         return Outputs(heads[0], heads, torch.cat([p.features for p in parts]))
 
@@ -94,8 +94,18 @@ class QueryStrategy:
         """The loss the loop should train the detector with (None: this strategy needs no detector)."""
         return None
 
-    def select(self, pool_idx, budget: int, *, scorer: Scorer, labelled_idx=None, labelled_y=None,
-               state: dict | None = None, rng: np.random.Generator | None = None, return_utilities: bool = False):
+    def select(
+        self,
+        pool_idx,
+        budget: int,
+        *,
+        scorer: Scorer,
+        labelled_idx=None,
+        labelled_y=None,
+        state: dict | None = None,
+        rng: np.random.Generator | None = None,
+        return_utilities: bool = False,
+    ):
         """Return `budget` indices from `pool_idx` (and a `QueryResult` with utilities if asked)."""
         raise NotImplementedError
 

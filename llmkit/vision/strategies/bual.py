@@ -19,8 +19,9 @@ from llmkit.vision.losses.evidential import CrossEntropy
 from llmkit.vision.strategies.base import QueryStrategy, check_query, finish
 
 
-def bidirectional_scores(u_neg: np.ndarray, u_pos: np.ndarray, precision: float,
-                         unknown_prob: np.ndarray | None = None) -> np.ndarray:
+def bidirectional_scores(
+    u_neg: np.ndarray, u_pos: np.ndarray, precision: float, unknown_prob: np.ndarray | None = None
+) -> np.ndarray:
     """BUAL's B-LC score (lower = query first).
 
     Without an auxiliary classifier: norm(u_N) + r·norm(u_P). With one: a·norm(u_N) + r·(1−a)·norm(u_P),
@@ -40,8 +41,9 @@ class BUALSampling(QueryStrategy):
 
     name = "bual"
 
-    def __init__(self, num_known: int, pl_steps: int = 150, nl_steps: int = 150, check_every: int = 10,
-                 patience: int = 5):
+    def __init__(
+        self, num_known: int, pl_steps: int = 150, nl_steps: int = 150, check_every: int = 10, patience: int = 5
+    ):
         self.num_known = num_known
         self.train_kwargs = dict(pl_steps=pl_steps, nl_steps=nl_steps, check_every=check_every, patience=patience)
 
@@ -69,11 +71,30 @@ class BUALSampling(QueryStrategy):
         if role != "bual":
             raise VisionError(f"BUAL cannot train role {role!r}")
         known = np.asarray(labelled_y) >= 0
-        return train_bual(x, np.asarray(labelled_idx)[known], np.asarray(labelled_y)[known], pool_idx,
-                          self.num_known, budget=budget, seed=seed, hidden=hidden, **self.train_kwargs)
+        return train_bual(
+            x,
+            np.asarray(labelled_idx)[known],
+            np.asarray(labelled_y)[known],
+            pool_idx,
+            self.num_known,
+            budget=budget,
+            seed=seed,
+            hidden=hidden,
+            **self.train_kwargs,
+        )
 
-    def select(self, pool_idx, budget, *, scorer, labelled_idx=None, labelled_y=None, state=None, rng=None,
-               return_utilities=False):
+    def select(
+        self,
+        pool_idx,
+        budget,
+        *,
+        scorer,
+        labelled_idx=None,
+        labelled_y=None,
+        state=None,
+        rng=None,
+        return_utilities=False,
+    ):
         """The `budget` lowest bidirectional scores among pool examples the aux classifier calls known."""
         pool_idx = check_query(pool_idx, budget)
         scores_model = scorer.get("bual")
@@ -84,8 +105,9 @@ class BUALSampling(QueryStrategy):
             probs = torch.softmax(scorer.predict(pool_idx, "detector").logits, 1)
             unknown_prob = probs[:, self.num_known].numpy()
             keep = (probs.argmax(1) != self.num_known).numpy()
-        score = bidirectional_scores(scores_model.u_neg[pool_idx], scores_model.u_pos[pool_idx], precision,
-                                     unknown_prob)
+        score = bidirectional_scores(
+            scores_model.u_neg[pool_idx], scores_model.u_pos[pool_idx], precision, unknown_prob
+        )
         # Examples the aux classifier calls unknown go last (only used if too few known-looking remain).
         order = np.lexsort((score, ~keep))
         return finish(pool_idx, order[:budget], -score, return_utilities)

@@ -57,8 +57,9 @@ def _min_max(values: np.ndarray) -> np.ndarray:
     return np.zeros_like(values) if span <= 0 else (values - values.min()) / span
 
 
-def dcfs_select_positions(data_u: np.ndarray, dist_u: np.ndarray, discrepancy: np.ndarray, budget: int,
-                          candidate_ratio: float = 2.0) -> np.ndarray:
+def dcfs_select_positions(
+    data_u: np.ndarray, dist_u: np.ndarray, discrepancy: np.ndarray, budget: int, candidate_ratio: float = 2.0
+) -> np.ndarray:
     """Coarse: the ⌈ratio·B⌉ lowest normalised data + distribution uncertainty; fine: top B by discrepancy."""
     data_u, dist_u, discrepancy = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (data_u, dist_u, discrepancy))
     if not data_u.size == dist_u.size == discrepancy.size:
@@ -79,8 +80,13 @@ class DCFSSampling(QueryStrategy):
     name = "dcfs"
     requires = frozenset({"dcfs"})
 
-    def __init__(self, num_known: int, candidate_ratio: float = 2.0, evidence_offset: float | None = None,
-                 discrepancy_weight: float = 1.0):
+    def __init__(
+        self,
+        num_known: int,
+        candidate_ratio: float = 2.0,
+        evidence_offset: float | None = None,
+        discrepancy_weight: float = 1.0,
+    ):
         self.num_known, self.candidate_ratio = num_known, candidate_ratio
         self.evidence_offset, self.discrepancy_weight = evidence_offset, discrepancy_weight
 
@@ -94,19 +100,37 @@ class DCFSSampling(QueryStrategy):
 
         if role != "dcfs":
             raise VisionError(f"DCFS cannot train role {role!r}")
-        return train_dcfs(x, np.asarray(labelled_idx), np.asarray(labelled_y), self.num_known, seed=seed,
-                          hidden=hidden, evidence_offset=self.evidence_offset,
-                          discrepancy_weight=self.discrepancy_weight)
+        return train_dcfs(
+            x,
+            np.asarray(labelled_idx),
+            np.asarray(labelled_y),
+            self.num_known,
+            seed=seed,
+            hidden=hidden,
+            evidence_offset=self.evidence_offset,
+            discrepancy_weight=self.discrepancy_weight,
+        )
 
-    def select(self, pool_idx, budget, *, scorer, labelled_idx=None, labelled_y=None, state=None, rng=None,
-               return_utilities=False):
+    def select(
+        self,
+        pool_idx,
+        budget,
+        *,
+        scorer,
+        labelled_idx=None,
+        labelled_y=None,
+        state=None,
+        rng=None,
+        return_utilities=False,
+    ):
         """Coarse (head-averaged Dirichlet uncertainties) then fine (head discrepancy)."""
         pool_idx = check_query(pool_idx, budget)
         out = scorer.predict(pool_idx, "dcfs")
         alphas = [dirichlet_concentration(h, self.evidence_offset) for h in out.heads[:2]]
         alpha = (alphas[0] + alphas[1]) / 2  # both heads' evidence, so neither head alone decides "known"
         data_u, dist_u = data_uncertainty(alpha).numpy(), distribution_uncertainty(alpha).numpy()
-        discrepancy = head_discrepancy(alphas[0] / alphas[0].sum(1, keepdim=True),
-                                       alphas[1] / alphas[1].sum(1, keepdim=True)).numpy()
+        discrepancy = head_discrepancy(
+            alphas[0] / alphas[0].sum(1, keepdim=True), alphas[1] / alphas[1].sum(1, keepdim=True)
+        ).numpy()
         positions = dcfs_select_positions(data_u, dist_u, discrepancy, budget, self.candidate_ratio)
         return finish(pool_idx, positions, discrepancy, return_utilities)

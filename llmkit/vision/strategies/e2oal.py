@@ -27,8 +27,8 @@ import torch
 from llmkit.vision import VisionError
 from llmkit.vision.strategies.base import QueryStrategy, check_query, finish
 
-
 # -- unknown structure ----------------------------------------------------------------------------
+
 
 def match_clusters(cluster_ids: np.ndarray, labels: np.ndarray, num_known: int, num_clusters: int) -> dict[int, int]:
     """Hungarian matching of clusters to known classes (labels < 0 are unknowns): {cluster: known class}."""
@@ -68,8 +68,9 @@ def _kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
         return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(features)
 
 
-def estimate_unknown_clusters(features: np.ndarray, labels: np.ndarray, num_known: int, *, max_clusters: int = 1000,
-                              seed: int = 0) -> tuple[int, np.ndarray]:
+def estimate_unknown_clusters(
+    features: np.ndarray, labels: np.ndarray, num_known: int, *, max_clusters: int = 1000, seed: int = 0
+) -> tuple[int, np.ndarray]:
     """Ternary search K ∈ [C+1, min(max_clusters, n)] for the best F1 product; returns (K, sub-class per row).
 
     (With n < C+1 labelled rows the range degenerates to K = n.)
@@ -119,6 +120,7 @@ def estimate_unknown_clusters(features: np.ndarray, labels: np.ndarray, num_know
 
 # -- scores and selection -------------------------------------------------------------------------
 
+
 def known_unknown_margin(aux_logits: torch.Tensor, num_known: int) -> torch.Tensor:
     """m(x) = max over known columns − max over unknown sub-class columns of the auxiliary head."""
     if aux_logits.shape[1] <= num_known:
@@ -131,8 +133,9 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     m = 0.5 * (p + q)
 
     def kl(a, b):
-        return torch.where(a > 0, a * (torch.log(a.clamp_min(1e-12)) - torch.log(b.clamp_min(1e-12))),
-                           torch.zeros_like(a)).sum(1)
+        return torch.where(
+            a > 0, a * (torch.log(a.clamp_min(1e-12)) - torch.log(b.clamp_min(1e-12))), torch.zeros_like(a)
+        ).sum(1)
 
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
@@ -172,8 +175,9 @@ def candidate_size(p_known: np.ndarray, informativeness: np.ndarray, budget: int
     return len(p_known)
 
 
-def e2oal_select_positions(margin: np.ndarray, informativeness: np.ndarray, predicted_class: np.ndarray,
-                           budget: int, num_known: int, size: int) -> np.ndarray:
+def e2oal_select_positions(
+    margin: np.ndarray, informativeness: np.ndarray, predicted_class: np.ndarray, budget: int, num_known: int, size: int
+) -> np.ndarray:
     """Per predicted class: top ⌈L/C⌉ by margin, then top ⌈B/C⌉ by informativeness; truncated to B, filled
     by the highest margins among the rest if classes run short."""
     per_class_candidates, per_class = math.ceil(size / num_known), math.ceil(budget / num_known)
@@ -211,8 +215,12 @@ class E2OALSampling(QueryStrategy):
 
     def update_state(self, state: dict, query_precision: float) -> dict:
         """Move π_t by the gap between the goal and the observed precision."""
-        return {**state, "target_precision": update_target_precision(
-            state.get("target_precision", self.goal_precision), query_precision, self.goal_precision)}
+        return {
+            **state,
+            "target_precision": update_target_precision(
+                state.get("target_precision", self.goal_precision), query_precision, self.goal_precision
+            ),
+        }
 
     def _frozen(self, x: torch.Tensor) -> np.ndarray:
         """Frozen, L2-normalised features for clustering (PCA of the inputs unless given)."""
@@ -235,8 +243,18 @@ class E2OALSampling(QueryStrategy):
         aux_target = np.where(labelled_y >= 0, labelled_y, self.num_known + np.maximum(sub, 0))
         return train_e2oal(x, labelled_idx, labelled_y, aux_target, self.num_known, seed=seed, hidden=hidden)
 
-    def select(self, pool_idx, budget, *, scorer, labelled_idx=None, labelled_y=None, state=None, rng=None,
-               return_utilities=False):
+    def select(
+        self,
+        pool_idx,
+        budget,
+        *,
+        scorer,
+        labelled_idx=None,
+        labelled_y=None,
+        state=None,
+        rng=None,
+        return_utilities=False,
+    ):
         """Purity (3-GMM on aux margins) then informativeness (JS product), with adaptive candidate size."""
         pool_idx = check_query(pool_idx, budget)
         target_precision = (state or {}).get("target_precision", self.goal_precision)

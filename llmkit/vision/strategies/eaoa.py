@@ -30,8 +30,13 @@ def model_epistemic_uncertainty(detector_logits: torch.Tensor, num_known: int) -
     return -torch.logsumexp(detector_logits[:, :num_known], 1) + F.softplus(detector_logits[:, num_known])
 
 
-def data_epistemic_uncertainty(pool_features: torch.Tensor, labelled_features: torch.Tensor,
-                               labelled_classes: torch.Tensor, num_known: int, k: int = 250) -> torch.Tensor:
+def data_epistemic_uncertainty(
+    pool_features: torch.Tensor,
+    labelled_features: torch.Tensor,
+    labelled_classes: torch.Tensor,
+    num_known: int,
+    k: int = 250,
+) -> torch.Tensor:
     """EU_d: reverse-nearest-neighbour counts through the energy formula.
 
     Each labelled example (classes 0..C-1, and C for labelled unknowns) picks its k most
@@ -63,8 +68,15 @@ def aleatoric_uncertainty(target_logits: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(target_logits, 1) + torch.logsumexp(others, 1)
 
 
-def eaoa_select_positions(p_known: np.ndarray, informativeness: np.ndarray, predicted_class: np.ndarray,
-                          budget: int, num_known: int, k1: int, rng: np.random.Generator) -> np.ndarray:
+def eaoa_select_positions(
+    p_known: np.ndarray,
+    informativeness: np.ndarray,
+    predicted_class: np.ndarray,
+    budget: int,
+    num_known: int,
+    k1: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """EAOA's two-stage rule, over pool positions.
 
     For each predicted class c: keep the top k1·⌈B/C⌉ by p_known, then the top ⌈B/C⌉ of those by
@@ -87,8 +99,9 @@ def eaoa_select_positions(p_known: np.ndarray, informativeness: np.ndarray, pred
     return chosen
 
 
-def update_candidate_multiplier(k1: int, precision: float, target: float = 0.6, tolerance: float = 0.05,
-                                step: int = 1) -> int:
+def update_candidate_multiplier(
+    k1: int, precision: float, target: float = 0.6, tolerance: float = 0.05, step: int = 1
+) -> int:
     """EAOA's adaptive k1: widen the candidate set when precision is above target (room to seek
     informative examples), narrow it when below (be purer); unchanged within ±tolerance."""
     if abs(precision - target) <= tolerance:
@@ -102,8 +115,16 @@ class EAOASampling(QueryStrategy):
     name = "eaoa"
     requires = frozenset({"target", "detector"})
 
-    def __init__(self, num_known: int, initial_k1: int = 5, target_precision: float = 0.6, tolerance: float = 0.05,
-                 step: int = 1, use_data_uncertainty: bool = True, neighbours: int = 250):
+    def __init__(
+        self,
+        num_known: int,
+        initial_k1: int = 5,
+        target_precision: float = 0.6,
+        tolerance: float = 0.05,
+        step: int = 1,
+        use_data_uncertainty: bool = True,
+        neighbours: int = 250,
+    ):
         self.num_known, self.initial_k1 = num_known, initial_k1
         self.target_precision, self.tolerance, self.step = target_precision, tolerance, step
         self.use_data_uncertainty, self.neighbours = use_data_uncertainty, neighbours
@@ -114,8 +135,9 @@ class EAOASampling(QueryStrategy):
 
     def update_state(self, state: dict, query_precision: float) -> dict:
         """Move k1 towards the precision target."""
-        k1 = update_candidate_multiplier(state.get("k1", self.initial_k1), query_precision, self.target_precision,
-                                         self.tolerance, self.step)
+        k1 = update_candidate_multiplier(
+            state.get("k1", self.initial_k1), query_precision, self.target_precision, self.tolerance, self.step
+        )
         return {**state, "k1": k1}
 
     def detector_loss(self, num_known: int):
@@ -131,13 +153,24 @@ class EAOASampling(QueryStrategy):
             labelled_y = np.asarray(labelled_y)
             classes = torch.as_tensor(np.where(labelled_y < 0, self.num_known, labelled_y))
             labelled_features = scorer.predict(np.asarray(labelled_idx), "detector").features
-            eu_data = data_epistemic_uncertainty(detector_out.features, labelled_features, classes,
-                                                 self.num_known, self.neighbours).numpy()
+            eu_data = data_epistemic_uncertainty(
+                detector_out.features, labelled_features, classes, self.num_known, self.neighbours
+            ).numpy()
             p_known = p_known * two_gmm_posterior(eu_data, "low")
         return p_known
 
-    def select(self, pool_idx, budget, *, scorer, labelled_idx=None, labelled_y=None, state=None, rng=None,
-               return_utilities=False):
+    def select(
+        self,
+        pool_idx,
+        budget,
+        *,
+        scorer,
+        labelled_idx=None,
+        labelled_y=None,
+        state=None,
+        rng=None,
+        return_utilities=False,
+    ):
         """Purity-then-informativeness selection; utilities returned are P(known)."""
         pool_idx = check_query(pool_idx, budget)
         if rng is None:

@@ -47,8 +47,13 @@ def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * torch.log(probs.clamp_min(1e-12))).sum(1) / math.log(probs.shape[1])
 
 
-def prototype_pseudo_classes(embeddings: torch.Tensor, labelled_embeddings: torch.Tensor, labelled_y: torch.Tensor,
-                             num_classes: int, temperature: float = 1.5) -> torch.Tensor:
+def prototype_pseudo_classes(
+    embeddings: torch.Tensor,
+    labelled_embeddings: torch.Tensor,
+    labelled_y: torch.Tensor,
+    num_classes: int,
+    temperature: float = 1.5,
+) -> torch.Tensor:
     """Pseudo-class per row: argmax of softmax(cos(e, prototype_k)/T) over classes that have labelled examples."""
     e = torch.nn.functional.normalize(embeddings, dim=1)
     present = torch.bincount(labelled_y, minlength=num_classes) > 0
@@ -107,9 +112,16 @@ def balanced_quotas(available: np.ndarray, budget: int) -> np.ndarray:
     return quotas
 
 
-def fairfal_select_positions(uncertainty: np.ndarray, pseudo_class: np.ndarray, grad_embeddings: np.ndarray,
-                             anchor_embeddings: np.ndarray, anchor_classes: np.ndarray, budget: int,
-                             num_classes: int, candidate_factor: int = 4) -> np.ndarray:
+def fairfal_select_positions(
+    uncertainty: np.ndarray,
+    pseudo_class: np.ndarray,
+    grad_embeddings: np.ndarray,
+    anchor_embeddings: np.ndarray,
+    anchor_classes: np.ndarray,
+    budget: int,
+    num_classes: int,
+    candidate_factor: int = 4,
+) -> np.ndarray:
     """Per pseudo-class quota; top candidate_factor×quota by uncertainty; greedy k-center from the class's anchors."""
     quotas = balanced_quotas(np.bincount(pseudo_class, minlength=num_classes), budget)
     chosen = []
@@ -134,8 +146,18 @@ class FairFALSampling(QueryStrategy):
         self.num_classes, self.threshold = num_classes, threshold
         self.temperature, self.candidate_factor = temperature, candidate_factor
 
-    def select(self, pool_idx, budget, *, scorer, labelled_idx=None, labelled_y=None, state=None, rng=None,
-               return_utilities=False):
+    def select(
+        self,
+        pool_idx,
+        budget,
+        *,
+        scorer,
+        labelled_idx=None,
+        labelled_y=None,
+        state=None,
+        rng=None,
+        return_utilities=False,
+    ):
         """Class-balanced, uncertainty-then-diversity selection from this client's pool."""
         pool_idx = check_query(pool_idx, budget)
         if labelled_idx is None or len(labelled_idx) == 0:
@@ -154,12 +176,21 @@ class FairFALSampling(QueryStrategy):
         global_out, local_out = scorer.predict(pool_idx, "global"), scorer.predict(pool_idx, "local")
         uncertainty = normalised_entropy(torch.softmax((global_out if trust_global else local_out).logits, 1)).numpy()
         labelled_global = scorer.predict(np.asarray(labelled_idx), "global")
-        pseudo = prototype_pseudo_classes(global_out.features, labelled_global.features, labelled_y_t,
-                                          self.num_classes, self.temperature).numpy()
+        pseudo = prototype_pseudo_classes(
+            global_out.features, labelled_global.features, labelled_y_t, self.num_classes, self.temperature
+        ).numpy()
         embed_probs = torch.softmax((global_out if rho_mean < 0.5 else local_out).logits, 1)
         grad_emb = gradient_embeddings(global_out.features, embed_probs).numpy()
         anchor_probs = torch.softmax(labelled_global.logits, 1)
         anchors = gradient_embeddings(labelled_global.features, anchor_probs).numpy()
-        positions = fairfal_select_positions(uncertainty, pseudo, grad_emb, anchors, np.asarray(labelled_y), budget,
-                                             self.num_classes, self.candidate_factor)
+        positions = fairfal_select_positions(
+            uncertainty,
+            pseudo,
+            grad_emb,
+            anchors,
+            np.asarray(labelled_y),
+            budget,
+            self.num_classes,
+            self.candidate_factor,
+        )
         return finish(pool_idx, positions, uncertainty, return_utilities)

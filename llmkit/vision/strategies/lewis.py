@@ -57,8 +57,13 @@ def sample_without_replacement(probabilities: np.ndarray, budget: int, rng: np.r
     return chosen, 1.0 / np.maximum(probabilities[chosen], 1e-12)
 
 
-def weighted_least_squares_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                                sample_weights: np.ndarray | None = None, ridge: float = 1e-3) -> np.ndarray:
+def weighted_least_squares_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    sample_weights: np.ndarray | None = None,
+    ridge: float = 1e-3,
+) -> np.ndarray:
     """Linear head V minimising Σ_i s_i ‖a_i V − onehot(y_i)‖² + ridge‖V‖² (the p = 2 regression)."""
     a = np.asarray(features, dtype=np.float64)
     s = np.ones(len(a)) if sample_weights is None else np.asarray(sample_weights, dtype=np.float64)
@@ -79,8 +84,18 @@ class LewisOneShot(QueryStrategy):
             raise VisionError("LewisOneShot needs at least one feature map")
         self.feature_sets, self.p = [np.asarray(f) for f in feature_sets], p
 
-    def select(self, pool_idx, budget, *, scorer=None, labelled_idx=None, labelled_y=None, state=None, rng=None,
-               return_utilities=False):
+    def select(
+        self,
+        pool_idx,
+        budget,
+        *,
+        scorer=None,
+        labelled_idx=None,
+        labelled_y=None,
+        state=None,
+        rng=None,
+        return_utilities=False,
+    ):
         """Sample the pool ∝ max_m Lewis weight; utilities are the sampling probabilities."""
         pool_idx = check_query(pool_idx, budget)
         if rng is None:

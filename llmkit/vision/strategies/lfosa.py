@@ -24,8 +24,9 @@ def lfosa_utilities(detector_logits: torch.Tensor, num_known: int, seed: int = 0
     activations cannot be split and gets 0.5 (see `two_gmm_posterior`).
     """
     if detector_logits.dim() != 2 or detector_logits.shape[1] != num_known + 1:
-        raise VisionError(f"LfOSA needs C+1 = {num_known + 1} detector logits per example, "
-                          f"got shape {tuple(detector_logits.shape)}")
+        raise VisionError(
+            f"LfOSA needs C+1 = {num_known + 1} detector logits per example, got shape {tuple(detector_logits.shape)}"
+        )
     max_activation, predicted = detector_logits.max(1)
     max_activation, predicted = max_activation.numpy(), predicted.numpy()
     utilities = np.zeros(len(predicted))
@@ -51,8 +52,18 @@ class LfOSASampling(QueryStrategy):
         """LfOSA's detector is trained with temperature-scaled CE (T 0.5 for both sides, README command)."""
         return TemperatureDetectorLoss(num_known, self.known_temperature, self.unknown_temperature)
 
-    def select(self, pool_idx, budget, *, scorer, labelled_idx=None, labelled_y=None, state=None, rng=None,
-               return_utilities=False):
+    def select(
+        self,
+        pool_idx,
+        budget,
+        *,
+        scorer,
+        labelled_idx=None,
+        labelled_y=None,
+        state=None,
+        rng=None,
+        return_utilities=False,
+    ):
         """The pool examples the detector most confidently calls known."""
         pool_idx = check_query(pool_idx, budget)
         utilities = lfosa_utilities(scorer.predict(pool_idx, "detector").logits, self.num_known)

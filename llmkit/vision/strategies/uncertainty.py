@@ -24,8 +24,11 @@ def margin_utility(probs: torch.Tensor) -> torch.Tensor:
     return -(top2[:, 0] - top2[:, 1])
 
 
-UNCERTAINTY_MEASURES = {"entropy": entropy_utility, "least_confident": least_confidence_utility,
-                        "margin": margin_utility}
+UNCERTAINTY_MEASURES = {
+    "entropy": entropy_utility,
+    "least_confident": least_confidence_utility,
+    "margin": margin_utility,
+}
 
 
 class RandomSampling(QueryStrategy):
@@ -34,8 +37,18 @@ class RandomSampling(QueryStrategy):
     name = "random"
     requires = frozenset()
 
-    def select(self, pool_idx, budget, *, scorer=None, labelled_idx=None, labelled_y=None, state=None, rng=None,
-               return_utilities=False):
+    def select(
+        self,
+        pool_idx,
+        budget,
+        *,
+        scorer=None,
+        labelled_idx=None,
+        labelled_y=None,
+        state=None,
+        rng=None,
+        return_utilities=False,
+    ):
         """`budget` pool indices drawn without replacement from `rng`."""
         pool_idx = check_query(pool_idx, budget)
         if rng is None:
@@ -55,8 +68,18 @@ class UncertaintySampling(QueryStrategy):
         self.measure = measure
         self.name = measure
 
-    def select(self, pool_idx, budget, *, scorer, labelled_idx=None, labelled_y=None, state=None, rng=None,
-               return_utilities=False):
+    def select(
+        self,
+        pool_idx,
+        budget,
+        *,
+        scorer,
+        labelled_idx=None,
+        labelled_y=None,
+        state=None,
+        rng=None,
+        return_utilities=False,
+    ):
         """The most uncertain pool examples first."""
         pool_idx = check_query(pool_idx, budget)
         probs = torch.softmax(scorer.predict(pool_idx, "target").logits, 1)
