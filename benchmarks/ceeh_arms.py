@@ -156,7 +156,8 @@ def table(runs: dict[str, list[dict]]) -> str:
         lines.append(
             f"| {arm} | {col('accuracy')} | "
             + " | ".join(_ms([r["pass"].get(k, math.nan) for r in rs]) for k in ks)
-            + f" | {col('length')} | {col('correct_length')} | {col('nag')} | {col('hard_mixed')} | {col('ea_bonus')} | "
+            + f" | {col('length')} | {col('correct_length')} | {col('nag')} | {col('hard_mixed')} | "
+            f"{col('ea_bonus')} | "
             f"{col('entropy_hard_first')} → {col('entropy_hard_last')} | {col('train_acc_last')} |"
         )
     return "\n".join(lines)
@@ -208,12 +209,15 @@ def main() -> None:
         budget = " ".join(BUDGETS[args.budget]) or "(configs as written)"
         with RESULTS.open("a") as fh:
             fh.write(
-                f"\n## CEEH arms: SmolLM2-135M-Instruct, toy arithmetic, {args.rollout_backend} rollouts, seeds {args.seeds}\n\n"
-                f"- date: {dt.date.today().isoformat()}\n- machine: CPU {platform.machine()} ({os.cpu_count()} cores), fp32, "
+                f"\n## CEEH arms: SmolLM2-135M-Instruct, toy arithmetic, {args.rollout_backend} rollouts, seeds "
+                f"{args.seeds}\n\n"
+                f"- date: {dt.date.today().isoformat()}\n- machine: CPU {platform.machine()} ({os.cpu_count()} "
+                f"cores), fp32, "
                 f"{args.jobs} runs at a time × {args.threads} torch thread(s)\n"
                 f"- command: `python {' '.join(sys.argv)}`\n- budget overrides: `{budget}`\n"
                 f"- wall s per run: {', '.join(f'{a}/{s} {w:.0f}' for (a, s), w in walls.items())}\n"
-                f"- code: after the GRPO fixes of issue 20 (log-probs at the sampling temperature, per-rollout CEEH state)\n\n"
+                f"- code: after the GRPO fixes of issue 20 (log-probs at the sampling temperature, per-rollout "
+                f"CEEH state)\n\n"
                 f"Mean ± sd over seeds:\n\n{text}\n\nHard prompts with a mixed group, fraction of each step's prompts "
                 f"(mean over seeds):\n\n{steps}\n"
             )

@@ -24,7 +24,8 @@ def row(results: dict) -> str:
     if results.get("resumed_problems"):  # the wall time is the last process's only
         wall += f" (resumed: {results['resumed_problems']} problems from earlier runs)"
     return (
-        f"| {results['task']} | {results['model']} | {results['generator'].get('backend')} | {results['num_problems']} | "
+        f"| {results['task']} | {results['model']} | {results['generator'].get('backend')} | "
+        f"{results['num_problems']} | "
         f"{head} = {metrics[head]:.4g} | {shown} | {wall} | `{results.get('command', '-')}` |"
     )
 
@@ -44,7 +45,8 @@ def main() -> None:
     print(table)
     with RESULTS.open("a") as fh:
         fh.write(
-            f"\n## Harness runs\n\n- date: {dt.date.today().isoformat()}\n- machine: CPU {platform.machine()} (2 cores)\n"
+            f"\n## Harness runs\n\n- date: {dt.date.today().isoformat()}\n- machine: CPU {platform.machine()} "
+            f"(2 cores)\n"
             f"- command: `python {' '.join(sys.argv)}`; each run's own command is in the table\n\n{table}\n"
         )
 

@@ -100,8 +100,10 @@ def main() -> None:
     with RESULTS.open("a") as fh:
         fh.write(
             f"\n## Generation throughput: SmolLM2-135M-Instruct, {args.prompts} HumanEval chat prompts, greedy, "
-            f"max {args.max_new_tokens} new tokens\n\n- date: {dt.date.today().isoformat()}\n- machine: {machine}, torch {torch.__version__}\n"
-            f"- command: `python {' '.join(sys.argv)}`\n- hf batch size {args.batch_size}; vllm: {rows[-1]['settings']}\n\n{table}\n"
+            f"max {args.max_new_tokens} new tokens\n\n- date: {dt.date.today().isoformat()}\n- machine: "
+            f"{machine}, torch {torch.__version__}\n"
+            f"- command: `python {' '.join(sys.argv)}`\n- hf batch size {args.batch_size}; vllm: "
+            f"{rows[-1]['settings']}\n\n{table}\n"
         )
 
 

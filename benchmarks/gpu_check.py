@@ -148,7 +148,11 @@ def pick_wheel(filenames: list[str], name: str, python: tuple[int, int]) -> str 
     """The wheel of `name` among `filenames` that this Python can import: one built for this version
     (cp312 / py312 tags) if there is one, else a universal py3 wheel; None when there is neither.
 
-    >>> pick_wheel(["xxhash-4.1.0-cp311-cp311-manylinux2014_x86_64.whl", "xxhash-4.1.0-cp312-cp312-manylinux2014_x86_64.whl"], "xxhash", (3, 12))
+    >>> pick_wheel(
+    ...     ["xxhash-4.1.0-cp311-cp311-manylinux2014_x86_64.whl", "xxhash-4.1.0-cp312-cp312-manylinux2014_x86_64.whl"],
+    ...     "xxhash",
+    ...     (3, 12),
+    ... )
     'xxhash-4.1.0-cp312-cp312-manylinux2014_x86_64.whl'
     """
     mine = [f for f in filenames if f.endswith(".whl") and f.split("-")[0].lower().replace("_", "-") == name]

@@ -134,11 +134,14 @@ def main() -> None:
     print(table)
     if not args.no_append:
         section = (
-            f"\n## Padding rate of the collators: {args.data}{' + MBPP' if args.with_mbpp else ''}, {args.tokenizer} tokenizer ({args.template} template), "
+            f"\n## Padding rate of the collators: {args.data}{' + MBPP' if args.with_mbpp else ''}, "
+            f"{args.tokenizer} tokenizer ({args.template} template), "
             f"batch {args.batch}, max_length {args.max_length}\n\n"
-            f"- date: {dt.date.today().isoformat()}\n- machine: {platform.machine()} (no training; tokenisation and collation only)\n"
+            f"- date: {dt.date.today().isoformat()}\n- machine: {platform.machine()} (no training; tokenisation "
+            f"and collation only)\n"
             f"- command: `python {' '.join(sys.argv)}`\n"
-            f"- {len(data)} examples, {len(batches)} micro-batches; example length median {lengths[len(lengths) // 2]}, "
+            f"- {len(data)} examples, {len(batches)} micro-batches; example length median "
+            f"{lengths[len(lengths) // 2]}, "
             f"max {lengths[-1]} tokens\n\n{table}\n"
         )
         with RESULTS.open("a") as fh:

@@ -101,7 +101,8 @@ def main() -> None:
     args = parser.parse_args()
     pos = packed_positions(args.examples, args.seed)
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, row {pos.shape[1]} tokens / {args.examples} examples"
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, row {pos.shape[1]} tokens / "
+        f"{args.examples} examples"
     )
     shapes = {"tiny (2 h / 1 kv × 32)": (2, 1, 32), "SmolLM2-135M (9 h / 3 kv × 64)": (9, 3, 64)}
     print("| shape | path | ms |\n|---|---|---|")

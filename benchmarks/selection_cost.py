@@ -163,10 +163,13 @@ def main() -> None:
         with RESULTS.open("a") as fh:
             threads = os.environ.get("OMP_NUM_THREADS", "all")
             fh.write(
-                f"\n## Selection cost vs pool size (CodeAlpaca-2k replicated)\n\n- date: {dt.date.today().isoformat()}\n"
-                f"- machine: CPU {platform.machine()} (2 cores; OMP_NUM_THREADS={threads})\n- command: `python {' '.join(sys.argv)}`\n"
+                f"\n## Selection cost vs pool size (CodeAlpaca-2k replicated)\n\n- date: "
+                f"{dt.date.today().isoformat()}\n"
+                f"- machine: CPU {platform.machine()} (2 cores; OMP_NUM_THREADS={threads})\n- command: `python "
+                f"{' '.join(sys.argv)}`\n"
                 f"- IFD by {args.ifd_model}, max length 1024; embeddings all-MiniLM-L6-v2; K-means k=10; centroids "
-                f"m={args.budget}, {args.centroid_iterations} iterations timed and scaled to 300, plus the nearest-unused "
+                f"m={args.budget}, {args.centroid_iterations} iterations timed and scaled to 300, plus the "
+                f"nearest-unused "
                 f"assignment\n\n{table}\n"
             )
 

@@ -100,10 +100,12 @@ def main() -> None:
     print(table)
     if not args.no_append:
         section = (
-            f"\n## Data selection on {args.pool}: coverage at equal subset size\n\n- date: {dt.date.today().isoformat()}\n"
+            f"\n## Data selection on {args.pool}: coverage at equal subset size\n\n- date: "
+            f"{dt.date.today().isoformat()}\n"
             f"- machine: CPU {platform.machine()} (2 cores)\n- command: `python {' '.join(sys.argv)}`\n"
             f"- embeddings: all-MiniLM-L6-v2; clusters: K-means k = 10, seed 42 (the same clusters for every row); "
-            f"coverage = mean over the pool of the cosine to the closest selected sample; KL(pool ‖ subset) of the cluster histograms\n\n{table}\n"
+            f"coverage = mean over the pool of the cosine to the closest selected sample; KL(pool ‖ subset) of "
+            f"the cluster histograms\n\n{table}\n"
         )
         with RESULTS.open("a") as fh:
             fh.write(section)

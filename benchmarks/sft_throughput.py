@@ -32,7 +32,10 @@ def machine() -> str:
     """One line describing the hardware this ran on."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
 
 
 def run_mode(mode: str, packing: str, args) -> dict:
@@ -145,13 +148,15 @@ def main() -> None:
                 sys.exit(f"{mode}/{packing} failed:\n{proc.stderr[-3000:]}")
             results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
     header = (
-        "| mode | packing | attention | group by length | precision | trainable M | s/step | input tok/s | target tok/s | padding | "
+        "| mode | packing | attention | group by length | precision | trainable M | s/step | input tok/s | "
+        "target tok/s | padding | "
         "examples/row | peak GiB | loss (last) | wall s |"
     )
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in results:
         lines.append(
-            f"| {r['mode']} | {r['packing']} | {r.get('attention', 'sdpa')} | {r['group_by_length']} | {r['precision']} | {r['trainable_params_M']:.2f} | "
+            f"| {r['mode']} | {r['packing']} | {r.get('attention', 'sdpa')} | {r['group_by_length']} | "
+            f"{r['precision']} | {r['trainable_params_M']:.2f} | "
             f"{r['step_s']:.2f} | {r['input_tok_s']:.0f} | {r['target_tok_s']:.0f} | {r['padding']:.1%} | "
             f"{r['examples_per_row']:.2f} | {r['peak_GiB']:.2f} | {r['final_loss']:.3f} | {r['wall_s']:.0f} |"
         )
@@ -160,9 +165,11 @@ def main() -> None:
     if not args.no_append:
         command = "python " + " ".join(sys.argv)
         section = (
-            f"\n## SFT throughput: {args.model}, batch {args.batch}, max_length {args.max_length}, {args.steps} steps\n\n"
+            f"\n## SFT throughput: {args.model}, batch {args.batch}, max_length {args.max_length}, {args.steps} "
+            f"steps\n\n"
             f"- date: {dt.date.today().isoformat()}\n- machine: {machine()}\n- command: `{command}`\n"
-            f"- s/step and tok/s exclude the first (warm-up) step; peak is max RSS on CPU, max allocated on GPU\n\n{table}\n"
+            f"- s/step and tok/s exclude the first (warm-up) step; peak is max RSS on CPU, max allocated on "
+            f"GPU\n\n{table}\n"
         )
         with RESULTS.open("a") as fh:
             fh.write(section)

@@ -99,7 +99,8 @@ def run_select_command(argv: list[str]) -> int:
 
     if wants_help(argv):
         print(
-            "usage: llmkit select [--config FILE] --method M --data_path P [--key value ...]\n\nkeys (YAML or command line):"
+            "usage: llmkit select [--config FILE] --method M --data_path P [--key value ...]\n\nkeys (YAML or "
+            "command line):"
         )
         print(options_help(SelectConfig))
         return 0

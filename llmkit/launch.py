@@ -70,7 +70,7 @@ def run_launch(cmd: list[str], multi_process: bool, log_dir: str | os.PathLike |
         text = Path(name).read_text(errors="replace")
         line = first_useful_line(text)
         if line is None:  # not an llmkit error: show the tail, which names the exception
-            tail = [l for l in text.splitlines() if l.strip()][-3:]
+            tail = [line for line in text.splitlines() if line.strip()][-3:]
             line = " | ".join(tail) or f"exit status {code}"
         print(
             f"{line}\n(multi-process launch failed with status {code}; full log: {name})", file=sys.stderr, flush=True

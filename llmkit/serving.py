@@ -63,7 +63,9 @@ def plan_serving(output_dir: str | os.PathLike, base_vocab_size: int | None = No
     if embedding_like or any("embed_tokens" in k or "lm_head" in k for k in _adapter_weight_names(folder)):
         return ServePlan(
             "merge",
-            f"the adapter trains embeddings or lm_head ({', '.join(sorted(set(embedding_like))) or 'saved embedding weights'}); vLLM cannot serve that as an adapter",
+            f"the adapter trains embeddings or lm_head "
+            f"({', '.join(sorted(set(embedding_like))) or 'saved embedding weights'}); "
+            "vLLM cannot serve that as an adapter",
             base,
         )
     if base_vocab_size is not None and (folder / "tokenizer.json").is_file():

@@ -1,4 +1,5 @@
-"""Active prompting (APIE, CAMS): the pure functions on crafted outputs, the selectors over a fake generator, the split."""
+"""Active prompting (APIE, CAMS): the pure functions on crafted outputs, the selectors over a fake generator,
+the split."""
 
 from __future__ import annotations
 

@@ -50,7 +50,8 @@ GOOD = {"prompt": "p", "response": "r"}
                 "--data.columns",
                 "{prompt: question2, response: response}",
             ],
-            "error: {tmp}/cols.jsonl: column 'question2' (mapped to 'prompt') not found; columns are ['question', 'response']",
+            "error: {tmp}/cols.jsonl: column 'question2' (mapped to 'prompt') not found; columns are "
+            "['question', 'response']",
         ),
         (
             lambda tmp: [

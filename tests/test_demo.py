@@ -16,7 +16,9 @@ def test_tiny_demo_runs_every_stage(tmp_path, monkeypatch):
     subset = (out / "train" / "selection" / "subset.jsonl").read_text().splitlines()
     assert re.search(rf"selected {len(subset)} of \d+ rows", text)
     # training logged finite eval losses at steps 1 and 2
-    evals = [json.loads(l) for l in (out / "train" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in l]
+    evals = [
+        json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line
+    ]
     assert [e["step"] for e in evals] == [1, 2] and all(math.isfinite(e["eval_loss"]) for e in evals)
     assert (out / "merged" / "config.json").is_file()
     # both harness runs scored the same slice; the paired counts add up to it

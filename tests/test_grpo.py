@@ -98,7 +98,8 @@ def test_micro_batch_split_does_not_change_the_gradient(tmp_path, tokenizer, fre
 
 
 def test_on_policy_loss_needs_no_old_policy_pass(tmp_path, tokenizer, fresh_accelerate_state):
-    """Without `old_log_probs` the loss uses log π_θ detached: same loss and gradient as a separate old-policy forward."""
+    """Without `old_log_probs` the loss uses log π_θ detached: same loss and gradient as a separate
+    old-policy forward."""
     settings = GRPOMethodConfig(num_generations=2, max_new_tokens=8, advantage="grpo")
     trainer = make_trainer(tmp_path, tokenizer, settings, gradient_accumulation_steps=1)
     rng = np.random.default_rng(1)

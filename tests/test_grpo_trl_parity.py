@@ -3,11 +3,13 @@
 Settings matched (TRL 1.16 `GRPOConfig` ↔ llmkit `GRPOMethodConfig`): epsilon 0.2 / epsilon_high 0.28 ↔
 clip_low / clip_high; beta 0.04 (k3 KL) ↔ kl_coef 0.04 with low_var_kl (identical while |k3| < 10, where
 llmkit clamps as verl does) with use_bias_correction_kl = False (TRL 1.16's default True multiplies the
-KL term by the importance ratio; llmkit, like verl, does not); loss_type grpo / bnpo / dr_grpo ↔ loss_aggregation seq-mean-token-mean /
+KL term by the importance ratio; llmkit, like verl, does not); loss_type grpo / bnpo / dr_grpo ↔ loss_aggregation
+seq-mean-token-mean /
 token-mean / seq-mean-token-sum-norm (normalised by max_completion_length); the same advantages, old
 and reference log-probs are fed to both. TRL runs in eval mode so it does not divide by its
 accumulation steps; it is built with beta = 0 (else it loads a reference model from the hub) and
-beta is set to 0.04 afterwards, the value its loss reads. Prompts have equal lengths: TRL left-pads prompts and transformers' Llama takes
+beta is set to 0.04 afterwards, the value its loss reads. Prompts have equal lengths: TRL left-pads prompts and
+transformers' Llama takes
 positions 0..T-1 regardless of padding, so unequal prompts would give the two layouts different positions.
 Both score log-probs at the sampling temperature (TRL's `temperature` ↔ `GRPOMethodConfig.temperature`), checked
 at T = 1 and T = 0.6. The last test takes a real second pass over a rollout (`num_iterations` 2 in both):

@@ -28,7 +28,8 @@ _ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 
 
 def bash_commands(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, argv) of each command in the ```bash blocks: continuations joined, comments and env prefixes dropped."""
+    """(line number, argv) of each command in the ```bash blocks: continuations joined, comments and env
+    prefixes dropped."""
     out, block, pending, start = [], False, "", 0
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip().startswith("```"):

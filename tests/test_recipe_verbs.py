@@ -47,7 +47,8 @@ def test_llmkit_run_active_prompting_help_lists_its_keys():
     [
         (
             ("train", "active_prompting", "--config", "x.yaml"),
-            "error: recipe 'active_prompting' has no training step; run it with: llmkit run active_prompting --config FILE",
+            "error: recipe 'active_prompting' has no training step; run it with: llmkit run active_prompting "
+            "--config FILE",
         ),
         (("run", "sft"), "error: unknown experiment 'sft'; it trains: llmkit train sft; available: "),
     ],

@@ -85,7 +85,8 @@ def test_route_for_score_boundaries():
 def test_thresholds_on_validation_hand_computed():
     scores = [0.1, 0.2, 0.3, 0.8, 0.6, 0.7, 0.9, 0.95]
     labels = [0, 0, 0, 0, 1, 1, 1, 1]
-    # benign scores 0.1 0.2 0.3 0.8: FPR 0 needs t > 0.8 → smallest candidate 0.9; FPR ≤ 0.25 allows 0.6 (only 0.8 ≥ 0.6)
+    # benign scores 0.1 0.2 0.3 0.8: FPR 0 needs t > 0.8 → smallest candidate 0.9;
+    # FPR ≤ 0.25 allows 0.6 (only 0.8 ≥ 0.6)
     assert threshold_at_fpr(scores, labels, 0.0) == 0.9
     assert threshold_at_fpr(scores, labels, 0.25) == 0.6
     # harmful 0.6 0.7 0.9 0.95: recall ≥ 0.75 → largest t is 0.7; recall 1 → 0.6
@@ -256,7 +257,8 @@ def _tables():
 def test_ddgt_generate_steers_where_models_diverge():
     base_t, twin_t = _tables()
     base, twin = _FixedLM(base_t), _FixedLM(twin_t)
-    # after token 0: p_base ≈ [0, .731, 0, .269], p_twin ≈ [0, .269, 0, .731], cos = 2(.731)(.269)/(.731² + .269²) ≈ .648
+    # after token 0: p_base ≈ [0, .731, 0, .269], p_twin ≈ [0, .269, 0, .731],
+    # cos = 2(.731)(.269)/(.731² + .269²) ≈ .648
     s = DDGTConfig(threshold=0.7, alpha=3.0, top_k=2, min_common=1)
     res = ddgt_generate(base, twin, _Tok(), [0], max_new_tokens=5, settings=s)
     # mix on {1, 3}: .731 + 3(−.462) < 0 → 0; .269 + 3(.462) > 0 → all mass on 3

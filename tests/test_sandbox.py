@@ -32,7 +32,9 @@ HOSTILE = {
     "tamper with builtins": "import builtins\nbuiltins.len = lambda x: 3\nassert len([1]) == 3\n",
     "kill the parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
     "kill the parent (posix)": "import posix, signal\nposix.kill(posix.getppid(), signal.SIGKILL)\n",
-    "escape the session": "import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n    time.sleep(1000)\n",
+    "escape the session": (
+        "import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n    time.sleep(1000)\n"
+    ),
 }
 
 

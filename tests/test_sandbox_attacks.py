@@ -163,7 +163,9 @@ attempts = {
     "import ctypes": lambda: __import__("ctypes"),
     "import _ctypes": lambda: __import__("_ctypes"),
     "import _testcapi": lambda: __import__("_testcapi"),
-    "_imp.create_dynamic(_ctypes)": lambda: __import__("_imp").create_dynamic(__import__("importlib.util").util.find_spec("_ctypes")),
+    "_imp.create_dynamic(_ctypes)": lambda: (
+        __import__("_imp").create_dynamic(__import__("importlib.util").util.find_spec("_ctypes"))
+    ),
     "subinterpreters": lambda: __import__("_xxsubinterpreters").create(),
     "addaudithook": own_hook_added,
     "os.fork": lambda: __import__("os").fork(),
@@ -248,7 +250,7 @@ def processes_running(binary: Path) -> list[str]:
 
 @needs_root
 @pytest.mark.parametrize("namespaces", TIERS)
-def test_a_setuid_process_in_a_new_session_dies_with_its_sample(namespaces, sample_uids):
+def test_a_setuid_process_in_a_new_session_dies_with_its_sample(namespaces, sample_uids):  # noqa: F811 - the imported fixture
     binary = setuid_sleep()
     try:
         program = f"import os\nos.posix_spawn({str(binary)!r}, ['sleep', '1000'], {{}}, setsid=True)\n"
@@ -263,7 +265,7 @@ def test_a_setuid_process_in_a_new_session_dies_with_its_sample(namespaces, samp
 
 @needs_root
 @pytest.mark.parametrize("namespaces", TIERS)
-def test_a_forked_session_leader_dies_with_its_sample(namespaces, sample_uids):
+def test_a_forked_session_leader_dies_with_its_sample(namespaces, sample_uids):  # noqa: F811 - the imported fixture
     program = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n"
     assert run_program(program, limits(namespaces, in_process_guards=False)).passed
     assert live_processes_of(sample_uids) == []
@@ -278,7 +280,7 @@ def sysv_segments_of(uids: set[int]) -> list[str]:
 
 @needs_root
 @pytest.mark.parametrize("namespaces", TIERS)
-def test_a_sample_leaves_nothing_behind(namespaces, sample_uids):
+def test_a_sample_leaves_nothing_behind(namespaces, sample_uids):  # noqa: F811 - the imported fixture
     mark = f"llmkit-leftover-{uuid.uuid4().hex}"
     places = [f"/tmp/{mark}", f"/var/tmp/{mark}", f"/dev/shm/{mark}", f"/tmp/{mark}-dir"]
     program = (
@@ -341,7 +343,10 @@ def test_total_disk_is_bounded():
 
 
 def test_a_stderr_flood_does_not_grow_the_harness():
-    program = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(300):\n    sys.stderr.write(chunk)\nsys.stderr.flush()\nassert False, 'the end'\n"
+    program = (
+        "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(300):\n"
+        "    sys.stderr.write(chunk)\nsys.stderr.flush()\nassert False, 'the end'\n"
+    )
     tracemalloc.start()
     try:
         result = run_program(program, limits(cpu_s=10))
@@ -419,7 +424,10 @@ def test_fallback_work_folder_is_private(monkeypatch):
     os.chmod(base, 0o711)
     monkeypatch.setattr(tempfile, "tempdir", base)
     try:
-        program = "import os, stat\nst = os.stat('.')\nassert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()\n"
+        program = (
+            "import os, stat\nst = os.stat('.')\n"
+            "assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()\n"
+        )
         assert run_program(program, limits(False)).passed
     finally:
         shutil.rmtree(base, ignore_errors=True)

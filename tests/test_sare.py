@@ -331,7 +331,9 @@ def test_proxy_objects_pairs_and_emission_matching(tokenizer):
     rows = build_rows(objects, pairs, ["A fine film."])
     assert len(rows["forget"]) == 140 and rows["forget"][0].target == pairs[0][1]
     ex = tokenize_rows(rows["forget"][:1], tokenizer, {KIND_NEG: 15.0})[0]
-    target = tokenizer.decode([t for t, l in zip(ex.input_ids, ex.labels) if l != -100], skip_special_tokens=True)
+    target = tokenizer.decode(
+        [t for t, label in zip(ex.input_ids, ex.labels) if label != -100], skip_special_tokens=True
+    )
     assert target == rows["forget"][0].answer and ex.score == 15.0 and ex.kind == KIND_NEG
     assert names_object(" a cat on the mat", "cat") and names_object(" two Cats.", "cat")
     assert not names_object(" a catch", "cat")

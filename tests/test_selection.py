@@ -227,7 +227,7 @@ def test_llmkit_select_end_to_end(tmp_path, capsys):
     ]
     assert main(["select", "--method", "cdas", "--output_dir", str(tmp_path / "cdas"), *common]) == 0
     summary = json.loads((tmp_path / "cdas" / "selection.json").read_text())
-    rows = [json.loads(l) for l in (tmp_path / "cdas" / "subset.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "cdas" / "subset.jsonl").read_text().splitlines()]
     assert len(rows) == summary["selected"] == sum(c["kept"] for c in summary["clusters"].values())
     assert all(r["_ifd"] < 1.0 and "instruction" in r and "output" in r for r in rows)
     for name in ("report.md", "cluster_counts.png", "ifd_hist.png"):

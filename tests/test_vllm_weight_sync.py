@@ -46,7 +46,8 @@ if __name__ == "__main__":
     before = {"hf": greedy(hf), "vllm": greedy(rollouts(policy, tok))}
     # an update: a few Adam steps that teach a wrong fact, so greedy output must change
     text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"},
-                                    {"role": "assistant", "content": "The capital of France is London."}], tokenize=False)
+                                    {"role": "assistant", "content": "The capital of France is London."}],
+                                   tokenize=False)
     batch = tok(text, return_tensors="pt")
     opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=2e-3)
     policy.train()
@@ -55,8 +56,8 @@ if __name__ == "__main__":
         loss.backward(); opt.step(); opt.zero_grad()
     policy.eval()
     after = {"hf": greedy(hf), "vllm": greedy(rollouts(policy, tok))}
-    print("OUT" + json.dumps({"before": before, "after": after, "syncs": rollouts.syncs, "sync_s": rollouts.sync_seconds,
-                              "texts": [tok.decode(t) for t in after["vllm"]]}))
+    print("OUT" + json.dumps({"before": before, "after": after, "syncs": rollouts.syncs,
+                              "sync_s": rollouts.sync_seconds, "texts": [tok.decode(t) for t in after["vllm"]]}))
 """
 
 

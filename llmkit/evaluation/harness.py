@@ -492,7 +492,8 @@ def fenced(text: str) -> list[str]:
 
 
 def one_line(text: str, limit: int = 200) -> str:
-    """A verdict's detail fit for a Markdown heading: whitespace runs (newlines too) made single spaces, cut at `limit`."""
+    """A verdict's detail fit for a Markdown heading: whitespace runs (newlines too) made single spaces,
+    cut at `limit`."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 

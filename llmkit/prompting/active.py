@@ -152,7 +152,8 @@ def sentence_f1(pred: set | frozenset | None, gold: set | frozenset) -> float:
 
 
 def ie_metrics(preds: Sequence[set | frozenset | None], golds: Sequence[set | frozenset]) -> dict[str, float]:
-    """Per-sentence F1 averaged (the paper's metric), micro P/R/F1 over all tuples (unparsed = no prediction), format-failure rate."""
+    """Per-sentence F1 averaged (the paper's metric), micro P/R/F1 over all tuples (unparsed = no prediction),
+    format-failure rate."""
     if len(preds) != len(golds) or not preds:
         raise ValueError(f"need equal non-empty prediction/gold lists, got {len(preds)} and {len(golds)}")
     tp = fp = fn = 0

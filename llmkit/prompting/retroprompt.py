@@ -294,7 +294,8 @@ def insert_demonstrations(
     """
     if slot_positions.shape != demo_vectors.shape[:2]:
         raise ValueError(
-            f"slot_positions {tuple(slot_positions.shape)} must match demo_vectors [B, C] = {tuple(demo_vectors.shape[:2])}"
+            f"slot_positions {tuple(slot_positions.shape)} must match demo_vectors [B, C] = "
+            f"{tuple(demo_vectors.shape[:2])}"
         )
     if demo_vectors.shape[-1] != inputs_embeds.shape[-1]:
         raise ValueError(
@@ -319,7 +320,8 @@ def knn_class_distribution(
     """
     if neighbour_scores.shape != neighbour_labels.shape:
         raise ValueError(
-            f"neighbour scores {tuple(neighbour_scores.shape)} and labels {tuple(neighbour_labels.shape)} differ in shape"
+            f"neighbour scores {tuple(neighbour_scores.shape)} and labels {tuple(neighbour_labels.shape)} "
+            f"differ in shape"
         )
     check_labels(neighbour_labels, num_classes, "neighbour label")
     weights = torch.softmax(neighbour_scores.float() / temperature, dim=-1)

@@ -89,7 +89,8 @@ def __llmkit_main(completion_src, setup_src, tests_src, builtin_names, module_at
                   write_=__import__("os").write):
     pristine_builtins = tuple_([getattr_(builtins_module, name) for name in builtin_names])
     pristine_attrs = tuple_([getattr_(import_(module), attr) for module, attr in module_attrs])
-    env = (isinstance_, len, range, repr_, canon, int, float, complex, str, bytes, list, tuple, dict, set, frozenset, bool)
+    env = (isinstance_, len, range, repr_, canon, int, float, complex, str, bytes, list, tuple, dict, set,
+           frozenset, bool)
     function_type = type_(canon)
     code_type = type_(canon.__code__)
     tests_module = compile_(tests_src, "<tests>", "exec")  # compiled before the completion can run

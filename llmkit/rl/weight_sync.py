@@ -39,15 +39,13 @@ def inference_weights(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tens
     """
     try:
         from peft.tuners.lora import LoraLayer
-        from peft.utils import ModulesToSaveWrapper
     except ImportError:  # peft absent: no LoRA policy possible
-        LoraLayer = ModulesToSaveWrapper = ()  # type: ignore[assignment]
+        LoraLayer = ()  # type: ignore[assignment]
     modules = dict(policy.named_modules())
     for name, param in policy.named_parameters(remove_duplicate=True):
         owner_name, _, leaf = name.rpartition(".")
         if ".lora_" in name or ".original_module." in name:
             continue  # adapter matrices (folded below) and the frozen originals of modules_to_save
-        owner = modules[owner_name]
         parent_name = owner_name.rpartition(".")[0]
         parent = modules.get(parent_name)
         if isinstance(parent, LoraLayer) and owner_name.endswith(".base_layer") and leaf == "weight":

@@ -106,7 +106,8 @@ def choose_thresholds(
     twin_min_recall: float = 0.99,
     ddgt: float = 0.0,
 ) -> RouteThresholds:
-    """Validation-chosen thresholds: t_refuse at ≤ `refuse_max_fpr` benign FPR, t_twin at ≥ `twin_min_recall` harmful recall."""
+    """Validation-chosen thresholds: t_refuse at ≤ `refuse_max_fpr` benign FPR, t_twin at ≥ `twin_min_recall`
+    harmful recall."""
     t_refuse = threshold_at_fpr(scores, labels, refuse_max_fpr)
     t_twin = min(threshold_at_recall(scores, labels, twin_min_recall), t_refuse)
     return RouteThresholds(refuse=t_refuse, twin=t_twin, ddgt=min(ddgt, t_twin))
@@ -235,8 +236,8 @@ class HiddenStateProbeGateway(Gateway):
       (`llmkit.safety.probe_training`): AdamW on mini-batches of chat-templated prompts, the LLM frozen
       and only the head optimised and saved, with the trainer's logging, scheduler and checkpoints
       (`train_config`, a `ProbeTrainingConfig`; `output_dir` for its files, a temporary folder if None).
-      Default because docs/methods/safethinker.md §1 asks for a probe "trained with the shared trainer", and it is the path
-      that scales (mini-batches, multi-process, resumable) beyond what fits in one L-BFGS batch.
+      Default because docs/methods/safethinker.md §1 asks for a probe "trained with the shared trainer", and it is
+      the path that scales (mini-batches, multi-process, resumable) beyond what fits in one L-BFGS batch.
     - `"lbfgs"`: full-batch L-BFGS on all pooled states at once (`fit_logistic`, L2 weight_decay 1e-3):
       the exact optimum of the convex objective, deterministic, no trainer files; what the measured
       "hidden-state probe" row of the recipe's README was fit with.

@@ -43,7 +43,8 @@ from llmkit.train.trainer import Trainer, TrainerConfig
 
 
 def class_balance_weights(labels: Sequence[int]) -> tuple[float, float]:
-    """(pos_weight, neg_weight) = (n / (2 n_pos), n / (2 n_neg)): both classes weigh n/2 in total (as `fit_logistic`)."""
+    """(pos_weight, neg_weight) = (n / (2 n_pos), n / (2 n_neg)): both classes weigh n/2 in total
+    (as `fit_logistic`)."""
     y = np.asarray(labels)
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     if n_pos + n_neg != len(y):

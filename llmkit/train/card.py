@@ -41,6 +41,8 @@ def write_model_card(
         if is_adapter
         else f'from transformers import pipeline\npipe = pipeline("text-generation", model="{output_dir}")'
     )
+    adapter_note = " as a LoRA adapter" if is_adapter else ""
+    written = _dt.datetime.now().isoformat(timespec="seconds")
     body = f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
@@ -48,7 +50,7 @@ def write_model_card(
 # {output_dir.name}
 
 Trained with llmkit (`{method}`: {_METHOD_PAPERS.get(method, method)}) on `{data_path}`,
-starting from `{model_name}`{" as a LoRA adapter" if is_adapter else ""}. Written {_dt.datetime.now().isoformat(timespec="seconds")}.
+starting from `{model_name}`{adapter_note}. Written {written}.
 
 ## Results
 

@@ -14,8 +14,8 @@ Hooks: `step_batches` (the collated micro-batches of a step; SFT packs them, RL 
 rollouts), `compute_loss` (summed loss of one micro-batch), `training_step` (forward/backward over the
 step's micro-batches), `method_state_dict` / `load_method_state_dict` (per-method state saved in
 checkpoints) and `process_state_dict` / `load_process_state_dict` (each process's own share, e.g. a
-rollout buffer that later optimizer steps reuse). The loss is normalised by the target tokens of the whole optimizer step, so it does not
-depend on the micro-batch split or the number of processes.
+rollout buffer that later optimizer steps reuse). The loss is normalised by the target tokens of the whole
+optimizer step, so it does not depend on the micro-batch split or the number of processes.
 """
 
 from __future__ import annotations
@@ -617,7 +617,8 @@ class Trainer:
         if self.accelerator.distributed_type.value == "DEEPSPEED":
             raise ConfigError(
                 "trainer.max_tokens_per_step gives steps a varying number of micro-batches, which DeepSpeed's fixed "
-                "gradient accumulation cannot follow; use DDP (accelerate_configs/cpu_ddp.yaml or multi_gpu) or set it to 0"
+                "gradient accumulation cannot follow; use DDP (accelerate_configs/cpu_ddp.yaml or multi_gpu) or "
+                "set it to 0"
             )
         if not self.train_data:
             raise ConfigError("the training set is empty")

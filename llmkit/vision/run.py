@@ -9,7 +9,8 @@ the same command and then copies each table.md into llmkit/vision/README.md betw
 
 Experiments:
   dpc        CE vs DPC's evidential loss (± GMM clean-sample selection) vs BLDR-lite, on noisy labels
-  openset-al random / entropy / LfOSA / EAOA / BUAL / E2OAL / DCFS on open-set digits (known 0-5, unknown 6-9): query precision
+  openset-al random / entropy / LfOSA / EAOA / BUAL / E2OAL / DCFS on open-set digits (known 0-5, unknown 6-9):
+             query precision
   dhkd       student CE / KD / BinaryKL / DHKD (± gradient alignment) / DHKD+KD
   l2d        multi-label student: BCE / BCE+MLD / L2D (synthetic multi-label data)
   cap        semi-supervised multi-label: supervised / fixed-0.5 / CAP pseudo-labels

@@ -206,7 +206,8 @@ def report(results: dict) -> str:
         if c in results.get("metrics", {}):
             m = results["metrics"][c]
             lines.append(
-                f"| {names[c]} | {m['accuracy']:.1f} | {m['accuracy_strict']:.1f} | {m['questions_per_item']:.2f} | {m['ask_rate']:.0f} |"
+                f"| {names[c]} | {m['accuracy']:.1f} | {m['accuracy_strict']:.1f} | "
+                f"{m['questions_per_item']:.2f} | {m['ask_rate']:.0f} |"
             )
     if "auroc" in results:
         a = results["auroc"]

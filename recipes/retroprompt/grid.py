@@ -3,8 +3,9 @@
     # the table on SST-2 (paper schedule from the config; hours per run on CPU, a GPU job)
     python recipes/retroprompt/grid.py --config recipes/retroprompt/configs/smollm2_sst2.yaml --root outputs/retro-grid
     # a shortened CPU schedule: any recipe override after `--` goes to every run
-    python recipes/retroprompt/grid.py --config recipes/retroprompt/configs/smollm2_sst2.yaml --root outputs/retro-grid-cpu \\
-        --seeds 13 21 42 --shots 16 -- --trainer.max_steps 40 --trainer.eval_steps 0 --method.eval_limit 300
+    python recipes/retroprompt/grid.py --config recipes/retroprompt/configs/smollm2_sst2.yaml \\
+        --root outputs/retro-grid-cpu --seeds 13 21 42 --shots 16 \\
+        -- --trainer.max_steps 40 --trainer.eval_steps 0 --method.eval_limit 300
     # ScienceQA subject task (the config's text-hash split: k-shot rows drawn per seed from the pool)
     python recipes/retroprompt/grid.py --config recipes/retroprompt/configs/smollm2_scienceqa_subject.yaml --root ...
 

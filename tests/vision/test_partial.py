@@ -1,4 +1,5 @@
-"""Partial-label pieces (candidate sets, candidate weights, MoGD's meta-gradient) against hand or finite-difference values."""
+"""Partial-label pieces (candidate sets, candidate weights, MoGD's meta-gradient) against hand or
+finite-difference values."""
 
 import math
 

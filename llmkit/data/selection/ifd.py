@@ -89,7 +89,8 @@ def pair_key(instruction: str, response: str) -> str:
 def _batch_nll(model, sequences: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
     device = next(model.parameters()).device
     batch = {
-        k: v.to(device) for k, v in pad_right([i for i, _ in sequences], pad_id, [l for _, l in sequences]).items()
+        k: v.to(device)
+        for k, v in pad_right([i for i, _ in sequences], pad_id, [label for _, label in sequences]).items()
     }
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return sequence_mean_nll(logits, batch["labels"]).cpu().tolist()

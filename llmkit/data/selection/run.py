@@ -249,7 +249,8 @@ def write_report(out: Path, summary: dict[str, Any], clusters: np.ndarray, selec
     if summary["ifd"]:
         lines += [
             f"- IFD: pool mean {summary['ifd']['pool_mean']:.3f}, subset mean {summary['ifd']['selected_mean']:.3f}, "
-            f"{summary['ifd']['pool_at_least_max']} pool rows with IFD ≥ max, {summary['ifd']['failures']} unscored (IFD 0)",
+            f"{summary['ifd']['pool_at_least_max']} pool rows with IFD ≥ max, {summary['ifd']['failures']} "
+            f"unscored (IFD 0)",
             "",
             "![IFD histogram](ifd_hist.png)",
             "",

@@ -14,7 +14,10 @@ from llmkit.evaluation.metrics import mean_pass_at_k
 from llmkit.evaluation.sandbox import SandboxLimits, network_isolation_mode, run_programs, sandbox_interpreter
 from llmkit.generation.types import GenerationOutput, Prompt
 
-CHAT_INSTRUCTION = "Complete the following Python function. Answer with the whole function in one ```python code block.\n\n```python\n{prompt}```"
+CHAT_INSTRUCTION = (
+    "Complete the following Python function. Answer with the whole function in one ```python "
+    "code block.\n\n```python\n{prompt}```"
+)
 
 
 def read_problems(path: str | None = None) -> list[dict[str, Any]]:

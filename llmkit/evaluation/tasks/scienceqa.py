@@ -106,7 +106,8 @@ def breakdown(problems: list[dict[str, Any]], correct: list[bool]) -> dict[str, 
 
 
 class ScienceQA(Task):
-    """QCM→A multiple choice; `use_caption` adds the image caption to the context; `text_only` keeps the 2,224 problems without an image."""
+    """QCM→A multiple choice; `use_caption` adds the image caption to the context; `text_only` keeps the
+    2,224 problems without an image."""
 
     name = "scienceqa"
 

@@ -47,7 +47,8 @@ def run(seeds, out: Path, args) -> tuple[str, dict]:
         ["method", "test acc %", "Δ vs ce (paired)", "kept-set label precision %", "kept examples"], rows
     )
     title = (
-        f"Noisy labels: DPC and BLDR vs CE — digits, {args.rate:.0%} {args.noise} noise (realised flip rate {actual:.0f}% on the last "
+        f"Noisy labels: DPC and BLDR vs CE — digits, {args.rate:.0%} {args.noise} noise (realised flip rate "
+        f"{actual:.0f}% on the last "
         f"seed), MLP 64-256-256, Adam 1e-3, batch 64, {config.epochs} epochs ({config.warmup_epochs} warm-up "
         f"before selection)"
     )

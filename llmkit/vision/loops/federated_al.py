@@ -93,7 +93,7 @@ def federated_active_learning(
     curve, fractions = [], []
     for cycle in range(config.cycles + 1):
         torch.manual_seed(derived_seed(seed, cycle, 0))
-        data = [(x[torch.as_tensor(l)], y_t[torch.as_tensor(l)]) for l in labelled]
+        data = [(x[torch.as_tensor(owned)], y_t[torch.as_tensor(owned)]) for owned in labelled]
         global_model, _ = fedavg(
             MLP(x.shape[1], num_classes, config.hidden),
             data,
@@ -104,13 +104,13 @@ def federated_active_learning(
             seed=derived_seed(seed, cycle, 1),
         )
         curve.append(balanced_accuracy(global_model, x_test, y_test))
-        fractions.append(sum(len(l) for l in labelled) / sum(len(c) for c in clients))
+        fractions.append(sum(len(owned) for owned in labelled) / sum(len(c) for c in clients))
         if cycle == config.cycles:
             break
         local_models = []
         if strategy == "fairfal":  # local-only models, and ρ̄_g over all clients before anyone queries
             ratios = []
-            for k, l in enumerate(labelled):
+            for k, owned in enumerate(labelled):
                 torch.manual_seed(derived_seed(seed, cycle, 10 + k))
                 local_models.append(
                     fit(
@@ -126,8 +126,8 @@ def federated_active_learning(
                 with torch.no_grad():
                     ratios.append(imbalance_ratio(torch.softmax(global_model(data[k][0]).logits, 1).mean(0).numpy()))
             state = {"mean_global_imbalance": float(np.mean(ratios))}
-        for k, (pool_all, l) in enumerate(zip(clients, labelled)):
-            pool = np.setdiff1d(pool_all, l)
+        for k, (pool_all, owned) in enumerate(zip(clients, labelled)):
+            pool = np.setdiff1d(pool_all, owned)
             budget = min(len(pool), max(1, int(round(config.query_fraction * len(pool_all)))))
             if budget == 0:
                 continue
@@ -138,10 +138,10 @@ def federated_active_learning(
                 pool,
                 budget,
                 scorer=ModelScorer(x, models),
-                labelled_idx=l,
-                labelled_y=y[l],
+                labelled_idx=owned,
+                labelled_y=y[owned],
                 state=state if strategy == "fairfal" else None,
                 rng=np.random.default_rng([seed, cycle, k]),
             )
-            labelled[k] = np.concatenate([l, picked])
+            labelled[k] = np.concatenate([owned, picked])
     return curve, fractions

@@ -199,7 +199,8 @@ def class_aware_distillation(
 def instance_aware_distillation(
     student_emb: torch.Tensor, teacher_emb: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
-    """ID: for each instance with ≥ 2 positive labels, the structure loss among its positive labels' embeddings; summed."""
+    """ID: for each instance with ≥ 2 positive labels, the structure loss among its positive labels'
+    embeddings; summed."""
     return grouped_structure_loss(student_emb, teacher_emb, targets > 0)
 
 

@@ -27,8 +27,8 @@ from llmkit.vision.strategies.base import QueryStrategy, check_query, finish
 
 def distribution_discrepancy(global_mean: np.ndarray, local_mean: np.ndarray) -> float:
     """d = ½ · mean_k |g_k − l_k| / (½g_k + ½l_k) between two mean class distributions."""
-    g, l = np.asarray(global_mean, dtype=np.float64), np.asarray(local_mean, dtype=np.float64)
-    return float(0.5 * np.mean(np.abs(g - l) / np.maximum(0.5 * g + 0.5 * l, 1e-12)))
+    g, loc = np.asarray(global_mean, dtype=np.float64), np.asarray(local_mean, dtype=np.float64)
+    return float(0.5 * np.mean(np.abs(g - loc) / np.maximum(0.5 * g + 0.5 * loc, 1e-12)))
 
 
 def imbalance_ratio(mean_distribution: np.ndarray) -> float:
