@@ -339,6 +339,31 @@ def test_knn_guided_loss_hand_computed():
     torch.testing.assert_close(clamped, torch.tensor(LN2 * 2.0))
 
 
+def test_batch_mean_factor_is_erased_by_gradient_clipping_but_per_example_is_not():
+    # Why the SST-2 grid's kNN-training arm equals plain CE with `batch_mean` (issue 25): that form multiplies the
+    # whole batch's CE by one detached scalar 1 + β·mean(NLL), so the gradient only changes length; once clipped
+    # to max_grad_norm (every step of that grid was: norms 30-150 against 1.0) it is the CE gradient exactly.
+    # `per_example` weights each example by its own NLL and so turns the gradient.
+    torch.manual_seed(0)
+    weight = torch.randn(64, 2) * 0.1  # logits of order 1: no example saturated
+    features = torch.randn(3, 64) * 3  # a CE gradient norm well above 1
+    targets = torch.tensor([0, 1, 1])
+    p_knn = torch.tensor([[0.9, 0.1], [0.99, 0.01], [0.5, 0.5]])  # NLL_kNN = 0.105, 4.6, 0.69
+
+    def clipped_gradient(beta, form):
+        w = weight.clone().requires_grad_(True)
+        knn_guided_loss(features @ w, p_knn, targets, beta, form).backward()
+        torch.nn.utils.clip_grad_norm_([w], max_norm=1.0)
+        return w.grad
+
+    plain = clipped_gradient(0.0, "batch_mean")
+    assert torch.linalg.vector_norm(plain) == pytest.approx(1.0, abs=1e-5)  # the case the grid was in
+    torch.testing.assert_close(clipped_gradient(0.1, "batch_mean"), plain)
+    torch.testing.assert_close(clipped_gradient(10.0, "batch_mean"), plain)
+    turned = clipped_gradient(10.0, "per_example")
+    assert (turned - plain).abs().max() > 0.01
+
+
 def test_knn_guided_loss_rejects_bad_input():
     with pytest.raises(ValueError, match="target 2 is out of range"):
         knn_guided_loss(torch.zeros(1, 2), torch.tensor([[0.5, 0.5]]), torch.tensor([2]), beta=0.1)
