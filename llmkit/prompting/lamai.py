@@ -419,7 +419,7 @@ class CachedEmbedder:
     def __init__(self, model_name: str = "all-MiniLM-L6-v2", batch_size: int = 64):
         from sentence_transformers import SentenceTransformer
 
-        from llmkit.data.selection.embeddings import resolve_embedder
+        from llmkit.data.embeddings import resolve_embedder
 
         self.model = SentenceTransformer(resolve_embedder(model_name), device="cpu")
         self.batch_size = batch_size
