@@ -4,7 +4,9 @@ For each line: the program and verb exist; named files (configs, scripts, accele
 recipe's `--config FILE --section.key value` overrides parse into its typed config (the recipe's own
 `parse_recipe_args`, stopped before anything runs); `llmkit eval`/`select` options parse and the task
 exists; and a folder that `llmkit export/serve/eval --model` reads is made by an earlier command of the
-same file. Nothing trains here: the tiny end-to-end run is `tests/test_demo.py`.
+same file; and a training run does not write into a folder an earlier command filled unless it resumes or
+overwrites. The README's Training block (tiny configs) is also run line by line (≈ 1 min, marked distributed);
+the recipes' tiny configs run in their own tests and the tiny end-to-end demo in `tests/test_demo.py`.
 """
 
 from __future__ import annotations
@@ -112,6 +114,19 @@ def check_made(folder: str, made: set[str], what: str) -> None:
         )
 
 
+def check_not_reused(cfg, made: set[str]) -> None:
+    """A training run does not write into a folder an earlier command filled unless it says so (--resume or
+    --trainer.overwrite_output_dir): the trainer refuses that, so the README would stop there."""
+    trainer = getattr(cfg, "trainer", None)
+    if trainer is None or not hasattr(trainer, "overwrite_output_dir"):
+        return
+    folder = output_dir_of(cfg)
+    assert folder not in made or trainer.resume or trainer.overwrite_output_dir, (
+        f"writes into {folder}, which an earlier command already filled; the trainer refuses that without "
+        "--resume or --trainer.overwrite_output_dir"
+    )
+
+
 def check_command(argv: list[str], made: set[str]) -> None:
     """Check one command; add the folders it writes to `made`."""
     check_paths(argv)
@@ -167,6 +182,7 @@ def check_command(argv: list[str], made: set[str]) -> None:
     else:
         raise AssertionError(f"unknown program '{program}'")
     if cfg is not None and output_dir_of(cfg):
+        check_not_reused(cfg, made)
         made.add(output_dir_of(cfg))
     for flag in ("--out", "--root"):  # evaluate.py / grid.py write here
         if flag in argv:
@@ -213,3 +229,59 @@ def test_bash_commands_parser(tmp_path):
 def test_export_of_a_folder_nothing_made_fails():
     with pytest.raises(AssertionError, match="no earlier command makes"):
         check_command(["llmkit", "export", "outputs/never-made", "outputs/x"], set())
+
+
+# Lines of the README's Training block that this machine cannot run as written, and where they are run instead.
+_NOT_RUN_HERE = {
+    "single_gpu.yaml": "needs a CUDA device",
+    "zero3.yaml": "the same launch is tests/test_distributed.py::test_deepspeed_on_cpu_trains_saves_and_resumes[zero3]",
+}
+
+
+def section_commands(path: Path, heading: str) -> list[tuple[int, list[str]]]:
+    """The bash commands of `path` that sit under the Markdown heading `heading` (up to the next heading)."""
+    lines = path.read_text().splitlines()
+    start = lines.index(heading) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return [(n, argv) for n, argv in bash_commands(path) if start < n <= end]
+
+
+def as_subprocess(argv: list[str]) -> list[str]:
+    """A README command line as this test's interpreter runs it (`python`, `llmkit`, `accelerate launch`)."""
+    if argv[0] == "python":
+        return [sys.executable, *argv[1:]]
+    if argv[0] == "llmkit":
+        return [str(Path(sys.executable).parent / "llmkit"), *argv[1:]]
+    if argv[:2] == ["accelerate", "launch"]:
+        return [sys.executable, "-m", "accelerate.commands.launch", *argv[2:]]
+    raise AssertionError(f"no runner for {argv[0]}")
+
+
+@pytest.mark.distributed
+def test_readme_training_block_runs_top_to_bottom(tmp_path):
+    """The README's Training block, run line by line as a newcomer would from a fresh clone (in a scratch folder
+    that sees the repository's recipes and launch configs), except the lines listed in _NOT_RUN_HERE."""
+    from conftest import cpu_limited_run, read_metrics, subprocess_env
+
+    for name in ("recipes", "accelerate_configs"):
+        (tmp_path / name).symlink_to(REPO_ROOT / name)
+    commands = section_commands(REPO_ROOT / "README.md", "## Training")
+    ran = []
+    for number, argv in commands:
+        if any(key in " ".join(argv) for key in _NOT_RUN_HERE):
+            continue
+        proc = cpu_limited_run(
+            as_subprocess(argv), 300, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True
+        )
+        assert proc.returncode == 0, f"README.md:{number}: {' '.join(argv)}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+        ran.append((argv, proc.stdout + proc.stderr))
+    assert len(ran) == len(commands) - len(_NOT_RUN_HERE), "a line listed in _NOT_RUN_HERE left the README"
+    out = tmp_path / "outputs"
+    # the first line trained 5 steps; the resume line continued the same folder to 8
+    assert [row["step"] for row in read_metrics(out / "sft-tiny")][-1] == 8
+    assert [row["step"] for row in read_metrics(out / "sft-tiny-py")][-1] == 5
+    assert (out / "sft-tiny-ddp" / "adapter_config.json").is_file() or (out / "sft-tiny-ddp" / "config.json").is_file()
+    merged = out / "sft-tiny-merged"
+    assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()
+    help_text = next(text for argv, text in ran if argv[-1] == "--help")
+    assert "--trainer.max_steps" in help_text
