@@ -42,6 +42,13 @@ if __name__ == "__main__":
     if sys.argv[2] == "vllm":  # a prompt longer than the context must not sink the whole call
         long = gen.generate([prompts[0], "hello " * 600], params)
         print("LONG" + json.dumps([[c.finish_reason, c.text] for o in long for c in o.completions]))
+        # a seeded request asked again (after another call) gets the same samples, as with per-request seeds
+        seeded = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=3)
+        first = gen.generate(prompts[:2], seeded)
+        gen.generate(prompts[2:], SamplingParams(temperature=1.0, max_new_tokens=12))
+        again = gen.generate(prompts[1::-1], seeded)
+        texts = lambda outs: [[c.text for c in o.completions] for o in outs]
+        print("SEEDED" + json.dumps([texts(first), texts(again)[::-1]]))
 """
 
 
@@ -59,6 +66,8 @@ def run_backend(name):
         long = json.loads(proc.stdout.split("LONG", 1)[1].splitlines()[0])
         assert long[0][0] in ("stop", "length") and long[0][1]  # the normal prompt was answered
         assert long[1] == ["prompt_too_long", ""]  # the over-long one is marked, not fatal
+        first, again = json.loads(proc.stdout.split("SEEDED", 1)[1].splitlines()[0])
+        assert first == again and len(set(first[0])) > 1  # replayed, and still three different samples
     return out
 
 

