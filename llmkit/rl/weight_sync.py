@@ -71,7 +71,7 @@ class VLLMRollouts:
     """A generator factory for `GRPOTrainer`: a colocated vLLM engine that serves the current policy.
 
     Called once per optimizer step with the unwrapped policy; copies the weights in, clears the prefix
-    cache (cached KV of the old weights must not be reused) and returns the engine's generator.
+    cache and the replayed seeded requests (both belong to the old weights) and returns the engine's generator.
     """
 
     def __init__(
@@ -107,7 +107,7 @@ class VLLMRollouts:
         llm = self.generator.llm
         start = time.perf_counter()
         llm.collective_rpc(_reload_in_worker, args=(inference_weights(policy),))
-        llm.reset_prefix_cache()
+        self.generator.weights_changed()  # cached KV and replayed samples of the old weights must not be reused
         self.sync_seconds += time.perf_counter() - start
         self.syncs += 1
         logger.debug("weights synced to vLLM (%d syncs, %.2f s in all)", self.syncs, self.sync_seconds)
