@@ -20,8 +20,9 @@ Arms (each a fresh model with the same initial weights; the first `--warmup` ste
   causal attention over the whole row (examples not isolated: the fastest thing the hardware does), fused
   AdamW on CUDA, autocast;
 - llmkit `none` / `dynamic` / `padding_free` with `--batch` examples a step, and `token-budget`
-  (padding_free rows of `--row_tokens`, `max_tokens_per_step` = rows_per_step × row_tokens), plus
-  `token-budget + compile` on CUDA;
+  (padding_free rows of `--row_tokens`, `max_tokens_per_step` = rows_per_step × row_tokens), the same with
+  the chunked output head + loss (`trainer.loss_chunk_tokens` = row_tokens / 4), plus `token-budget + compile` on
+  CUDA;
 - transformers `Trainer`, the same examples padded per batch of `--batch`;
 - TRL `SFTTrainer(packing=True)` (best-fit decreasing, padding-free rows of `--row_tokens`, `--rows_per_step`
   rows a step), when trl can be imported.
@@ -483,8 +484,10 @@ def finish(name: str, clock: StepClock, counts: list[tuple[int, int]], model, no
     return result
 
 
-def run_llmkit(setup: Setup, packing: str, token_budget: bool = False, compile_model: bool = False) -> ArmResult:
-    """llmkit's Trainer with a packing mode (and token-budget batches / torch.compile)."""
+def run_llmkit(
+    setup: Setup, packing: str, token_budget: bool = False, compile_model: bool = False, chunked_loss: bool = False
+) -> ArmResult:
+    """llmkit's Trainer with a packing mode (and token-budget batches / torch.compile / the chunked loss)."""
     from llmkit.train import Trainer, TrainerConfig
 
     reset_accelerate()
@@ -515,6 +518,7 @@ def run_llmkit(setup: Setup, packing: str, token_budget: bool = False, compile_m
             packing_max_length=setup.row_tokens,
             max_tokens_per_step=setup.step_tokens if token_budget else 0,
             compile=compile_model,
+            loss_chunk_tokens=max(setup.row_tokens // 4, 1) if chunked_loss else 0,
             mixed_precision="bf16" if setup.bf16 else "no",
         )
         trainer = TimedTrainer(cfg, model, setup.tokenizer, setup.examples)
@@ -522,6 +526,7 @@ def run_llmkit(setup: Setup, packing: str, token_budget: bool = False, compile_m
         trainer.train()
     counts = [(r["num_tokens"], r["input_tokens"]) for r in trainer.history if "loss" in r]
     name = f"llmkit {packing}" if not token_budget else "llmkit token-budget" + (" + compile" if compile_model else "")
+    name += " + chunked loss" if chunked_loss else ""
     note = (
         f"batch {setup.batch}" if not token_budget else f"≤ {setup.step_tokens} tokens/step, rows of {setup.row_tokens}"
     )
@@ -710,7 +715,17 @@ def format_table(results: list[ArmResult], peak: float | None) -> str:
     return "\n".join(lines)
 
 
-ARMS = ["plain", "none", "dynamic", "padding_free", "token_budget", "hf", "trl", "token_budget_compile"]
+ARMS = [
+    "plain",
+    "none",
+    "dynamic",
+    "padding_free",
+    "token_budget",
+    "token_budget_chunked",
+    "hf",
+    "trl",
+    "token_budget_compile",
+]
 
 
 def run_arm(arm: str, setup: Setup) -> ArmResult:
@@ -721,6 +736,7 @@ def run_arm(arm: str, setup: Setup) -> ArmResult:
         "dynamic": lambda: run_llmkit(setup, "dynamic"),
         "padding_free": lambda: run_llmkit(setup, "padding_free"),
         "token_budget": lambda: run_llmkit(setup, "padding_free", token_budget=True),
+        "token_budget_chunked": lambda: run_llmkit(setup, "padding_free", token_budget=True, chunked_loss=True),
         "token_budget_compile": lambda: run_llmkit(setup, "padding_free", token_budget=True, compile_model=True),
         "hf": lambda: run_hf(setup),
         "trl": lambda: run_trl(setup),

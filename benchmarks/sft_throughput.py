@@ -38,8 +38,9 @@ def machine() -> str:
     )
 
 
-def run_mode(mode: str, packing: str, args) -> dict:
-    """Train `args.steps` steps in one process with LoRA or full fine-tuning and the given packing."""
+def run_mode(mode: str, packing: str, args, loss_chunk_tokens: int = 0) -> dict:
+    """Train `args.steps` steps in one process with LoRA or full fine-tuning, the given packing and
+    `trainer.loss_chunk_tokens` (0: the plain loss over the whole logits tensor)."""
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
 
@@ -80,6 +81,7 @@ def run_mode(mode: str, packing: str, args) -> dict:
             padding_free_attention=attention,
             # packing: random micro-batches as in the paper; otherwise the trainer's default length grouping
             group_by_length=packing == "none" and not args.no_group_by_length,
+            loss_chunk_tokens=loss_chunk_tokens,
         )
         trainer = Trainer(cfg, model, tokenizer, data.train)
         if torch.cuda.is_available():
@@ -100,6 +102,7 @@ def run_mode(mode: str, packing: str, args) -> dict:
         "packing": label,
         "attention": model.config._attn_implementation if packing == "padding_free" else "sdpa",
         "group_by_length": cfg.group_by_length,
+        "loss_chunk_tokens": loss_chunk_tokens,
         "examples_per_row": sum(r["examples_per_row"] for r in rows) / len(rows),
         "trainable_params_M": trainable / 1e6,
         "step_s": seconds / len(rows),
@@ -129,33 +132,40 @@ def main() -> None:
         help="comma list of none, dynamic, padding_free, padding_free_masked (block-diagonal mask)",
     )
     parser.add_argument("--packing_max_length", type=int, default=2048)
+    parser.add_argument(
+        "--loss_chunk_tokens",
+        default="0",
+        help="comma list of trainer.loss_chunk_tokens values to run each arm with (0: the plain loss)",
+    )
     parser.add_argument("--no_group_by_length", action="store_true", help="packing none: random micro-batches")
     parser.add_argument("--no_append", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--single_mode", help=argparse.SUPPRESS)  # internal: one mode, JSON to stdout
     args = parser.parse_args()
 
     if args.single_mode:
-        mode, packing = args.single_mode.split(":")
-        print("RESULT " + json.dumps(run_mode(mode, packing, args)))
+        mode, packing, chunk = args.single_mode.split(":")
+        print("RESULT " + json.dumps(run_mode(mode, packing, args, int(chunk))))
         return
     results = []
     for mode in args.modes.split(","):
         for packing in args.packings.split(","):
-            # One process per run, so peak memory is that run's own.
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--single_mode", f"{mode}:{packing}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"{mode}/{packing} failed:\n{proc.stderr[-3000:]}")
-            results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
+            for chunk in args.loss_chunk_tokens.split(","):
+                # One process per run, so peak memory is that run's own.
+                cmd = [sys.executable, __file__, *sys.argv[1:], "--single_mode", f"{mode}:{packing}:{chunk}"]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    sys.exit(f"{mode}/{packing}/loss chunk {chunk} failed:\n{proc.stderr[-3000:]}")
+                results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
     header = (
-        "| mode | packing | attention | group by length | precision | trainable M | s/step | input tok/s | "
-        "target tok/s | padding | "
+        "| mode | packing | attention | group by length | loss chunk | precision | trainable M | s/step | "
+        "input tok/s | target tok/s | padding | "
         "examples/row | peak GiB | loss (last) | wall s |"
     )
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in results:
         lines.append(
             f"| {r['mode']} | {r['packing']} | {r.get('attention', 'sdpa')} | {r['group_by_length']} | "
+            f"{r.get('loss_chunk_tokens') or 'off'} | "
             f"{r['precision']} | {r['trainable_params_M']:.2f} | "
             f"{r['step_s']:.2f} | {r['input_tok_s']:.0f} | {r['target_tok_s']:.0f} | {r['padding']:.1%} | "
             f"{r['examples_per_row']:.2f} | {r['peak_GiB']:.2f} | {r['final_loss']:.3f} | {r['wall_s']:.0f} |"

@@ -19,6 +19,7 @@ ARM_ROWS = [
     "llmkit dynamic",
     "llmkit padding_free",
     "llmkit token-budget",
+    "llmkit token-budget + chunked loss",
     "transformers Trainer",
 ]
 

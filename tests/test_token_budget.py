@@ -343,3 +343,17 @@ def test_ddp_two_processes_equal_one_process_with_token_budgets(uninterrupted, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed: MULTI_CPU, 2 process(es), token budget 384" in proc.stderr
     assert_same_run(uninterrupted, two, rel=1e-4, atol=1e-5)
+
+
+@pytest.mark.distributed
+def test_ddp_with_the_chunked_loss_equals_one_process_with_the_plain_loss(uninterrupted, tmp_path):
+    """trainer.loss_chunk_tokens under DDP: the output head's weight is used outside the model's forward (and is
+    tied to the input embeddings); its gradient is still averaged across processes like any other."""
+    two = tmp_path / "two-chunked"
+    proc = run_sft(
+        ARGS + ["--trainer.output_dir", str(two), "--trainer.loss_chunk_tokens", "50"],
+        accelerate_config="cpu_ddp.yaml",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trainer.loss_chunk_tokens 50: chunked and plain loss agree" in proc.stderr
+    assert_same_run(uninterrupted, two, rel=1e-4, atol=1e-5)

@@ -48,7 +48,12 @@ from llmkit.io import atomic_write_json, atomic_write_text
 from llmkit.quiet import silence_known_warnings
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.batching import process_micro_batches, step_indices, steps_per_epoch
-from llmkit.train.losses import count_target_tokens, step_normalised_loss, token_cross_entropy_sum
+from llmkit.train.losses import (
+    chunked_linear_cross_entropy_sum,
+    count_target_tokens,
+    step_normalised_loss,
+    token_cross_entropy_sum,
+)
 from llmkit.train.packed_attention import resolve_padding_free_path, use_padding_free_attention
 from llmkit.train.token_budget import TokenBudgetSchedule, process_rows
 
@@ -88,6 +93,11 @@ class TrainerConfig:
     max_tokens_per_step: int = 0
     # Wrap the model with torch.compile (compiled on the first steps; worth it on GPU for long runs).
     compile: bool = False
+    # Chunked output head + loss (llmkit.train.losses.chunked_linear_cross_entropy_sum), 0 = off: the head runs
+    # only on target tokens, this many at a time, and each chunk's logits are recomputed in the backward pass
+    # instead of kept, so the [tokens, vocab] logits of a whole micro-batch never exist. Same loss; checked
+    # against the plain loss at start.
+    loss_chunk_tokens: int = 0
     learning_rate: float = 2e-5
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -128,6 +138,8 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
         if self.max_tokens_per_step < 0:
             raise ValueError(f"max_tokens_per_step must be >= 0 (0: off), got {self.max_tokens_per_step}")
+        if self.loss_chunk_tokens < 0:
+            raise ValueError(f"loss_chunk_tokens must be >= 0 (0: off), got {self.loss_chunk_tokens}")
         if 0 < self.max_tokens_per_step < self.packing_max_length:
             # a packed row is one micro-batch and must fit in a step
             raise ValueError(
@@ -260,6 +272,75 @@ def supports_token_budget(cls: type) -> bool:
     return all(getattr(cls, hook) is getattr(Trainer, hook) for hook in TOKEN_BUDGET_HOOKS)
 
 
+# The hooks that compute the training loss; a subclass that overrides one has a loss of its own, which
+# trainer.loss_chunk_tokens would not reach.
+LOSS_HOOKS = ("compute_loss", "training_step")
+
+
+def chunked_loss_head(trainer: "Trainer", model) -> torch.nn.Linear:
+    """The output head that `trainer.loss_chunk_tokens` applies itself, after refusing what it cannot serve.
+
+    Refused in one ConfigError line: a trainer that overrides a `LOSS_HOOKS` hook (its loss is not the base
+    next-token loss), an output head that is not a plain Linear (LoRA or modules_to_save on the head), and
+    weights that are gathered only inside the model's forward (FSDP, DeepSpeed ZeRO-3). Then the chunked loss
+    is compared with the plain loss on a short input: a model whose logits are more than its head over its
+    last hidden state (a logit soft-cap, a scaled head) is refused instead of trained on another loss.
+    """
+    name = type(trainer).__name__
+    own = [hook for hook in LOSS_HOOKS if getattr(type(trainer), hook) is not getattr(Trainer, hook)]
+    if own:
+        raise ConfigError(
+            f"trainer.loss_chunk_tokens is not supported by {name} (method '{trainer.method_name}' computes its "
+            f"own loss: it overrides {', '.join(own)}); set trainer.loss_chunk_tokens: 0"
+        )
+    acc = trainer.accelerator
+    sharded = acc.distributed_type.value == "FSDP" or (
+        acc.distributed_type.value == "DEEPSPEED" and acc.state.deepspeed_plugin.zero_stage == 3
+    )
+    if sharded:
+        raise ConfigError(
+            "trainer.loss_chunk_tokens uses the output head's weight outside the model's forward, where FSDP and "
+            "DeepSpeed ZeRO-3 keep it sharded; set trainer.loss_chunk_tokens: 0 (or use DDP / ZeRO-2)"
+        )
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        raise ConfigError(
+            f"trainer.loss_chunk_tokens needs a plain Linear output head, this model's is {type(head).__name__} "
+            "(an adapter or modules_to_save on lm_head?); set trainer.loss_chunk_tokens: 0"
+        )
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        ids = torch.arange(1, 17, device=head.weight.device).unsqueeze(0) % head.out_features
+        labels = ids.clone()
+        labels[:, :4] = IGNORE_INDEX
+        plain, n = token_cross_entropy_sum(model(input_ids=ids, use_cache=False).logits, labels)
+        chunked, _ = chunked_head_loss(model, head, {"input_ids": ids, "labels": labels}, 5)
+    model.train(was_training)
+    gap = abs(float(plain) - float(chunked)) / max(int(n), 1)
+    if not gap < 1e-3:
+        raise ConfigError(
+            f"trainer.loss_chunk_tokens: this model's logits are not its output head over its last hidden state "
+            f"(mean loss gap {gap:.3g}); set trainer.loss_chunk_tokens: 0"
+        )
+    chunk = trainer.cfg.loss_chunk_tokens
+    logger.info("trainer.loss_chunk_tokens %d: chunked and plain loss agree (gap %.2e)", chunk, gap)
+    return head
+
+
+def chunked_head_loss(model, head: torch.nn.Linear, batch: dict[str, torch.Tensor], chunk_tokens: int):
+    """(loss_sum, target tokens) of one batch with the output head applied by `chunked_linear_cross_entropy_sum`.
+
+    The model runs its own forward (wrappers, autocast and hooks stay in place) with `logits_to_keep` set to
+    no position, so it computes no logits, and returns its last hidden state (after the final norm).
+    """
+    none = torch.zeros(0, dtype=torch.long, device=batch["input_ids"].device)
+    outputs = model(**model_forward_inputs(batch), logits_to_keep=none, output_hidden_states=True)
+    return chunked_linear_cross_entropy_sum(
+        outputs.hidden_states[-1], head.weight, batch["labels"], chunk_tokens, head.bias
+    )
+
+
 @contextlib.contextmanager
 def _unreadable_checkpoint(path: Path):
     """Turn a failure to read a checkpoint's files into one CheckpointError line naming the folder.
@@ -337,6 +418,8 @@ class Trainer:
             path = resolve_padding_free_path(cfg.padding_free_attention, acc.device.type)
             used = use_padding_free_attention(model, path)
             logger.info("padding-free packing: attention %s", used or "of the model (see the reason above)")
+        # Before compile and prepare: the start check runs the bare model once.
+        self.loss_head = chunked_loss_head(self, model) if cfg.loss_chunk_tokens else None
         if cfg.compile:
             # In place (nn.Module.compile): parameter names, checkpoints and unwrap_model stay as they are.
             model.compile()
@@ -354,6 +437,8 @@ class Trainer:
 
     def compute_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Summed next-token loss of one micro-batch (hook). Returns (loss_sum, extra metrics)."""
+        if self.loss_head is not None:
+            return chunked_head_loss(model, self.loss_head, batch, self.cfg.loss_chunk_tokens)[0], {}
         outputs = model(**model_forward_inputs(batch))
         loss_sum, _ = token_cross_entropy_sum(outputs.logits, batch["labels"])
         return loss_sum, {}
@@ -734,9 +819,13 @@ class Trainer:
         bs = self.cfg.per_device_batch_size
         for start in range(0, len(mine), bs):
             batch = {k: v.to(acc.device) for k, v in collate(mine[start : start + bs], pad).items()}
-            s, n = token_cross_entropy_sum(
-                self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
-            )
+            if self.loss_head is not None:
+                s, n = chunked_head_loss(self.model, self.loss_head, batch, self.cfg.loss_chunk_tokens)
+            else:
+                s, n = token_cross_entropy_sum(
+                    self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                    batch["labels"],
+                )
             loss_sum += float(s)
             count += int(n)
         total_loss, total_count = self._sum_over_processes(loss_sum, count)
