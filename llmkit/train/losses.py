@@ -33,6 +33,10 @@ def _chunk_cross_entropy_sum(
     return F.cross_entropy(F.linear(hidden, weight, bias).float(), labels, reduction="sum")
 
 
+# Why our own and not a package: the maintained fused linear + cross-entropy losses (Liger-Kernel's
+# FusedLinearCrossEntropy, cut-cross-entropy, TRL's fused-linear-ce hub kernel) are Triton kernels, so they need
+# CUDA and a package the bare GPU box lacks, and they cannot be tested on the CPU machines CI runs on. Chunking
+# with recompute in plain torch runs everywhere, and on CUDA its matmuls are cuBLAS like the plain head's.
 def chunked_linear_cross_entropy_sum(
     hidden: torch.Tensor,
     weight: torch.Tensor,
